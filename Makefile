@@ -1,0 +1,35 @@
+# date-edit: `make test` and `make demo` work on a fresh clone (they create .venv and install).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test demo toy-model bench-tiny lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools<81" wheel
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(BIN)/python -m date_edit.demo --out outputs/demo
+
+toy-model: $(STAMP)
+	$(BIN)/python -m date_edit.toy.train --out date_edit/assets/toy --seed 0
+
+bench-tiny: $(STAMP)
+	$(BIN)/python benchmarks/cost.py --tiny
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check date_edit cli tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

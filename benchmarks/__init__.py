@@ -1,0 +1,1 @@
+"""date-edit benchmarks (cost of DATE on a GPU; quality suites come with the harness)."""

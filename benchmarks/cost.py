@@ -1,0 +1,255 @@
+"""Cost of DATE against plain sampling: time per image and peak GPU memory, measured in the same run.
+
+    python benchmarks/cost.py                 # real-size SD 1.5 architecture, random weights, on CUDA
+    python benchmarks/cost.py --tiny          # CPU smoke version (tiny random models), used by the tests
+
+Every ratio compares two numbers measured in this process on this device. Times are the median of
+``--repeats`` synchronised runs after ``--warmup`` runs; memory is ``torch.cuda.max_memory_allocated``
+(CPU: the process's peak RSS, which only grows, so CPU memory ratios are not meaningful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from date_edit.date import DateConfig  # noqa: E402
+from date_edit.pipeline import GenerateConfig, generate, peak_memory_mb  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, float, list[float]]:
+    """Median seconds and peak memory (MiB) of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), peak_memory_mb(device), times
+
+
+def build(args, dtype: str, device: torch.device):
+    """The backbone and the objectives for one precision."""
+    from date_edit.backbones import backbone_from_components, load_backbone, sd15_components
+    from date_edit.scorers import build_scorer
+
+    if args.tiny:
+        backbone = load_backbone("tiny", dtype=dtype, device=str(device))
+        clip = build_scorer("clip:tiny", device=device)
+        objectives = {"clip": clip}
+        if args.imagereward:
+            objectives["clip+imagereward"] = build_scorer("clip:tiny=1,imagereward:tiny=1", device=device)
+        return backbone, objectives
+    from date_edit.backbones import DTYPES
+    from date_edit.scorers.clip import clip_vit_l14_random
+
+    comps = sd15_components(device=device, dtype=DTYPES[dtype])
+    backbone = backbone_from_components("sd15-architecture-random", comps, dtype=dtype, device=str(device),
+                                        random_weights=True)
+    clip = clip_vit_l14_random(device=device)
+    clip.model.to(DTYPES[dtype])
+    objectives = {"clip": clip}
+    if args.imagereward:
+        from date_edit.scorers.registry import WeightedScorer, available_scorers
+
+        ir = available_scorers()["imagereward"].factory("random-full", device=device, dtype=DTYPES[dtype])
+        objectives["clip+imagereward"] = WeightedScorer([(clip, 1.0), (ir, 1.0)], name="clip+imagereward")
+    return backbone, objectives
+
+
+def edit_run(backbone, scorer, fraction, tiny: bool):
+    """A closure editing one random image (inversion + resampling from skip 36 of 100), with DATE or not."""
+    from date_edit.pipeline import EditConfig, edit
+
+    size = backbone.native_size
+    pixels = torch.rand((1, 3, size, size), generator=torch.Generator().manual_seed(0)).to(backbone.device)
+    steps = 10 if tiny else 100
+    date = None if fraction is None else DateConfig(rho=0.5, update_steps=f"{fraction}%")
+    config = EditConfig(steps=steps, skip="36%", date=date)
+
+    def run():
+        return edit(backbone, pixels, "a cat wearing a hat", config=config, scorer=scorer if date else None)
+
+    return run
+
+
+def diffusers_baseline(backbone, prompt: str, steps: int, guidance: float, batch: int, seed: int):
+    """A closure running diffusers' own StableDiffusionPipeline on the same components."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
+        scheduler=DDIMScheduler.from_config(backbone.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    size = backbone.native_size
+
+    def run():
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            pipe([prompt] * batch, height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+                 generator=gen, output_type="pt")
+
+    return run
+
+
+def main(argv=None) -> int:
+    """Run the grid and write JSON + Markdown."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="CPU smoke run with the tiny random models")
+    p.add_argument("--dtypes", default=None, help="comma list of fp32,fp16,bf16 (default fp16,fp32,bf16; tiny fp32)")
+    p.add_argument("--batches", default=None, help="comma list (default 1,4,8; tiny 1,2)")
+    p.add_argument("--fractions", default="10,20,100", help="DATE update fractions in percent")
+    p.add_argument("--large-batch-fractions", default="10", help="fractions run at batch > 1")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; tiny 10)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 3; tiny 1)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--imagereward", action="store_true", help="also the CLIP + ImageReward objective")
+    p.add_argument("--checkpointing", action="store_true", help="also DATE with VAE gradient checkpointing")
+    p.add_argument("--edit", action="store_true",
+                   help="also a 512x512 edit at batch 1 (inversion + 100 steps, skip 36), plain vs DATE 10%%")
+    p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' StableDiffusionPipeline baseline")
+    p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cells after this many seconds")
+    p.add_argument("--out", default=None, help="folder for cost-<card>.json/.md (default benchmarks/results; "
+                                               "tiny: print only unless given)")
+    args = p.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtypes = (args.dtypes or ("fp32" if args.tiny else "fp16,fp32,bf16")).split(",")
+    batches = [int(b) for b in (args.batches or ("1,2" if args.tiny else "1,4,8")).split(",")]
+    fractions = [int(f) for f in args.fractions.split(",") if f]
+    big_fractions = {int(f) for f in args.large_batch_fractions.split(",") if f}
+    steps = args.steps or (10 if args.tiny else 50)
+    repeats = args.repeats or (1 if args.tiny else 3)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{platform.machine()}"
+    prompt = "a photograph of an astronaut riding a horse"
+    started = time.perf_counter()
+    rows: list[dict] = []
+    out_dir = Path(args.out) if args.out else (None if args.tiny else Path(__file__).parent / "results")
+    slug = card.lower().replace(" ", "-")
+
+    def flush() -> None:
+        if out_dir is None:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"card": card, "torch": torch.__version__, "steps": steps, "repeats": repeats, "warmup": args.warmup,
+                "resolution": "tiny native (64)" if args.tiny else 512, "weights": "random",
+                "command": "python benchmarks/cost.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+        try:
+            import diffusers
+
+            meta["diffusers"] = diffusers.__version__
+        except ImportError:
+            pass
+        (out_dir / f"cost-{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        (out_dir / f"cost-{slug}.md").write_text(markdown(meta, rows))
+
+    for dtype in dtypes:
+        if time.perf_counter() - started > args.budget_s:
+            break
+        try:
+            backbone, objectives = build(args, dtype, device)
+        except Exception as exc:  # bf16 on an old card, say
+            rows.append({"dtype": dtype, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            continue
+        for batch in batches:
+            cells = [("plain", None, None, False)]
+            if not args.no_diffusers and batch in (1,) and dtype != "bf16":
+                cells.append(("diffusers", None, None, False))
+            if args.edit and batch == 1:
+                cells += [("edit", None, None, False), ("edit", 10, "clip", False)]
+            for frac in fractions:
+                if batch > 1 and frac not in big_fractions:
+                    continue
+                for obj in objectives:
+                    cells.append(("date", frac, obj, False))
+                if args.checkpointing and frac == 10:
+                    cells.append(("date", frac, "clip", True))
+            baselines: dict[str, tuple[float, float]] = {}
+            for kind, frac, obj, ckpt in cells:
+                if time.perf_counter() - started > args.budget_s:
+                    break
+                backbone.enable_gradient_checkpointing(vae=ckpt, unet=False)
+                if kind == "diffusers":
+                    fn = diffusers_baseline(backbone, prompt, steps, 7.5, batch, 6)
+                elif kind == "edit":
+                    fn = edit_run(backbone, objectives["clip"], frac, tiny=args.tiny)
+                else:
+                    date = None if kind == "plain" else DateConfig(rho=0.5, update_steps=f"{frac}%")
+                    cfg = GenerateConfig(steps=steps, guidance_scale=7.5, seed=6, date=date)
+                    scorer = objectives[obj] if obj else None
+
+                    def fn(cfg=cfg, scorer=scorer):
+                        return generate(backbone, prompt, config=cfg, scorer=scorer, num_images=batch)
+
+                try:
+                    sec, mb, times = measure(fn, device, args.warmup, repeats)
+                except torch.cuda.OutOfMemoryError:
+                    rows.append({"dtype": dtype, "batch": batch, "method": kind, "fraction": frac, "objective": obj,
+                                 "vae_checkpointing": ckpt, "error": "out of memory"})
+                    torch.cuda.empty_cache()
+                    continue
+                row = {"dtype": dtype, "batch": batch, "method": kind, "fraction": frac, "objective": obj,
+                       "vae_checkpointing": ckpt, "seconds_per_image": sec / batch, "seconds_per_run": sec,
+                       "ms_per_step": 1000 * sec / steps, "peak_memory_mb": mb, "runs_s": times}
+                base_key = "edit" if kind == "edit" else "generate"
+                if frac is None and kind != "diffusers":
+                    baselines[base_key] = (sec, mb)
+                if base_key in baselines:
+                    base_s, base_mb = baselines[base_key]
+                    row["time_ratio_vs_plain"] = sec / base_s
+                    row["memory_ratio_vs_plain"] = mb / base_mb if device.type == "cuda" else None
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                flush()
+        del backbone, objectives
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    flush()
+    print(markdown({"card": card, "steps": steps}, rows))
+    return 0
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    """A Markdown table of the rows."""
+    lines = [f"# DATE cost on {meta['card']} ({meta.get('steps')} steps, random weights)", "",
+             "| dtype | batch | method | updates | objective | VAE ckpt | s/image | ms/step | peak MiB | time / plain |"
+             " memory / plain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r.get('dtype')} | {r.get('batch', '')} | {r.get('method', '')} | "
+                         f"{r.get('fraction', '')} | {r.get('objective', '')} | | error: {r['error']} | | | | |")
+            continue
+        frac = f"{r['fraction']}%" if r["fraction"] is not None else "-"
+        tr = f"{r['time_ratio_vs_plain']:.3f}" if r.get("time_ratio_vs_plain") else "-"
+        mr = f"{r['memory_ratio_vs_plain']:.3f}" if r.get("memory_ratio_vs_plain") else "-"
+        lines.append(f"| {r['dtype']} | {r['batch']} | {r['method']} | {frac} | {r['objective'] or '-'} | "
+                     f"{'yes' if r['vae_checkpointing'] else 'no'} | {r['seconds_per_image']:.3f} | "
+                     f"{r['ms_per_step']:.1f} | {r['peak_memory_mb']:.0f} | {tr} | {mr} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,425 @@
+"""Stable Diffusion 1.x/2.x backbones: load (hub id, local folder, single file, tiny, toy), encode, denoise, decode.
+
+The only core module that touches diffusers/transformers, and only inside functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+from urllib.parse import urlparse
+
+import torch
+
+from .schedule import NoiseSchedule, v_to_eps
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TOY_DIR = Path(__file__).parent / "assets" / "toy"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SD_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+
+class BackboneError(RuntimeError):
+    """A backbone could not be loaded; ``str(e)`` is one line naming the model and what to do."""
+
+
+@dataclass
+class Backbone:
+    """A loaded SD-style model: the frozen parts plus what the math needs.
+
+    Attributes:
+        name: what was asked for (``"tiny"``, ``"toy"``, a hub id, a folder, a file).
+        unet / vae / text_encoder / tokenizer: the diffusers/transformers components, frozen, eval mode.
+        schedule: the noise schedule (from the scheduler config).
+        dtype: compute dtype of the models; latents, embeddings and the step math stay float32.
+        device: where the models live.
+        native_size: the longer image side the model was trained at (512 for SD 1.x).
+        random_weights: True for ``tiny``: its images are noise.
+    """
+
+    name: str
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    schedule: NoiseSchedule
+    dtype: torch.dtype
+    device: torch.device
+    native_size: int
+    random_weights: bool = False
+    scheduler_config: dict = field(default_factory=dict)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (8 for SD)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE factor times the UNet's total downsampling."""
+        downs = len(self.unet.config.down_block_types) - 1
+        return self.vae_scale_factor * 2**downs
+
+    @property
+    def scaling_factor(self) -> float:
+        """The VAE latent scaling factor, read from its config (0.18215 for SD 1.x)."""
+        return float(self.vae.config.scaling_factor)
+
+    def denoise(self, x_t: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
+        """Noise prediction eps (float32) for ``(B, 4, h, w)`` latents at timestep ``t``; v-models converted."""
+        timestep = torch.full((x_t.shape[0],), int(t), device=self.device, dtype=torch.long)
+        out = self.unet(
+            x_t.to(self.device, self.dtype), timestep, encoder_hidden_states=embeds.to(self.device, self.dtype)
+        ).sample.float()
+        if self.schedule.prediction_type == "v_prediction":
+            return v_to_eps(x_t.float(), out, self.schedule.abar(int(t)))
+        return out
+
+    __call__ = denoise
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Token ids ``(B, 77)`` padded to the tokenizer's length, and per prompt whether it was truncated."""
+        tok = self.tokenizer
+        limit = tok.model_max_length
+        full = tok(list(prompts), padding=False, truncation=False).input_ids
+        truncated = [len(ids) > limit for ids in full]
+        ids = tok(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+        return ids.input_ids, truncated
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings ``(B, 77, D)`` in float32 (the last hidden state, as SD conditions on)."""
+        ids, truncated = self.tokenize(prompts)
+        for prompt, cut in zip(prompts, truncated):
+            if cut:
+                warnings.warn(
+                    f"prompt truncated to {self.tokenizer.model_max_length} tokens: {prompt[:60]!r}...",
+                    PromptTruncatedWarning,
+                    stacklevel=2,
+                )
+        return self.text_encoder(ids.to(self.device))[0].float()
+
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Latents ``z = E(x).mode() * scaling_factor`` of images ``(B, 3, H, W)`` in ``[0, 1]`` (float32)."""
+        x = (pixels * 2.0 - 1.0).to(self.device, self.dtype)
+        return self.vae.encode(x).latent_dist.mode().float() * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` in ``[0, 1]`` from latents; differentiable (no ``no_grad`` here)."""
+        x = self.vae.decode((latents / self.scaling_factor).to(self.dtype)).sample.float()
+        return (x / 2.0 + 0.5).clamp(0.0, 1.0)
+
+    def enable_gradient_checkpointing(self, vae: bool = True, unet: bool = False) -> None:
+        """Recompute activations in DATE's backward pass instead of storing them (less memory, more time)."""
+        for flag, module in ((vae, self.vae), (unet, self.unet)):
+            if flag:
+                module.enable_gradient_checkpointing()
+            elif getattr(module, "gradient_checkpointing", False):
+                module.disable_gradient_checkpointing()
+
+    def describe(self) -> dict:
+        """A JSON-ready description for result records."""
+        return {
+            "name": self.name,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "prediction_type": self.schedule.prediction_type,
+            "native_size": self.native_size,
+            "random_weights": self.random_weights,
+        }
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder's 77 tokens and was cut."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackboneError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``fp32|fp16|bf16`` -> torch dtype; fp16 on CPU is refused (many CPU kernels lack it)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BackboneError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if dtype == "fp16" and device.type == "cpu":
+        raise BackboneError("--dtype fp16 needs a GPU; on the CPU use fp32 or bf16")
+    return DTYPES[dtype]
+
+
+def _freeze(*modules: torch.nn.Module) -> None:
+    for m in modules:
+        m.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """Random-weight tiny SD components (same diffusers/transformers classes), for tests and smoke runs."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tokenizer import load_clip_tokenizer
+
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(16, 16, 32, 32),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": load_clip_tokenizer(),
+        "scheduler": DDIMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if not k.startswith("_")}),
+    }
+
+
+def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
+    """Write components as a diffusers StableDiffusionPipeline folder (``model_index.json`` + subfolders)."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0", "requires_safety_checker": False}
+    libs = {"unet": "diffusers", "vae": "diffusers", "scheduler": "diffusers", "text_encoder": "transformers",
+            "tokenizer": "transformers"}
+    for name, lib in libs.items():
+        comp = components[name]
+        comp.save_pretrained(out / name)
+        index[name] = [lib, type(comp).__name__]
+    index["safety_checker"] = [None, None]
+    index["feature_extractor"] = [None, None]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
+def _from_components(
+    name: str, comps: dict, dtype: torch.dtype, device: torch.device, *, random_weights: bool = False
+) -> Backbone:
+    unet, vae, text_encoder = comps["unet"], comps["vae"], comps["text_encoder"]
+    from .tokenizer import check_tokenizer
+
+    check_tokenizer(comps["tokenizer"])
+    _freeze(unet, vae, text_encoder)
+    for module in (unet, vae, text_encoder):
+        module.to(device)
+        if dtype != torch.float32:
+            module.to(dtype)
+    sched_cfg = dict(comps["scheduler"].config)
+    schedule = NoiseSchedule.from_config(sched_cfg)
+    native_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    return Backbone(
+        name=name,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=comps["tokenizer"],
+        schedule=schedule,
+        dtype=dtype,
+        device=device,
+        native_size=native_size,
+        random_weights=random_weights,
+        scheduler_config=sched_cfg,
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connect (so an offline run fails in seconds, not minutes)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_folder(path: str, *, local_only: bool) -> dict:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw = {"local_files_only": local_only}
+    return {
+        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
+        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
+        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
+        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
+        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
+    }
+
+
+def _load_single_file(path: str, config: Optional[str], *, local_only: bool) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    kw = {"local_files_only": local_only, "safety_checker": None}
+    if config:
+        kw["config"] = config
+    pipe = StableDiffusionPipeline.from_single_file(path, **kw)
+    return {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
+
+
+def load_backbone(
+    model: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str = "auto",
+    config: Optional[str] = None,
+) -> Backbone:
+    """Load a backbone: ``tiny`` (random), ``toy`` (shipped), a diffusers folder, a ``.safetensors``/``.ckpt``
+    file (``config``: a diffusers folder or hub id with its configs), or a hub id (cached, or downloaded).
+
+    Raises:
+        BackboneError: one line naming the model and how to get it.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if model == "tiny":
+        return _from_components("tiny", tiny_components(), dt, dev, random_weights=True)
+    if model == "toy":
+        if not (TOY_DIR / "model_index.json").is_file():
+            raise BackboneError(f"the toy model is not in {TOY_DIR}: rebuild it with `make toy-model`")
+        return _from_components("toy", _load_folder(str(TOY_DIR), local_only=True), dt, dev)
+    path = Path(model).expanduser()
+    is_file = path.suffix.lower() in (".safetensors", ".ckpt")
+    looks_local = is_file or path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    try:
+        if is_file:
+            if not path.is_file():
+                raise BackboneError(f"model file {model} does not exist")
+            local_only = config is None or Path(config).is_dir() or not _hub_reachable()
+            comps = _load_single_file(str(path), config, local_only=local_only)
+        elif looks_local:
+            if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+                raise BackboneError(
+                    f"{model} is not a diffusers model folder (no model_index.json or unet/); "
+                    "pass a folder saved with save_pretrained, a .safetensors file, or a hub id"
+                )
+            comps = _load_folder(str(path), local_only=True)
+        else:
+            try:
+                comps = _load_folder(model, local_only=True)
+            except (OSError, ValueError):
+                if not _hub_reachable():
+                    raise BackboneError(
+                        f"model {model!r} is not cached and the hub cannot be reached: "
+                        f"run `huggingface-cli download {model}` where there is network, or pass a local folder "
+                        "with --model PATH"
+                    ) from None
+                comps = _load_folder(model, local_only=False)
+    except BackboneError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = " (a single-file checkpoint offline needs --model-config DIR, a diffusers SD folder)" if is_file else ""
+        raise BackboneError(f"could not load model {model!r}: {first[:200]}{hint}") from None
+    return _from_components(model, comps, dt, dev)
+
+
+def sd15_components(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """The real-size SD 1.5 architecture with random weights (FLOPs and memory do not depend on the values).
+
+    Built directly on ``device`` (no CPU round trip) for benchmarks where the weights cannot be had.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tokenizer import load_clip_tokenizer
+
+    with _seeded(seed), torch.device(device):
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+            scaling_factor=0.18215,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                           num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        )
+    if dtype != torch.float32:
+        for module in (unet, vae, text_encoder):
+            module.to(dtype)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": load_clip_tokenizer(),
+        "scheduler": DDIMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if not k.startswith("_")}),
+    }
+
+
+def backbone_from_components(
+    name: str, components: dict, *, dtype: str | torch.dtype = "fp32", device: str = "auto",
+    random_weights: bool = False,
+) -> Backbone:
+    """Wrap already-built components (e.g. :func:`sd15_components`, or a pipeline's) as a :class:`Backbone`."""
+    dev = resolve_device(device)
+    return _from_components(name, components, resolve_dtype(dtype, dev), dev, random_weights=random_weights)

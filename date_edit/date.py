@@ -1,0 +1,267 @@
+"""DATE: Diffusion Adaptive Text Embedding (NeurIPS 2025, arXiv 2510.23974).
+
+At scheduled steps the conditional text embedding is moved by ``rho`` along the normalised
+gradient of a differentiable image-text score of the Tweedie estimate ``x0_hat``:
+``c_new = c + rho * g / ||g||_F`` with ``g = d h(decode(x0_hat(x_t, c)), prompt) / d c``.
+It is a condition hook of :func:`date_edit.sampling.sample`, so the loop stays unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .sampling import Denoiser, StepState
+from .schedule import NoiseSchedule, ddim_step, ddpm_step, tweedie_x0
+
+
+class UpdateMode(str, enum.Enum):
+    """How successive updates combine: ``accumulate`` from the last embedding, ``restart`` from the original."""
+
+    ACCUMULATE = "accumulate"
+    RESTART = "restart"
+
+
+class Direction(str, enum.Enum):
+    """Update direction: the score's ``gradient``, or a ``random`` one of the same norm (ablation)."""
+
+    GRADIENT = "gradient"
+    RANDOM = "random"
+
+
+class Objective(str, enum.Enum):
+    """What the score sees: the Tweedie ``x0`` (DATE), or the noisy next latent ``xt`` (ablation)."""
+
+    X0 = "x0"
+    XT = "xt"
+
+
+@dataclass(frozen=True)
+class DateConfig:
+    """DATE settings; defaults are the paper's official ones."""
+
+    rho: float = 0.5  # radius of each update, ||c_new - c||_F per sample (0 disables the move)
+    update_steps: str = "every:10"  # which sampler steps update: "0,10,20", "20-40", "every:10", "10%", "none"
+    mode: UpdateMode = UpdateMode.ACCUMULATE  # accumulate from the last update, or restart from c_org
+    iterations: int = 1  # gradient iterations per update step
+    direction: Direction = Direction.GRADIENT  # ablation: random direction of the same norm
+    objective: Objective = Objective.X0  # ablation: score the noisy latent instead of x0_hat
+    normalize: bool = True  # ablation: False takes c + rho * g (unnormalised gradient)
+    seed: int = 0  # seed of the random-direction ablation
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", UpdateMode(self.mode))
+        object.__setattr__(self, "direction", Direction(self.direction))
+        object.__setattr__(self, "objective", Objective(self.objective))
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise ValueError(f"rho must be a finite number >= 0, got {self.rho}")
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        parse_update_steps(self.update_steps, None)  # syntax check only; range checked per run
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (enums as their values)."""
+        return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
+
+
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+
+
+def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
+    """Resolve an update schedule into sorted step indices of a ``num_steps``-step run.
+
+    ``"0,10,20"`` explicit indices; ``"20-40"`` an inclusive range (items may mix: ``"0,20-25"``);
+    ``"every:10"`` every 10th step from 0; ``"10%"`` that fraction of the steps, evenly spaced from 0
+    (10% of 50 -> 0, 10, 20, 30, 40, as in the official code); ``"none"`` or ``""`` no update.
+    With ``num_steps`` None only the syntax is checked. Raises ValueError with a one-line message.
+    """
+    text = str(spec).strip().lower().replace(" ", "")
+    if text in ("", "none"):
+        return []
+    if text.startswith("every:"):
+        k = _int(text[6:], spec)
+        if k < 1:
+            raise ValueError(f"--update-steps {spec!r}: every:K needs K >= 1")
+        return [] if num_steps is None else list(range(0, num_steps, k))
+    if text.endswith("%"):
+        try:
+            frac = float(text[:-1]) / 100.0
+        except ValueError:
+            raise ValueError(f"--update-steps {spec!r}: a fraction looks like 10%") from None
+        if not 0.0 < frac <= 1.0:
+            raise ValueError(f"--update-steps {spec!r}: the fraction must be in (0%, 100%]")
+        if num_steps is None:
+            return []
+        count = max(1, round(frac * num_steps))
+        return sorted({(j * num_steps) // count for j in range(count)})
+    indices: set[int] = set()
+    for item in text.split(","):
+        match = _RANGE.match(item)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if hi < lo:
+                raise ValueError(f"--update-steps {spec!r}: range {item} runs backwards")
+            indices.update(range(lo, hi + 1))
+        else:
+            indices.add(_int(item, spec))
+    result = sorted(indices)
+    if num_steps is not None and result and (result[0] < 0 or result[-1] >= num_steps):
+        bad = [i for i in result if not 0 <= i < num_steps]
+        raise ValueError(
+            f"--update-steps {spec!r}: step {bad[0]} is outside 0..{num_steps - 1} (this run has {num_steps} steps)"
+        )
+    return result
+
+
+def _int(text: str, spec: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"--update-steps {spec!r}: expected indices like 0,10,20, a range 20-40, every:10 or 10%"
+        ) from None
+
+
+@dataclass
+class DateTrace:
+    """What DATE did in one run (all norms are Frobenius over tokens x dim, mean over the batch)."""
+
+    update_steps: list[int] = field(default_factory=list)  # sampler step indices actually updated
+    timesteps: list[int] = field(default_factory=list)  # their timesteps
+    update_norms: list[float] = field(default_factory=list)  # ||c_after - c_before|| per update step
+    grad_norms: list[float] = field(default_factory=list)  # ||g|| of the last iteration per update step
+    scores: list[float] = field(default_factory=list)  # objective h before each update step
+    drifts: list[float] = field(default_factory=list)  # ||c_after - c_org|| after each update step
+    seconds: float = 0.0  # time spent in updates
+
+    @property
+    def final_drift(self) -> float:
+        """``||c_final - c_org||_F`` (0 when nothing was updated)."""
+        return self.drifts[-1] if self.drifts else 0.0
+
+
+def frobenius(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample Frobenius norm of ``(B, L, D)`` -> ``(B, 1, 1)``."""
+    return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+class DateHook:
+    """The DATE condition hook (see module docstring); call it with each step's :class:`StepState`.
+
+    Args:
+        config: the DATE settings.
+        update_indices: resolved step indices (from :func:`parse_update_steps`).
+        denoiser: ``eps = denoiser(x_t, t, embeds)``; must let gradients flow to ``embeds``.
+        decode: latents -> images ``(B, 3, H, W)`` in ``[0, 1]``, differentiable.
+        score: ``(images, prompts) -> (B,)`` differentiable, higher is better.
+        prompts: the target prompts the score compares against.
+        uncond: ``(B, L, D)`` unconditional embedding (never updated); None for no guidance.
+        guidance_scale: the CFG scale of the step, used for the guided eps of the gradient pass.
+        schedule / timesteps: to compute ``x0_hat`` (and the next latent for the ``xt`` ablation).
+        noise_maps: the edit's noise maps (only needed for the ``xt`` ablation of an edit).
+    """
+
+    def __init__(
+        self,
+        config: DateConfig,
+        update_indices: Sequence[int],
+        *,
+        denoiser: Denoiser,
+        decode: Callable[[torch.Tensor], torch.Tensor],
+        score: Callable[[torch.Tensor, Sequence[str]], torch.Tensor],
+        prompts: Sequence[str],
+        uncond: Optional[torch.Tensor],
+        guidance_scale: float,
+        schedule: NoiseSchedule,
+        timesteps: Sequence[int],
+        noise_maps: Optional[torch.Tensor] = None,
+    ) -> None:
+        self.config = config
+        self.indices = frozenset(update_indices)
+        self.denoiser, self.decode, self.score = denoiser, decode, score
+        self.prompts = list(prompts)
+        self.uncond, self.guidance_scale = uncond, guidance_scale
+        self.schedule, self.timesteps, self.noise_maps = schedule, list(timesteps), noise_maps
+        self.trace = DateTrace()
+        self.cond_org: Optional[torch.Tensor] = None
+        self._generator = torch.Generator().manual_seed(config.seed)
+
+    def __call__(self, state: StepState) -> torch.Tensor:
+        """Return the condition for this step: updated on scheduled steps, unchanged otherwise."""
+        if self.cond_org is None:
+            self.cond_org = state.cond.detach().clone()
+        if state.index not in self.indices or self.config.rho == 0.0:
+            if state.index in self.indices:  # rho 0: record a zero move, keep c bit for bit
+                self._record(state, state.cond, state.cond, torch.zeros(()), float("nan"), 0.0)
+            return state.cond
+        start = time.perf_counter()
+        cond_before = state.cond.detach()
+        cond = cond_before.float()
+        base = cond if self.config.mode == UpdateMode.ACCUMULATE else self.cond_org.float()
+        grad_norm, score = torch.zeros(()), float("nan")
+        for _ in range(self.config.iterations):
+            direction, grad_norm, score = self._direction(state, cond)
+            if self.config.mode == UpdateMode.ACCUMULATE:
+                cond = cond + direction
+            else:
+                cond = base + direction
+        cond = cond.to(cond_before.dtype)
+        self._record(state, cond_before, cond, grad_norm, score, time.perf_counter() - start)
+        return cond
+
+    def _direction(self, state: StepState, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The move ``rho * g / ||g||`` (or its ablations), with ``||g||`` and the score before the move."""
+        rho = self.config.rho
+        if self.config.direction == Direction.RANDOM and self.config.normalize:
+            noise = torch.randn(cond.shape, generator=self._generator, dtype=torch.float32).to(cond.device)
+            return rho * noise / frobenius(noise), torch.zeros(()), float("nan")
+        grad, h = self.gradient(state, cond)
+        norm = frobenius(grad)
+        if self.config.direction == Direction.RANDOM:  # unnormalised random: same norm as rho * g
+            noise = torch.randn(cond.shape, generator=self._generator, dtype=torch.float32).to(cond.device)
+            return rho * noise / frobenius(noise) * norm, norm.mean(), h
+        if not self.config.normalize:
+            return rho * grad, norm.mean(), h
+        usable = (norm > 0) & torch.isfinite(norm)  # a zero or non-finite gradient (fp16 overflow) moves nothing
+        safe = torch.where(usable, norm, torch.ones_like(norm))
+        grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
+        return torch.where(usable, rho * grad / safe, torch.zeros_like(grad)), norm.mean(), h
+
+    def gradient(self, state: StepState, cond: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``g = d h / d c`` at ``cond`` (float32 leaf), with the guided eps as in the official code."""
+        x_t, t = state.x_t.detach(), state.t
+        w = self.guidance_scale
+        with torch.no_grad():
+            eps_u = self.denoiser(x_t, t, self.uncond) if self.uncond is not None and w != 1.0 else None
+        leaf = cond.detach().float().requires_grad_(True)
+        with torch.enable_grad():
+            eps_c = self.denoiser(x_t, t, leaf)
+            eps = eps_c if eps_u is None else eps_u + w * (eps_c - eps_u)
+            abar_t = self.schedule.abar(t)
+            if self.config.objective == Objective.X0:
+                target = tweedie_x0(x_t, eps, abar_t)
+            else:
+                abar_prev = self.schedule.abar(self.schedule.next_timestep(self.timesteps, state.index))
+                if self.noise_maps is not None:
+                    target = ddpm_step(x_t, eps, abar_t, abar_prev, self.noise_maps[state.index])
+                else:
+                    target = ddim_step(x_t, eps, abar_t, abar_prev)
+            h = self.score(self.decode(target), self.prompts)
+            (grad,) = torch.autograd.grad(h.sum(), leaf)
+        return grad.detach(), float(h.detach().float().mean())
+
+    def _record(self, state: StepState, before, after, grad_norm, score: float, seconds: float) -> None:
+        org = self.cond_org.float()
+        self.trace.update_steps.append(state.index)
+        self.trace.timesteps.append(int(state.t))
+        self.trace.update_norms.append(float(frobenius(after.float() - before.float()).mean()))
+        self.trace.grad_norms.append(float(grad_norm))
+        self.trace.scores.append(score)
+        self.trace.drifts.append(float(frobenius(after.float() - org).mean()))
+        self.trace.seconds += seconds

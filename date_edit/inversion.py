@@ -1,0 +1,83 @@
+"""Edit-friendly DDPM inversion (Huberman-Spiegelglas, Kulikov, Michaeli, CVPR 2024)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .sampling import Denoiser, guided_eps
+from .schedule import NoiseSchedule, ddpm_step, noise_map_for
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """The result of inverting a clean latent.
+
+    Attributes:
+        x0: ``(B, C, h, w)`` the clean latent that was inverted.
+        x_ts: ``(N + 1, B, C, h, w)``: ``x_ts[i]`` is the latent at ``timesteps[i]`` and ``x_ts[N]``
+            is the latent the last step lands on (``x0`` up to float rounding).
+        noise_maps: ``(N, B, C, h, w)``: ``z`` of step ``i`` (including the last step's).
+        timesteps: the N timesteps, high to low.
+    """
+
+    x0: torch.Tensor
+    x_ts: torch.Tensor
+    noise_maps: torch.Tensor
+    timesteps: tuple[int, ...]
+
+    def start(self, skip: int) -> tuple[torch.Tensor, tuple[int, ...], torch.Tensor]:
+        """``(x_start, timesteps, noise_maps)`` to edit from step ``skip`` (0 = from pure noise level)."""
+        n = len(self.timesteps)
+        if not 0 <= skip < n:
+            raise ValueError(f"skip must be between 0 and {n - 1} for {n} steps, got {skip}")
+        return self.x_ts[skip], self.timesteps[skip:], self.noise_maps[skip:]
+
+
+def invert(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    timesteps: Sequence[int],
+    schedule: NoiseSchedule,
+    *,
+    cond: torch.Tensor,
+    uncond: Optional[torch.Tensor],
+    guidance_scale: float,
+    generator: torch.Generator,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Inversion:
+    """Invert ``x0`` into edit-friendly noise maps (CVPR 2024, eqs. 3-5).
+
+    Every ``x_t`` is drawn independently, ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n_t``, with
+    ``n_t`` from ``generator`` on the CPU (so a seed gives the same maps on any device); then for
+    each step the noise map ``z_t`` that carries ``x_t`` to ``x_{t-1}`` under the source condition
+    is solved for, and ``x_{t-1}`` is re-set to ``mu_t + sigma_t z_t`` so that the sampler, which
+    computes exactly that expression, lands on it bit for bit.
+
+    Args:
+        x0: ``(B, C, h, w)`` clean latents (already scaled by the VAE scaling factor).
+        cond / uncond: ``(B, L, D)`` source embeddings; ``uncond`` None for no guidance.
+        guidance_scale: CFG scale of the source prompt (paper default 3.5).
+    """
+    ts = list(timesteps)
+    n = len(ts)
+    draws = torch.randn((n,) + tuple(x0.shape), generator=generator, dtype=torch.float32)
+    draws = draws.to(device=x0.device, dtype=x0.dtype)
+    x_ts = torch.empty((n + 1,) + tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+    for i, t in enumerate(ts):
+        abar_t = schedule.abar(t)
+        x_ts[i] = abar_t**0.5 * x0 + (1.0 - abar_t) ** 0.5 * draws[i]
+    x_ts[n] = x0
+    noise_maps = torch.empty((n,) + tuple(x0.shape), device=x0.device, dtype=x0.dtype)
+    with torch.no_grad():
+        for i, t in enumerate(ts):
+            abar_t, abar_prev = schedule.abar(t), schedule.abar(schedule.next_timestep(ts, i))
+            eps = guided_eps(denoiser, x_ts[i], t, cond, uncond, guidance_scale)
+            z = noise_map_for(x_ts[i], x_ts[i + 1], eps, abar_t, abar_prev)
+            noise_maps[i] = z
+            x_ts[i + 1] = ddpm_step(x_ts[i], eps, abar_t, abar_prev, z)
+            if progress is not None:
+                progress(i + 1, n)
+    return Inversion(x0=x0, x_ts=x_ts, noise_maps=noise_maps, timesteps=tuple(ts))

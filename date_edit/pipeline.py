@@ -1,0 +1,327 @@
+"""Orchestration: prompts and images in, results out. Invert, edit, generate, reconstruct.
+
+The only layer that tokenises; the math below it takes tensors. Every result carries its
+resolved configuration so any output can be reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .backbones import Backbone
+from .date import DateConfig, DateHook, DateTrace, parse_update_steps
+from .inversion import Inversion, invert
+from .sampling import sample
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Settings of an edit (defaults: edit-friendly DDPM paper, 100 steps, skip 36, CFG 3.5 -> 15)."""
+
+    steps: int = 100  # DDPM steps of the schedule (inversion runs all of them)
+    skip: int | str = "36%"  # steps skipped before editing starts: an int, or a percentage of steps
+    cfg_source: float = 3.5  # CFG scale of the source prompt during inversion
+    cfg_target: float = 15.0  # CFG scale of the target prompt during editing
+    seed: int = 0  # seeds the inversion's independent noise draws
+    date: Optional[DateConfig] = field(default_factory=DateConfig)  # None: fixed embedding (no DATE)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        skip = self.resolved_skip()
+        if not 0 <= skip < self.steps:
+            raise ValueError(f"--skip {self.skip} must leave at least one of the {self.steps} steps (0..{self.steps - 1})")
+        for name in ("cfg_source", "cfg_target"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number")
+
+    def resolved_skip(self) -> int:
+        """The skip as a step count (``"36%"`` of 100 steps -> 36; of 10 steps -> 3)."""
+        text = str(self.skip).strip()
+        try:
+            if text.endswith("%"):
+                return int(float(text[:-1]) / 100.0 * self.steps)
+            return int(text)
+        except ValueError:
+            raise ValueError(f"--skip {self.skip!r}: give a step count (36) or a percentage (36%)") from None
+
+    def run_steps(self) -> int:
+        """How many sampler steps the edit runs (``steps - skip``)."""
+        return self.steps - self.resolved_skip()
+
+    def to_dict(self) -> dict:
+        """JSON-ready resolved configuration."""
+        d = asdict(self)
+        d["skip"] = self.resolved_skip()
+        d["date"] = self.date.to_dict() if self.date else None
+        return d
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Settings of text-to-image generation (defaults: the DATE paper's, 50 DDIM steps, CFG 7.5, seed 6)."""
+
+    steps: int = 50  # DDIM (eta 0) steps
+    guidance_scale: float = 7.5  # CFG scale
+    seed: int = 6  # seeds the initial noise (drawn on the CPU)
+    height: Optional[int] = None  # pixels; None: the model's native size
+    width: Optional[int] = None
+    date: Optional[DateConfig] = field(default_factory=DateConfig)  # None: fixed embedding
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready resolved configuration."""
+        d = asdict(self)
+        d["date"] = self.date.to_dict() if self.date else None
+        return d
+
+
+@dataclass
+class Result:
+    """What an edit, a generation or a reconstruction produced.
+
+    Attributes:
+        images: ``(B, 3, H, W)`` in [0, 1], on the CPU.
+        latents: ``(B, 4, h, w)`` final latents (float32, CPU).
+        prompts: the target prompts.
+        update_steps: sampler step indices DATE updated (empty without DATE).
+        trace: DATE's record (norms, drift, per-step scores), or None.
+        timings: seconds: ``total_s``, ``inversion_s``, ``sampling_s``, ``date_s``.
+        peak_memory_mb: peak GPU memory (CUDA) or peak resident memory of the process (CPU).
+        config: the resolved configuration.
+        inversion: the inversion (edits and reconstructions), else None.
+        source_latents: ``(B, 4, h, w)`` latents of the input image (edits and reconstructions).
+    """
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    prompts: list[str]
+    update_steps: list[int]
+    trace: Optional[DateTrace]
+    timings: dict
+    peak_memory_mb: float
+    config: dict
+    inversion: Optional[Inversion] = None
+    source_latents: Optional[torch.Tensor] = None
+
+    @property
+    def embedding_update_norms(self) -> list[float]:
+        """``||c_after - c_before||_F`` per update step (mean over the batch)."""
+        return list(self.trace.update_norms) if self.trace else []
+
+    @property
+    def embedding_drift(self) -> float:
+        """``||c_final - c_original||_F`` (mean over the batch)."""
+        return self.trace.final_drift if self.trace else 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory since the last reset, or the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, uncond, guidance, timesteps,
+               noise_maps) -> tuple[Optional[DateHook], list[int]]:
+    if date is None:
+        return None, []
+    indices = parse_update_steps(date.update_steps, len(timesteps))
+    if not indices:
+        return None, []
+    if scorer is None:
+        raise ValueError("DATE needs a scorer: pass one, or disable DATE")
+    if not getattr(scorer, "differentiable", False):
+        raise ValueError(f"scorer {scorer.name!r} is not differentiable, so it cannot be a DATE objective")
+    hook = DateHook(date, indices, denoiser=backbone, decode=backbone.decode, score=scorer, prompts=prompts,
+                    uncond=uncond, guidance_scale=guidance, schedule=backbone.schedule, timesteps=timesteps,
+                    noise_maps=noise_maps)
+    return hook, indices
+
+
+def invert_image(
+    backbone: Backbone,
+    pixels: torch.Tensor,
+    *,
+    source_prompt: str | Sequence[str] = "",
+    steps: int = 100,
+    cfg_source: float = 3.5,
+    seed: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Inversion:
+    """Encode images ``(B, 3, H, W)`` in [0, 1] and invert them into edit-friendly noise maps (CVPR 2024)."""
+    b = pixels.shape[0]
+    sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
+    x0 = backbone.encode_image(pixels)
+    cond, uncond = _source_conditions(backbone, sources)
+    generator = torch.Generator().manual_seed(seed)
+    timesteps = backbone.schedule.timesteps(steps)
+    return invert(backbone, x0, timesteps, backbone.schedule, cond=cond, uncond=uncond,
+                  guidance_scale=cfg_source, generator=generator, progress=progress)
+
+
+def _source_conditions(backbone: Backbone, sources: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The source condition: CFG on the source prompt, or the unconditional branch alone if it is empty."""
+    if all(not s for s in sources):
+        return backbone.encode_prompt(sources), None
+    return backbone.encode_prompt(sources), backbone.encode_prompt([""] * len(sources))
+
+
+def edit(
+    backbone: Backbone,
+    pixels: torch.Tensor,
+    prompt: str | Sequence[str],
+    *,
+    source_prompt: str | Sequence[str] = "",
+    config: EditConfig = EditConfig(),
+    scorer=None,
+    inversion: Optional[Inversion] = None,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+) -> Result:
+    """Edit images: invert under the source prompt, then resample from step ``skip`` under the target
+    prompt with the stored noise maps, DATE updating the target embedding at the scheduled steps.
+
+    Args:
+        pixels: ``(B, 3, H, W)`` in [0, 1], sides multiples of ``backbone.size_multiple``.
+        prompt: target prompt(s), one per image or one for all.
+        scorer: the DATE objective (required when ``config.date`` schedules updates).
+        inversion: reuse an earlier inversion of the same images with the same steps/seed/source.
+    """
+    device = backbone.device
+    b = pixels.shape[0]
+    prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != b:
+        raise ValueError(f"{b} images but {len(prompts)} prompts")
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    if inversion is None:
+        inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
+                                 cfg_source=config.cfg_source, seed=config.seed,
+                                 progress=(lambda i, n: progress("invert", i, n)) if progress else None)
+    _sync(device)
+    t1 = time.perf_counter()
+    x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
+    cond = backbone.encode_prompt(prompts)
+    uncond = backbone.encode_prompt([""] * b)
+    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.cfg_target, timesteps, noise_maps)
+    latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
+                     guidance_scale=config.cfg_target, noise_maps=noise_maps, cond_hook=hook,
+                     progress=(lambda i, n: progress("edit", i, n)) if progress else None)
+    with torch.no_grad():
+        images = backbone.decode(latents)
+    _sync(device)
+    t2 = time.perf_counter()
+    trace = hook.trace if hook else None
+    return Result(
+        images=images.cpu(), latents=latents.cpu(), prompts=prompts,
+        update_steps=list(trace.update_steps) if trace else [], trace=trace,
+        timings={"total_s": t2 - t0, "inversion_s": t1 - t0, "sampling_s": t2 - t1,
+                 "date_s": trace.seconds if trace else 0.0},
+        peak_memory_mb=peak_memory_mb(device), config=config.to_dict(), inversion=inversion,
+        source_latents=inversion.x0.cpu(),
+    )
+
+
+def reconstruct(
+    backbone: Backbone,
+    pixels: torch.Tensor,
+    *,
+    source_prompt: str = "",
+    config: EditConfig = EditConfig(),
+    progress: Optional[Callable[[str, int, int], None]] = None,
+) -> Result:
+    """Invert, then resample with the source prompt and its CFG and no DATE: the exactness check."""
+    b = pixels.shape[0]
+    sources = [source_prompt] * b
+    device = backbone.device
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
+                             cfg_source=config.cfg_source, seed=config.seed,
+                             progress=(lambda i, n: progress("invert", i, n)) if progress else None)
+    t1 = time.perf_counter()
+    x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
+    cond, uncond = _source_conditions(backbone, sources)
+    latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
+                     guidance_scale=config.cfg_source, noise_maps=noise_maps,
+                     progress=(lambda i, n: progress("reconstruct", i, n)) if progress else None)
+    with torch.no_grad():
+        images = backbone.decode(latents)
+    _sync(device)
+    t2 = time.perf_counter()
+    cfg = config.to_dict() | {"cfg_target": config.cfg_source, "date": None}
+    return Result(
+        images=images.cpu(), latents=latents.cpu(), prompts=sources, update_steps=[], trace=None,
+        timings={"total_s": t2 - t0, "inversion_s": t1 - t0, "sampling_s": t2 - t1, "date_s": 0.0},
+        peak_memory_mb=peak_memory_mb(device), config=cfg, inversion=inversion, source_latents=inversion.x0.cpu(),
+    )
+
+
+def generate(
+    backbone: Backbone,
+    prompt: str | Sequence[str],
+    *,
+    config: GenerateConfig = GenerateConfig(),
+    scorer=None,
+    num_images: int = 1,
+    progress: Optional[Callable[[str, int, int], None]] = None,
+) -> Result:
+    """Text-to-image with DDIM (eta 0) from seeded noise, DATE updating the embedding (the paper's setting)."""
+    device = backbone.device
+    prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
+    b = len(prompts)
+    height = config.height or backbone.native_size
+    width = config.width or backbone.native_size
+    m = backbone.size_multiple
+    if height % m or width % m:
+        raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}")
+    f = backbone.vae_scale_factor
+    channels = backbone.unet.config.in_channels
+    _reset_peak(device)
+    t0 = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    x_t = torch.randn((b, channels, height // f, width // f), generator=generator, dtype=torch.float32).to(device)
+    timesteps = backbone.schedule.timesteps(config.steps)
+    cond = backbone.encode_prompt(prompts)
+    uncond = backbone.encode_prompt([""] * b)
+    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.guidance_scale, timesteps, None)
+    latents = sample(backbone, x_t, timesteps, backbone.schedule, cond=cond, uncond=uncond,
+                     guidance_scale=config.guidance_scale, cond_hook=hook,
+                     progress=(lambda i, n: progress("generate", i, n)) if progress else None)
+    with torch.no_grad():
+        images = backbone.decode(latents)
+    _sync(device)
+    t1 = time.perf_counter()
+    trace = hook.trace if hook else None
+    return Result(
+        images=images.cpu(), latents=latents.cpu(), prompts=prompts,
+        update_steps=list(trace.update_steps) if trace else [], trace=trace,
+        timings={"total_s": t1 - t0, "inversion_s": 0.0, "sampling_s": t1 - t0,
+                 "date_s": trace.seconds if trace else 0.0},
+        peak_memory_mb=peak_memory_mb(device), config=config.to_dict() | {"height": height, "width": width},
+    )
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB between images in [0, 1] (inf when identical)."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10.0 * math.log10(1.0 / mse)

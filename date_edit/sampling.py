@@ -1,0 +1,122 @@
+"""The one denoising loop (editing: DDPM eta=1 with stored noise maps; generation: DDIM eta=0).
+
+In the style of k-diffusion, guidance lives in the denoiser and per-step changes of the condition
+live in a hook; the loop itself is written out once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence
+
+import torch
+
+from .schedule import NoiseSchedule, ddim_step, ddpm_step, tweedie_x0
+
+
+class Denoiser(Protocol):
+    """``eps = denoiser(x_t, t, embeds)``: the noise prediction (v-models converted to eps).
+
+    Args:
+        x_t: ``(B, C, h, w)`` latents.
+        t: integer timestep.
+        embeds: ``(B, L, D)`` text embeddings.
+    """
+
+    def __call__(self, x_t: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor: ...
+
+
+def guided_eps(
+    denoiser: Denoiser,
+    x_t: torch.Tensor,
+    t: int,
+    cond: torch.Tensor,
+    uncond: Optional[torch.Tensor],
+    guidance_scale: float,
+) -> torch.Tensor:
+    """Classifier-free guidance ``eps = eps_u + w (eps_c - eps_u)`` in one batched call (Ho & Salimans 2022).
+
+    With ``guidance_scale == 1`` or no unconditional embedding, only the conditional branch runs.
+    """
+    if uncond is None or guidance_scale == 1.0:
+        return denoiser(x_t, t, cond)
+    eps_u, eps_c = denoiser(torch.cat([x_t, x_t]), t, torch.cat([uncond, cond])).chunk(2)
+    return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+@dataclass
+class StepState:
+    """What a hook or observer sees at step ``index`` (timestep ``t``) of a run."""
+
+    index: int
+    t: int
+    x_t: torch.Tensor
+    cond: torch.Tensor
+    eps: Optional[torch.Tensor] = None
+    x_prev: Optional[torch.Tensor] = None
+
+
+CondHook = Callable[[StepState], torch.Tensor]
+Observer = Callable[[StepState], None]
+
+
+def sample(
+    denoiser: Denoiser,
+    x_start: torch.Tensor,
+    timesteps: Sequence[int],
+    schedule: NoiseSchedule,
+    *,
+    cond: torch.Tensor,
+    uncond: Optional[torch.Tensor],
+    guidance_scale: float,
+    noise_maps: Optional[torch.Tensor] = None,
+    cond_hook: Optional[CondHook] = None,
+    observers: Sequence[Observer] = (),
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> torch.Tensor:
+    """Denoise ``x_start`` through ``timesteps`` and return the final latents.
+
+    Args:
+        x_start: ``(B, C, h, w)`` latents at ``timesteps[0]``.
+        timesteps: the timesteps to run, high to low; the step after the last lands on the one
+            that follows it in the full schedule (pass the full list's tail for edits).
+        cond / uncond: ``(B, L, D)`` conditional / unconditional embeddings.
+        noise_maps: ``(len(timesteps), B, C, h, w)``: DDPM eta=1 with these z_t (editing);
+            ``None``: deterministic DDIM eta=0 (generation).
+        cond_hook: called before each step's eps with the state; returns the condition to use
+            for this step and every later one (DATE is such a hook).
+        observers: read-only callbacks after each step (``eps``, ``x_prev`` filled in).
+    """
+    x = x_start
+    ts = list(timesteps)
+    if noise_maps is not None and len(noise_maps) != len(ts):
+        raise ValueError(f"{len(noise_maps)} noise maps for {len(ts)} steps")
+    for i, t in enumerate(ts):
+        state = StepState(index=i, t=t, x_t=x, cond=cond)
+        if cond_hook is not None:
+            cond = cond_hook(state)
+            state.cond = cond
+        with torch.no_grad():
+            eps = guided_eps(denoiser, x, t, cond, uncond, guidance_scale)
+            abar_t = schedule.abar(t)
+            abar_prev = schedule.abar(schedule.next_timestep(ts, i))
+            if noise_maps is not None:
+                x_prev = ddpm_step(x, eps, abar_t, abar_prev, noise_maps[i])
+            else:
+                x_prev = ddim_step(x, eps, abar_t, abar_prev)
+        state.eps, state.x_prev = eps, x_prev
+        for observer in observers:
+            observer(state)
+        if progress is not None:
+            progress(i + 1, len(ts))
+        x = x_prev
+    return x
+
+
+def x0_observer(schedule: NoiseSchedule, store: list) -> Observer:
+    """An observer that appends each step's Tweedie estimate ``x0_hat`` (detached, CPU) to ``store``."""
+
+    def observe(state: StepState) -> None:
+        store.append(tweedie_x0(state.x_t, state.eps, schedule.abar(state.t)).detach().cpu())
+
+    return observe

@@ -1,0 +1,159 @@
+"""Scorer registry: built-in factories plus the ``date_edit.scorers`` entry-point group."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .base import Scorer, ScorerError
+
+ENTRY_POINT_GROUP = "date_edit.scorers"
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """What ``date-edit scorers`` lists about a registered scorer."""
+
+    name: str
+    factory: Callable[..., Scorer]  # (variant: str | None, device, dtype) -> Scorer
+    differentiable: bool
+    backend: str
+    default_weights: str
+    cached: Callable[[], Optional[bool]] = lambda: None  # whether the default weights are already local
+
+
+_REGISTRY: dict[str, ScorerInfo] = {}
+
+
+def register_scorer(info: ScorerInfo) -> None:
+    """Register a scorer factory under ``info.name`` (later registrations replace earlier ones)."""
+    _REGISTRY[info.name] = info
+
+
+def _load_builtins() -> None:
+    if "clip" not in _REGISTRY:
+        from . import clip  # noqa: F401  (registers itself)
+    for module in ("imagereward", "pickscore", "aesthetic"):
+        try:
+            __import__(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.{module}":
+                raise
+
+
+def _load_entry_points() -> None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the CLI
+            import warnings
+
+            warnings.warn(f"scorer plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            continue
+        info = obj if isinstance(obj, ScorerInfo) else ScorerInfo(
+            name=ep.name,
+            factory=obj,
+            differentiable=bool(getattr(obj, "differentiable", True)),
+            backend=f"plugin {ep.value}",
+            default_weights=str(getattr(obj, "default_weights", "")),
+        )
+        _REGISTRY.setdefault(ep.name, info)
+
+
+def available_scorers() -> dict[str, ScorerInfo]:
+    """All registered scorers by name: built-ins first, then entry-point plugins."""
+    _load_builtins()
+    _load_entry_points()
+    return dict(_REGISTRY)
+
+
+_TERM = re.compile(r"^([A-Za-z0-9_.\-]+)(?::(.+?))?(?:=(.+))?$")
+
+
+def parse_scorer_spec(spec: str) -> list[tuple[str, Optional[str], float]]:
+    """``"clip=1,imagereward:tiny=0.5"`` -> ``[("clip", None, 1.0), ("imagereward", "tiny", 0.5)]``."""
+    terms = []
+    text = spec.strip()
+    if not text:
+        raise ScorerError("empty --scorer: name one, e.g. clip or clip=1,imagereward=0.5")
+    for part in text.split(","):
+        match = _TERM.match(part.strip())
+        if not match:
+            raise ScorerError(f"cannot read scorer {part!r}: use name, name:variant or name=weight")
+        name, variant, weight = match.group(1), match.group(2), match.group(3)
+        try:
+            w = 1.0 if weight is None else float(weight)
+        except ValueError:
+            raise ScorerError(f"scorer weight {weight!r} in {part!r} is not a number") from None
+        if not math.isfinite(w):
+            raise ScorerError(f"scorer weight in {part!r} must be finite")
+        terms.append((name.lower(), variant, w))
+    return terms
+
+
+class WeightedScorer:
+    """``sum_k w_k * h_k(images, prompts)``: differentiable only if every term is."""
+
+    def __init__(self, terms: Sequence[tuple[Scorer, float]], name: str) -> None:
+        self.terms = list(terms)
+        self.name = name
+        self.differentiable = all(s.differentiable for s, _ in self.terms)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Weighted sum of the terms' scores, ``(B,)``."""
+        total = None
+        for scorer, weight in self.terms:
+            value = weight * scorer(images, prompts).float()
+            total = value if total is None else total + value
+        return total
+
+    def to(self, device) -> "WeightedScorer":
+        """Move every term."""
+        for scorer, _ in self.terms:
+            scorer.to(device)
+        return self
+
+    def components(self) -> dict[str, Scorer]:
+        """The terms by name, for reporting each score separately."""
+        return {s.name: s for s, _ in self.terms}
+
+
+def build_scorer(
+    spec: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    require_differentiable: bool = False,
+) -> Scorer:
+    """Build the scorer a spec names (one term, or a :class:`WeightedScorer` of several).
+
+    Raises:
+        ScorerError: unknown name (listing the known ones), bad syntax, or a non-differentiable
+            scorer where ``require_differentiable`` (the DATE objective) asks for gradients.
+    """
+    terms = parse_scorer_spec(spec)
+    registry = available_scorers()
+    built: list[tuple[Scorer, float]] = []
+    for name, variant, weight in terms:
+        if name not in registry:
+            raise ScorerError(f"unknown scorer {name!r}: known scorers are {', '.join(sorted(registry))}")
+        info = registry[name]
+        if require_differentiable and not info.differentiable:
+            raise ScorerError(
+                f"scorer {name!r} is not differentiable, so it cannot be a DATE objective; "
+                "use it with `date-edit score`, or pick a differentiable one (see `date-edit scorers`)"
+            )
+        scorer = info.factory(variant, device=torch.device(device), dtype=dtype)
+        if require_differentiable and not scorer.differentiable:
+            raise ScorerError(f"scorer {scorer.name!r} is not differentiable, so it cannot be a DATE objective")
+        built.append((scorer, weight))
+    if len(built) == 1 and built[0][1] == 1.0:
+        return built[0][0]
+    return WeightedScorer(built, name=spec.replace(" ", ""))

@@ -1,0 +1,36 @@
+"""Shared fixtures: offline hub, tiny random-weight backbone and scorer built once per session."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """The built-in tiny SD backbone (random weights, CPU, fp32)."""
+    from date_edit.backbones import load_backbone
+
+    return load_backbone("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer():
+    """``clip:tiny``: random-weight CLIP with the real tokenizer."""
+    from date_edit.scorers import build_scorer
+
+    return build_scorer("clip:tiny")
+
+
+@pytest.fixture(scope="session")
+def sd_schedule():
+    """The SD 1.x noise schedule."""
+    from date_edit.backbones import SD_SCHEDULER_CONFIG
+    from date_edit.schedule import NoiseSchedule
+
+    return NoiseSchedule.from_config(SD_SCHEDULER_CONFIG)
