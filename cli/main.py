@@ -477,11 +477,13 @@ def reconstruct(image: str, **opts) -> None:
 def run() -> None:
     """Console entry point: click errors become one line and exit code 2."""
     try:
-        main.main(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelp as exc:  # pragma: no cover - click >= 8.2
-        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
-        sys.exit(EXIT_USAGE)
+        code = main.main(standalone_mode=False)
+    except SystemExit:
+        raise
     except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `date-edit`: show the help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(EXIT_USAGE)
         _say(f"error: {exc.format_message()} (see date-edit --help)")
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
@@ -489,5 +491,4 @@ def run() -> None:
         sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

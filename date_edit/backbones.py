@@ -129,9 +129,10 @@ class Backbone:
     def enable_gradient_checkpointing(self, vae: bool = True, unet: bool = False) -> None:
         """Recompute activations in DATE's backward pass instead of storing them (less memory, more time)."""
         for flag, module in ((vae, self.vae), (unet, self.unet)):
+            # diffusers keeps the flag on submodules, so always set it both ways
             if flag:
                 module.enable_gradient_checkpointing()
-            elif getattr(module, "gradient_checkpointing", False):
+            else:
                 module.disable_gradient_checkpointing()
 
     def describe(self) -> dict:

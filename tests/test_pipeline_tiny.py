@@ -1,0 +1,130 @@
+"""Integration tier: the tiny random-weight SD components (real diffusers/transformers classes) on CPU."""
+
+import json
+
+import pytest
+import torch
+
+from date_edit.backbones import BackboneError, load_backbone, save_components, tiny_components
+from date_edit.date import DateConfig
+from date_edit.pipeline import EditConfig, GenerateConfig, edit, generate, reconstruct
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, 48, 64, generator=g)
+
+
+@pytest.mark.parametrize("skip", [0, 8])
+@pytest.mark.parametrize("source", ["", "a photo of a cat"])
+def test_reconstruction_is_exact(tiny_backbone, pixels, skip, source):
+    result = reconstruct(tiny_backbone, pixels, source_prompt=source, config=EditConfig(steps=20, skip=skip))
+    assert float((result.latents - result.source_latents).abs().max()) <= 1e-4
+
+
+def test_rho_zero_equals_fixed_embedding(tiny_backbone, tiny_scorer, pixels):
+    fixed = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=10, date=None))
+    zero = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=10, date=DateConfig(rho=0.0)),
+                scorer=tiny_scorer)
+    assert torch.equal(fixed.images, zero.images)
+    moved = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=10, date=DateConfig(rho=0.5,
+                 update_steps="0,3")), scorer=tiny_scorer)
+    assert not torch.equal(fixed.images, moved.images)
+
+
+def test_date_norms_and_restart_drift(tiny_backbone, tiny_scorer, pixels):
+    acc = edit(tiny_backbone, pixels, "a dog", scorer=tiny_scorer,
+               config=EditConfig(steps=10, date=DateConfig(rho=0.5, update_steps="0,3,6")))
+    assert acc.update_steps == [0, 3, 6]
+    assert all(abs(n - 0.5) <= 1e-3 for n in acc.embedding_update_norms)
+    restart = edit(tiny_backbone, pixels, "a dog", scorer=tiny_scorer,
+                   config=EditConfig(steps=10, date=DateConfig(rho=0.5, update_steps="0,3,6", mode="restart")))
+    assert restart.embedding_drift <= 0.5 + 1e-3
+    assert all(d <= 0.5 + 1e-3 for d in restart.trace.drifts)
+
+
+def test_default_skip_scales_with_steps():
+    assert EditConfig(steps=100).resolved_skip() == 36
+    assert EditConfig(steps=10).resolved_skip() == 3
+    assert EditConfig(steps=10, skip=8).run_steps() == 2
+    with pytest.raises(ValueError, match="skip"):
+        EditConfig(steps=10, skip=10)
+
+
+def test_generation_is_seeded_and_date_changes_it(tiny_backbone, tiny_scorer):
+    cfg = GenerateConfig(steps=6, seed=3, date=None)
+    a = generate(tiny_backbone, "a red circle", config=cfg)
+    b = generate(tiny_backbone, "a red circle", config=cfg)
+    assert torch.equal(a.images, b.images) and a.images.shape == (1, 3, 64, 64)
+    d = generate(tiny_backbone, "a red circle", config=GenerateConfig(steps=6, seed=3,
+                 date=DateConfig(update_steps="50%")), scorer=tiny_scorer)
+    assert d.update_steps == [0, 2, 4]
+    assert not torch.equal(a.images, d.images)
+
+
+def test_batched_edit_norms_are_per_sample(tiny_backbone, tiny_scorer):
+    pix = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    r = edit(tiny_backbone, pix, ["a dog", "a cat"], scorer=tiny_scorer,
+             config=EditConfig(steps=6, date=DateConfig(update_steps="0,2")))
+    assert r.images.shape == (2, 3, 64, 64)
+    assert all(abs(n - 0.5) <= 1e-3 for n in r.embedding_update_norms)
+
+
+def test_every_model_is_frozen_and_in_eval(tiny_backbone):
+    for module in (tiny_backbone.unet, tiny_backbone.vae, tiny_backbone.text_encoder):
+        assert not module.training
+        assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_long_prompt_warns_and_is_truncated(tiny_backbone):
+    from date_edit.backbones import PromptTruncatedWarning
+
+    with pytest.warns(PromptTruncatedWarning):
+        embeds = tiny_backbone.encode_prompt(["a cat " * 60])
+    assert embeds.shape == (1, 77, 32)
+
+
+def test_local_folder_loads_through_the_same_path(tmp_path, tiny_backbone, pixels):
+    save_components(tiny_components(), tmp_path / "tiny-sd")
+    index = json.loads((tmp_path / "tiny-sd" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    loaded = load_backbone(str(tmp_path / "tiny-sd"), device="cpu")
+    x = tiny_backbone.encode_image(pixels)
+    e = tiny_backbone.encode_prompt(["a cat"])
+    assert torch.equal(loaded.encode_image(pixels), x)
+    assert torch.equal(loaded.encode_prompt(["a cat"]), e)
+    assert torch.equal(loaded(x, 500, e), tiny_backbone(x, 500, e))
+
+
+def test_v_prediction_folder_converts_to_eps(tmp_path):
+    comps = tiny_components()
+    comps["scheduler"] = type(comps["scheduler"]).from_config(comps["scheduler"].config,
+                                                              prediction_type="v_prediction")
+    save_components(comps, tmp_path / "tiny-v")
+    backbone = load_backbone(str(tmp_path / "tiny-v"), device="cpu")
+    assert backbone.schedule.prediction_type == "v_prediction"
+    x, e = torch.randn(1, 4, 8, 8), backbone.encode_prompt(["a"])
+    v = backbone.unet(x, torch.tensor([500]), encoder_hidden_states=e).sample
+    abar = backbone.schedule.abar(500)
+    torch.testing.assert_close(backbone(x, 500, e), abar**0.5 * v + (1 - abar) ** 0.5 * x)
+
+
+@pytest.mark.parametrize(
+    "model,needle",
+    [
+        ("stable-diffusion-v1-5/stable-diffusion-v1-5", "huggingface-cli download"),
+        ("nobody/no-such-model", "huggingface-cli download"),
+        ("/nonexistent/folder", "not a diffusers model folder"),
+        ("/nonexistent/model.safetensors", "does not exist"),
+    ],
+)
+def test_missing_models_are_one_clear_line(model, needle):
+    with pytest.raises(BackboneError) as err:
+        load_backbone(model, device="cpu")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(BackboneError, match="fp16"):
+        load_backbone("tiny", dtype="fp16", device="cpu")
