@@ -78,6 +78,49 @@ def build(args, dtype: str, device: torch.device):
     return backbone, objectives
 
 
+def update_breakdown(backbone, scorer, repeats: int = 5) -> dict:
+    """Median milliseconds of each phase of one DATE update at batch 1 (synchronised between phases)."""
+    from date_edit.schedule import tweedie_x0
+
+    device = backbone.device
+    size = backbone.native_size // backbone.vae_scale_factor
+    x_t = torch.randn((1, 4, size, size), generator=torch.Generator().manual_seed(0)).to(device)
+    cond = backbone.encode_prompt(["a photograph of an astronaut riding a horse"])
+    uncond = backbone.encode_prompt([""])
+    t = 501
+    phases: dict[str, list[float]] = {}
+
+    def tick(name: str, start: float) -> float:
+        _sync(device)
+        now = time.perf_counter()
+        phases.setdefault(name, []).append(1000 * (now - start))
+        return now
+
+    for i in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            eps_u = backbone(x_t, t, uncond)
+        start = tick("unet_uncond_fwd", start)
+        leaf = cond.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            eps = eps_u + 7.5 * (backbone(x_t, t, leaf) - eps_u)
+            start = tick("unet_cond_fwd_grad", start)
+            image = backbone.decode(tweedie_x0(x_t, eps, backbone.schedule.abar(t)))
+            start = tick("vae_decode_fwd_grad", start)
+            h = scorer(image, ["a photograph of an astronaut riding a horse"])
+            start = tick("scorer_fwd", start)
+            torch.autograd.grad(h.sum(), leaf)
+            start = tick("backward", start)
+        with torch.no_grad():
+            torch.cat([uncond, cond])
+            backbone(torch.cat([x_t, x_t]), t, torch.cat([uncond, cond]))
+        tick("plain_cfg_step_unet", start)
+        if i == 0:
+            phases.clear()
+    return {k: statistics.median(v) for k, v in phases.items()}
+
+
 def edit_run(backbone, scorer, fraction, tiny: bool):
     """A closure editing one random image (inversion + resampling from skip 36 of 100), with DATE or not."""
     from date_edit.pipeline import EditConfig, edit
@@ -128,6 +171,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--imagereward", action="store_true", help="also the CLIP + ImageReward objective")
     p.add_argument("--checkpointing", action="store_true", help="also DATE with VAE gradient checkpointing")
+    p.add_argument("--breakdown", action="store_true", help="also time the phases of one DATE update (batch 1)")
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="also plain vs DATE 10%% with torch.backends.cudnn.benchmark on (batch 1)")
     p.add_argument("--edit", action="store_true",
                    help="also a 512x512 edit at batch 1 (inversion + 100 steps, skip 36), plain vs DATE 10%%")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' StableDiffusionPipeline baseline")
@@ -174,10 +220,19 @@ def main(argv=None) -> int:
         except Exception as exc:  # bf16 on an old card, say
             rows.append({"dtype": dtype, "error": f"{type(exc).__name__}: {exc}"[:300]})
             continue
+        if args.breakdown:
+            for ckpt in (False, True):
+                backbone.enable_gradient_checkpointing(vae=ckpt, unet=False)
+                row = {"dtype": dtype, "batch": 1, "method": "update-breakdown", "vae_checkpointing": ckpt,
+                       "phases_ms": update_breakdown(backbone, objectives["clip"], repeats=3 if args.tiny else 5)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         for batch in batches:
             cells = [("plain", None, None, False)]
             if not args.no_diffusers and batch in (1,) and dtype != "bf16":
                 cells.append(("diffusers", None, None, False))
+            if args.cudnn_benchmark and batch == 1:
+                cells += [("plain-cudnn", None, None, False), ("date-cudnn", 10, "clip", True)]
             if args.edit and batch == 1:
                 cells += [("edit", None, None, False), ("edit", 10, "clip", False)]
             for frac in fractions:
@@ -192,12 +247,13 @@ def main(argv=None) -> int:
                 if time.perf_counter() - started > args.budget_s:
                     break
                 backbone.enable_gradient_checkpointing(vae=ckpt, unet=False)
+                torch.backends.cudnn.benchmark = kind.endswith("-cudnn")
                 if kind == "diffusers":
                     fn = diffusers_baseline(backbone, prompt, steps, 7.5, batch, 6)
                 elif kind == "edit":
                     fn = edit_run(backbone, objectives["clip"], frac, tiny=args.tiny)
                 else:
-                    date = None if kind == "plain" else DateConfig(rho=0.5, update_steps=f"{frac}%")
+                    date = None if frac is None else DateConfig(rho=0.5, update_steps=f"{frac}%")
                     cfg = GenerateConfig(steps=steps, guidance_scale=7.5, seed=6, date=date)
                     scorer = objectives[obj] if obj else None
 
@@ -213,8 +269,9 @@ def main(argv=None) -> int:
                     continue
                 row = {"dtype": dtype, "batch": batch, "method": kind, "fraction": frac, "objective": obj,
                        "vae_checkpointing": ckpt, "seconds_per_image": sec / batch, "seconds_per_run": sec,
-                       "ms_per_step": 1000 * sec / steps, "peak_memory_mb": mb, "runs_s": times}
-                base_key = "edit" if kind == "edit" else "generate"
+                       "ms_per_step": None if kind == "edit" else 1000 * sec / steps, "peak_memory_mb": mb,
+                       "runs_s": times}
+                base_key = {"edit": "edit", "plain-cudnn": "cudnn", "date-cudnn": "cudnn"}.get(kind, "generate")
                 if frac is None and kind != "diffusers":
                     baselines[base_key] = (sec, mb)
                 if base_key in baselines:
@@ -232,11 +289,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def markdown(meta: dict, rows: list[dict]) -> str:
     """A Markdown table of the rows."""
     lines = [f"# DATE cost on {meta['card']} ({meta.get('steps')} steps, random weights)", "",
-             "| dtype | batch | method | updates | objective | VAE ckpt | s/image | ms/step | peak MiB | time / plain |"
+             "ms/step is per CFG step of a generation (edits run a 100-step inversion plus 64 steps, so none is given).",
+             "", "| dtype | batch | method | updates | objective | VAE ckpt | s/image | ms/step | peak MiB | time / plain |"
              " memory / plain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    breakdowns = [r for r in rows if r.get("method") == "update-breakdown"]
+    rows = [r for r in rows if r.get("method") != "update-breakdown"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r.get('dtype')} | {r.get('batch', '')} | {r.get('method', '')} | "
@@ -247,7 +311,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         mr = f"{r['memory_ratio_vs_plain']:.3f}" if r.get("memory_ratio_vs_plain") else "-"
         lines.append(f"| {r['dtype']} | {r['batch']} | {r['method']} | {frac} | {r['objective'] or '-'} | "
                      f"{'yes' if r['vae_checkpointing'] else 'no'} | {r['seconds_per_image']:.3f} | "
-                     f"{r['ms_per_step']:.1f} | {r['peak_memory_mb']:.0f} | {tr} | {mr} |")
+                     f"{_fmt(r['ms_per_step'])} | {r['peak_memory_mb']:.0f} | {tr} | {mr} |")
+    for r in breakdowns:
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items())
+        lines += ["", f"One DATE update at batch 1, {r['dtype']}, VAE checkpointing {r['vae_checkpointing']}: "
+                      f"median ms per phase: {phases}"]
     return "\n".join(lines) + "\n"
 
 

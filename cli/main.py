@@ -60,6 +60,10 @@ def _common_model_options(f):
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
                      help="Model precision (latents, embeddings and DATE updates stay fp32)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--grad-checkpointing", type=click.Choice(["auto", "none", "vae", "unet", "all"]),
+                     default="auto", show_default=True,
+                     help="Recompute activations in DATE's backward pass to save GPU memory (auto: the VAE on "
+                          "CUDA, nothing on CPU). Plain sampling is unaffected."),
         click.option("--seed", type=int, default=None, help="Random seed (edit: 0, generate: 6, the official one)."),
         click.option("--out", "-o", type=click.Path(), default=None,
                      help="Output PNG path, or a folder for an automatic name (default ./outputs/)."),
@@ -235,10 +239,12 @@ def _run(fn):
         raise
 
 
-def _load(model: str, dtype: str, device: str, model_config: Optional[str]):
+def _load(opts: dict):
     from date_edit.backbones import load_backbone
 
-    backbone = load_backbone(model, dtype=dtype, device=device, config=model_config)
+    model = opts["model"]
+    backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"], config=opts["model_config"],
+                             grad_checkpointing=opts["grad_checkpointing"])
     if backbone.random_weights:
         _say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
     return backbone
@@ -361,7 +367,7 @@ def edit(image: str, prompt: str, **opts) -> None:
         _check_schedule(config.date, config.run_steps())
         path = _output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
         _precheck_image(image)
-        backbone = _load(opts["model"], opts["dtype"], opts["device"], opts["model_config"])
+        backbone = _load(opts)
         loaded = _prepare_image(image, backbone, opts["size"], opts["resize"])
         scorer = _build_scorer(opts, backbone, config.date is not None)
         result = run_edit(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], config=config,
@@ -415,7 +421,7 @@ def generate(prompt: str, **opts) -> None:
                                 height=opts["height"], width=opts["width"], date=_date_config(opts))
         _check_schedule(config.date, config.steps)
         path = _output_path(opts["out"], default_output_name(None, prompt, seed), opts["overwrite"], [])
-        backbone = _load(opts["model"], opts["dtype"], opts["device"], opts["model_config"])
+        backbone = _load(opts)
         scorer = _build_scorer(opts, backbone, config.date is not None)
         result = run_generate(backbone, prompt, config=config, scorer=scorer, num_images=opts["num_images"],
                               progress=_progress(opts["quiet"]))
@@ -449,7 +455,7 @@ def reconstruct(image: str, **opts) -> None:
                             cfg_target=opts["cfg_source"], seed=seed, date=None)
         path = _output_path(opts["out"], default_output_name(image, "reconstruct", seed), opts["overwrite"], [image])
         _precheck_image(image)
-        backbone = _load(opts["model"], opts["dtype"], opts["device"], opts["model_config"])
+        backbone = _load(opts)
         loaded = _prepare_image(image, backbone, opts["size"], opts["resize"])
         result = run_reconstruct(backbone, loaded.pixels, source_prompt=opts["source_prompt"], config=config,
                                  progress=_progress(opts["quiet"]))

@@ -45,13 +45,14 @@ def invert(
     cond: torch.Tensor,
     uncond: Optional[torch.Tensor],
     guidance_scale: float,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Inversion:
     """Invert ``x0`` into edit-friendly noise maps (CVPR 2024, eqs. 3-5).
 
     Every ``x_t`` is drawn independently, ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) n_t``, with
-    ``n_t`` from ``generator`` on the CPU (so a seed gives the same maps on any device); then for
+    ``n_t`` from ``generator`` on the CPU (so a seed gives the same maps on any device; pass one
+    generator per sample to make each sample's maps independent of its batch); then for
     each step the noise map ``z_t`` that carries ``x_t`` to ``x_{t-1}`` under the source condition
     is solved for, and ``x_{t-1}`` is re-set to ``mu_t + sigma_t z_t`` so that the sampler, which
     computes exactly that expression, lands on it bit for bit.
@@ -63,7 +64,13 @@ def invert(
     """
     ts = list(timesteps)
     n = len(ts)
-    draws = torch.randn((n,) + tuple(x0.shape), generator=generator, dtype=torch.float32)
+    if isinstance(generator, torch.Generator):
+        draws = torch.randn((n,) + tuple(x0.shape), generator=generator, dtype=torch.float32)
+    else:
+        if len(generator) != x0.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x0.shape[0]}")
+        per_sample = [torch.randn((n,) + tuple(x0.shape[1:]), generator=g, dtype=torch.float32) for g in generator]
+        draws = torch.stack(per_sample, dim=1)
     draws = draws.to(device=x0.device, dtype=x0.dtype)
     x_ts = torch.empty((n + 1,) + tuple(x0.shape), device=x0.device, dtype=x0.dtype)
     for i, t in enumerate(ts):

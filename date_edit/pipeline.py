@@ -165,15 +165,21 @@ def invert_image(
     source_prompt: str | Sequence[str] = "",
     steps: int = 100,
     cfg_source: float = 3.5,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Inversion:
-    """Encode images ``(B, 3, H, W)`` in [0, 1] and invert them into edit-friendly noise maps (CVPR 2024)."""
+    """Encode images ``(B, 3, H, W)`` in [0, 1] and invert them into edit-friendly noise maps (CVPR 2024).
+
+    ``seed``: one for the batch, or one per image (each image's maps then do not depend on its batch).
+    """
     b = pixels.shape[0]
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     x0 = backbone.encode_image(pixels)
     cond, uncond = _source_conditions(backbone, sources)
-    generator = torch.Generator().manual_seed(seed)
+    if isinstance(seed, int):
+        generator = torch.Generator().manual_seed(seed)
+    else:
+        generator = [torch.Generator().manual_seed(int(s)) for s in seed]
     timesteps = backbone.schedule.timesteps(steps)
     return invert(backbone, x0, timesteps, backbone.schedule, cond=cond, uncond=uncond,
                   guidance_scale=cfg_source, generator=generator, progress=progress)

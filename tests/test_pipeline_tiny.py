@@ -128,3 +128,14 @@ def test_missing_models_are_one_clear_line(model, needle):
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(BackboneError, match="fp16"):
         load_backbone("tiny", dtype="fp16", device="cpu")
+
+
+def test_gradient_checkpointing_does_not_change_the_result(tiny_scorer, pixels):
+    """The memory optimisation recomputes the same ops: same edit as the unoptimised path (CPU, fp32)."""
+    results = []
+    for mode in ("none", "all"):
+        backbone = load_backbone("tiny", device="cpu", grad_checkpointing=mode)
+        results.append(edit(backbone, pixels, "a dog", scorer=tiny_scorer,
+                            config=EditConfig(steps=8, date=DateConfig(update_steps="0,2,4"))))
+    torch.testing.assert_close(results[0].latents, results[1].latents, rtol=0, atol=1e-5)
+    assert results[0].embedding_update_norms == pytest.approx(results[1].embedding_update_norms, abs=1e-6)

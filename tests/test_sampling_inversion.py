@@ -172,3 +172,15 @@ def test_date_config_validates():
     with pytest.raises(ValueError):
         DateConfig(mode="sideways")
     assert DateConfig().to_dict()["mode"] == "accumulate"
+
+
+def test_per_sample_generators_make_maps_independent_of_the_batch(sd_schedule):
+    den = FakeDenoiser()
+    ts = sd_schedule.timesteps(5)
+    x0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(9))
+    cond = _embeds(seed=1)
+    both = invert(den, x0, ts, sd_schedule, cond=cond, uncond=None, guidance_scale=1.0,
+                  generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    alone = invert(den, x0[1:], ts, sd_schedule, cond=cond[1:], uncond=None, guidance_scale=1.0,
+                   generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(both.x_ts[:, 1], alone.x_ts[:, 0])
