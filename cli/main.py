@@ -480,6 +480,16 @@ def reconstruct(image: str, **opts) -> None:
     _run(body)
 
 
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (each imports only click at module level)."""
+    from .ane_cmd import ane
+
+    main.add_command(ane)
+
+
+_register_subcommands()
+
+
 def run() -> None:
     """Console entry point: click errors become one line and exit code 2."""
     try:

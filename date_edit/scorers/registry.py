@@ -38,7 +38,7 @@ def register_scorer(info: ScorerInfo) -> None:
 def _load_builtins() -> None:
     if "clip" not in _REGISTRY:
         from . import clip  # noqa: F401  (registers itself)
-    for module in ("imagereward", "pickscore", "aesthetic"):
+    for module in ("imagereward", "pickscore", "aesthetic", "minconcept"):
         try:
             __import__(f"{__package__}.{module}")
         except ModuleNotFoundError as exc:

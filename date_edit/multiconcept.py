@@ -1,0 +1,289 @@
+"""Multi-concept prompts: the Attend-and-Excite (AnE) prompt set, its metrics, and a min-concept objective.
+
+Metrics follow the A&E protocol (Chefer et al., SIGGRAPH 2023): CLIP image-text similarity of the full
+prompt and the minimum over its concepts (prompt split on " and " / " with "), each text embedding the
+average over the 80 ImageNet prompt templates; and text-text CLIP similarity between the prompt and a
+BLIP caption of the image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+ANE_CATEGORIES = ("animals", "animals_objects", "objects")
+ANE_PATH = Path(__file__).parent / "assets" / "data" / "ane_prompts.json"
+
+IMAGENET_TEMPLATES = (
+    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
+    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
+    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
+    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
+    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
+    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
+    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
+    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
+    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
+    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
+    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
+    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
+    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
+    "a photo of a small {}.", "a tattoo of the {}.",
+)
+assert len(IMAGENET_TEMPLATES) == 80
+
+
+def load_ane_prompts(category: str = "all") -> dict[str, list[str]]:
+    """The 276 AnE prompts by category (``animals``, ``animals_objects``, ``objects`` or ``all``)."""
+    data = json.loads(ANE_PATH.read_text())
+    if category == "all":
+        return {c: list(data[c]) for c in ANE_CATEGORIES}
+    if category not in ANE_CATEGORIES:
+        raise ValueError(f"unknown --category {category!r}: use {', '.join(ANE_CATEGORIES)} or all")
+    return {category: list(data[category])}
+
+
+def split_concepts(prompt: str) -> list[str]:
+    """``"a cat and a red ball"`` -> ``["a cat", "a red ball"]`` (split on " and " / " with ")."""
+    parts = [p.strip() for p in re.split(r"\s+(?:and|with)\s+", prompt.strip()) if p.strip()]
+    return parts or [prompt.strip()]
+
+
+def _strip_article(text: str) -> str:
+    return re.sub(r"^(a|an|the)\s+", "", text.strip(), flags=re.I)
+
+
+def template_texts(text: str) -> list[str]:
+    """The 80 template sentences for ``text``; its leading article is dropped so "a {}" reads "a cat"."""
+    core = _strip_article(text)
+    return [t.format(core) for t in IMAGENET_TEMPLATES]
+
+
+def mean_ci95(values: Sequence[float]) -> dict:
+    """Mean and 95% normal-approximation confidence half-width (1.96 * s / sqrt(n))."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = sum(vals) / n
+    if n == 1:
+        return {"mean": mean, "ci95": None, "n": 1}
+    var = sum((v - mean) ** 2 for v in vals) / (n - 1)
+    return {"mean": mean, "ci95": 1.96 * math.sqrt(var / n), "n": n}
+
+
+class TemplateTextEncoder:
+    """CLIP text features averaged over the ImageNet templates (cached per text)."""
+
+    def __init__(self, clip_scorer) -> None:
+        self.clip = clip_scorer
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, text: str) -> torch.Tensor:
+        """Normalised mean template embedding ``(P,)``."""
+        if text not in self._cache:
+            feats = self.clip.text_features(template_texts(text))
+            mean = feats.mean(dim=0)
+            self._cache[text] = mean / mean.norm()
+        return self._cache[text]
+
+
+@dataclass
+class ConceptMetrics:
+    """Per-image AnE metrics."""
+
+    full_prompt: float  # cos(image, templates(prompt))
+    min_object: float  # min over concepts of cos(image, templates(concept))
+    per_concept: list[float]
+    text_text: Optional[float] = None  # cos(text(prompt), text(caption)) when a captioner ran
+    caption: Optional[str] = None
+
+
+def ane_metrics(images: torch.Tensor, prompt: str, encoder: TemplateTextEncoder, captioner=None) -> list[ConceptMetrics]:
+    """AnE metrics for ``(B, 3, H, W)`` images in [0, 1] of one prompt."""
+    with torch.no_grad():
+        img = encoder.clip.image_features(images)  # (B, P) normalised
+        full = img @ encoder(prompt).to(img)
+        concepts = split_concepts(prompt)
+        per = torch.stack([img @ encoder(c).to(img) for c in concepts], dim=1)  # (B, K)
+        captions = captioner(images) if captioner is not None else [None] * images.shape[0]
+        out = []
+        for i in range(images.shape[0]):
+            tt = None
+            if captions[i] is not None:
+                a = encoder.clip.text_features([prompt])[0]
+                b = encoder.clip.text_features([captions[i]])[0]
+                tt = float((a * b).sum())
+            out.append(ConceptMetrics(float(full[i]), float(per[i].min()), [float(v) for v in per[i]], tt,
+                                      captions[i]))
+    return out
+
+
+class MinConceptScorer:
+    """DATE objective for multi-concept prompts: the smallest per-concept CLIP similarity (differentiable)."""
+
+    differentiable = True
+
+    def __init__(self, clip_scorer, name: str = "min-concept") -> None:
+        self.clip = clip_scorer
+        self.name = name
+
+    def to(self, device) -> "MinConceptScorer":
+        """Move the underlying CLIP."""
+        self.clip.to(device)
+        return self
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """``min_k cos(image, concept_k)`` per image, ``(B,)``."""
+        feats = self.clip.image_features(images)
+        scores = []
+        for i, prompt in enumerate(prompts):
+            text = self.clip.text_features(split_concepts(prompt))  # (K, P)
+            scores.append((text @ feats[i]).min())
+        return torch.stack(scores)
+
+
+class BlipCaptioner:
+    """BLIP captions (transformers ``BlipForConditionalGeneration``) for the text-text metric."""
+
+    def __init__(self, model, processor_size: int, tokenizer, name: str) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.size = processor_size
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> list[str]:
+        """One caption per image."""
+        from .scorers.preprocess import normalize
+
+        x = torch.nn.functional.interpolate(images.float(), size=(self.size, self.size), mode="bicubic",
+                                            antialias=True, align_corners=False)
+        x = normalize(x, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+        device = next(self.model.parameters()).device
+        ids = self.model.generate(pixel_values=x.to(device, next(self.model.parameters()).dtype), max_new_tokens=20)
+        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def load_captioner(spec: Optional[str], device=torch.device("cpu")) -> Optional[BlipCaptioner]:
+    """``blip`` (Salesforce/blip-image-captioning-base; None if not cached offline), ``blip:tiny``, or ``none``."""
+    if spec in (None, "none", ""):
+        return None
+    if spec == "blip:tiny":
+        return _tiny_blip(device)
+    source = "Salesforce/blip-image-captioning-base" if spec == "blip" else spec.split(":", 1)[-1]
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    try:
+        processor = BlipProcessor.from_pretrained(source, local_files_only=True)
+        model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=True).to(device)
+    except OSError:
+        return None
+    return BlipCaptioner(model, processor.image_processor.size["height"], processor.tokenizer, spec)
+
+
+def _tiny_blip(device) -> BlipCaptioner:
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
+
+    from .tokenizer import cache_dir
+
+    words = sorted({w for ps in load_ane_prompts("all").values() for p in ps for w in p.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    path = cache_dir() / "tiny-blip-vocab.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizer(str(path))
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, encoder_hidden_size=32, bos_token_id=2, sep_token_id=3, pad_token_id=0,
+                eos_token_id=3)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision)).to(device)
+    model.generation_config.bos_token_id = 2
+    model.generation_config.eos_token_id = 3
+    model.generation_config.pad_token_id = 0
+    model.generation_config.decoder_start_token_id = 2
+    return BlipCaptioner(model, 32, tokenizer, "blip:tiny")
+
+
+def run_ane(
+    backbone,
+    prompts: dict[str, list[str]],
+    seeds: Sequence[int],
+    *,
+    config,
+    scorer,
+    encoder: TemplateTextEncoder,
+    captioner=None,
+    out_dir: Path,
+    judge=None,
+    progress=None,
+) -> dict:
+    """Generate every prompt x seed (fixed embedding or DATE per ``config``), save images, score them.
+
+    Writes ``out_dir/<category>/<prompt slug>/s<seed>.png``, one JSON line per image to
+    ``out_dir/records.jsonl`` and returns the summary (per category and overall: mean and 95% CI of each
+    metric). ``judge(image_uint8_hwc, prompt) -> dict`` adds a ``both_correct`` metric (the toy world).
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from .imaging import save_png, to_pil
+    from .pipeline import generate
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    total = sum(len(v) for v in prompts.values()) * len(seeds)
+    done = 0
+    with open(out_dir / "records.jsonl", "w") as log:
+        for category, plist in prompts.items():
+            for prompt in plist:
+                slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60]
+                for seed in seeds:
+                    result = generate(backbone, prompt, config=replace(config, seed=int(seed)), scorer=scorer)
+                    metrics = ane_metrics(result.images, prompt, encoder, captioner)[0]
+                    path = out_dir / category / slug / f"s{seed}.png"
+                    image = to_pil(result.images)[0]
+                    save_png(image, path, overwrite=True)
+                    rec = {"category": category, "prompt": prompt, "seed": int(seed), "image": str(path),
+                           "full_prompt": metrics.full_prompt, "min_object": metrics.min_object,
+                           "per_concept": metrics.per_concept, "text_text": metrics.text_text,
+                           "caption": metrics.caption, "update_steps": result.update_steps,
+                           "seconds": result.timings["total_s"]}
+                    if judge is not None:
+                        verdict = judge(np.asarray(image), prompt)
+                        rec["both_correct"] = float(bool(verdict.get("correct")))
+                    records.append(rec)
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    done += 1
+                    if progress:
+                        progress("ane", done, total)
+    return summarize(records)
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """Mean and 95% CI of each metric, per category and overall."""
+    metrics = ("full_prompt", "min_object", "text_text", "both_correct", "seconds")
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["category"], []).append(r)
+    groups["overall"] = list(records)
+    return {g: {m: mean_ci95([r.get(m) for r in rs]) for m in metrics if any(r.get(m) is not None for r in rs)}
+            for g, rs in groups.items()}
