@@ -73,6 +73,8 @@ class GenerateConfig:
     height: Optional[int] = None  # pixels; None: the model's native size
     width: Optional[int] = None
     date: Optional[DateConfig] = field(default_factory=DateConfig)  # None: fixed embedding
+    universal_guidance: float = 0.0  # > 0: Universal Guidance strength (baseline; uses the scorer)
+    universal_guidance_steps: str = "every:1"  # steps it acts on (same syntax as DATE's update steps)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -202,6 +204,7 @@ def edit(
     scorer=None,
     inversion: Optional[Inversion] = None,
     progress: Optional[Callable[[str, int, int], None]] = None,
+    seeds: Optional[Sequence[int]] = None,
 ) -> Result:
     """Edit images: invert under the source prompt, then resample from step ``skip`` under the target
     prompt with the stored noise maps, DATE updating the target embedding at the scheduled steps.
@@ -211,6 +214,8 @@ def edit(
         prompt: target prompt(s), one per image or one for all.
         scorer: the DATE objective (required when ``config.date`` schedules updates).
         inversion: reuse an earlier inversion of the same images with the same steps/seed/source.
+        seeds: one inversion seed per image (overrides ``config.seed``), so each image's noise maps
+            do not depend on the batch it runs in.
     """
     device = backbone.device
     b = pixels.shape[0]
@@ -221,7 +226,7 @@ def edit(
     t0 = time.perf_counter()
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
-                                 cfg_source=config.cfg_source, seed=config.seed,
+                                 cfg_source=config.cfg_source, seed=config.seed if seeds is None else list(seeds),
                                  progress=(lambda i, n: progress("invert", i, n)) if progress else None)
     _sync(device)
     t1 = time.perf_counter()
@@ -310,8 +315,19 @@ def generate(
     cond = backbone.encode_prompt(prompts)
     uncond = backbone.encode_prompt([""] * b)
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.guidance_scale, timesteps, None)
-    latents = sample(backbone, x_t, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                     guidance_scale=config.guidance_scale, cond_hook=hook,
+    denoiser, loop_uncond, loop_w = backbone, uncond, config.guidance_scale
+    if config.universal_guidance > 0:
+        from .guidance import UniversalGuidance
+
+        if scorer is None:
+            raise ValueError("Universal Guidance needs a scorer")
+        steps = set(parse_update_steps(config.universal_guidance_steps, len(timesteps)))
+        denoiser = UniversalGuidance(backbone, uncond=uncond, guidance_scale=config.guidance_scale,
+                                     decode=backbone.decode, score=scorer, prompts=prompts,
+                                     schedule=backbone.schedule, strength=config.universal_guidance, steps=steps)
+        loop_uncond, loop_w = None, 1.0
+    latents = sample(denoiser, x_t, timesteps, backbone.schedule, cond=cond, uncond=loop_uncond,
+                     guidance_scale=loop_w, cond_hook=hook,
                      progress=(lambda i, n: progress("generate", i, n)) if progress else None)
     with torch.no_grad():
         images = backbone.decode(latents)

@@ -1,0 +1,507 @@
+"""The benchmark harness: suites x methods x seeds -> per-image JSONL, tables, plots and an HTML page.
+
+    python -m benchmarks run --suite toy --methods fixed,date-clip,date-random --limit 20
+    python -m benchmarks run --suite coco5k --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --methods fixed,date-clip,date-ir,ug --limit 5000 --dtype fp16
+
+Runs are resumable (a rerun skips every (method, item, seed) already in records.jsonl) and seeded.
+A method may carry overrides after ``@``: ``date-clip@rho=1.0``, ``date-clip@updates=20%``;
+``--sweep rho=0.25,0.5,1`` adds those variants of every DATE method.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from date_edit.date import DateConfig
+from date_edit.multiconcept import mean_ci95
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+SUITES = ("toy", "ane", "coco5k", "edit")
+
+# name -> (DATE settings or None, objective scorer or None, universal guidance strength)
+BASE_METHODS: dict[str, tuple[Optional[dict], Optional[str], float]] = {
+    "fixed": (None, None, 0.0),
+    "fixed-equal-compute": (None, None, 0.0),
+    "date-clip": ({}, "clip", 0.0),
+    "date-ir": ({}, "imagereward", 0.0),
+    "date-clip-ir": ({}, "clip=1,imagereward=1", 0.0),
+    "date-min-concept": ({}, "min-concept", 0.0),
+    "date-random": ({"direction": "random"}, "clip", 0.0),
+    "date-noisy": ({"objective": "xt"}, "clip", 0.0),
+    "date-unnormalized": ({"normalize": False}, "clip", 0.0),
+    "ug": (None, "clip", 1.0),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved method: its label, DATE config, objective spec and Universal Guidance strength."""
+
+    label: str
+    base: str
+    date: Optional[DateConfig]
+    scorer: Optional[str]
+    ug: float
+    steps_factor: float = 1.0  # fixed-equal-compute: more steps, set from a measured DATE/plain ratio
+
+
+def parse_method(text: str, default_updates: str = "10%") -> Method:
+    """``date-clip@rho=1.0@updates=20%`` -> Method (unknown names and keys are one-line errors)."""
+    base, *overrides = text.strip().split("@")
+    if base not in BASE_METHODS:
+        raise ValueError(f"unknown method {base!r}: known are {', '.join(BASE_METHODS)}")
+    date_kw, scorer, ug = BASE_METHODS[base]
+    date_kw = dict(date_kw) if date_kw is not None else None
+    factor = 1.0
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "rho" and date_kw is not None:
+            date_kw["rho"] = float(value)
+        elif key == "updates" and date_kw is not None:
+            date_kw["update_steps"] = value
+        elif key == "mode" and date_kw is not None:
+            date_kw["mode"] = value
+        elif key == "ug":
+            ug = float(value)
+        elif key == "steps-factor":
+            factor = float(value)
+        else:
+            raise ValueError(f"method {text!r}: cannot set {key!r} here")
+    date = None
+    if date_kw is not None:
+        date = DateConfig(**({"update_steps": default_updates} | date_kw))
+    return Method(label=text.strip(), base=base, date=date, scorer=scorer, ug=ug, steps_factor=factor)
+
+
+def expand_sweep(methods: list[str], sweep: Optional[str]) -> list[str]:
+    """Add ``name@key=v`` for each DATE method and each sweep value (``rho=0.25,0.5`` or ``updates=10%,20%``)."""
+    if not sweep:
+        return methods
+    key, _, values = sweep.partition("=")
+    out = list(methods)
+    for m in methods:
+        if BASE_METHODS.get(m.split("@")[0], (None,))[0] is not None:
+            out += [f"{m}@{key}={v}" for v in values.split(",") if f"{m}@{key}={v}" not in out]
+    return out
+
+
+def scorer_spec(spec: str, model: str) -> str:
+    """Map generic scorer names to the offline variants for ``tiny``/``toy`` backbones."""
+    if model not in ("tiny", "toy"):
+        return spec
+    terms = []
+    for term in spec.split(","):
+        name, _, weight = term.partition("=")
+        if ":" not in name:
+            name = f"{name}:{'toy' if model == 'toy' and name in ('clip', 'min-concept') else 'tiny'}"
+        terms.append(name + (f"={weight}" if weight else ""))
+    return ",".join(terms)
+
+
+# ---------------------------------------------------------------------------------------------- suites
+
+
+@dataclass
+class Item:
+    """One benchmark prompt (and for edits, its source image and prompt)."""
+
+    id: str
+    prompt: str
+    group: str = "all"
+    image: Optional[str] = None
+    source_prompt: str = ""
+
+
+def load_items(suite: str, limit: Optional[int], category: str = "all") -> list[Item]:
+    """The suite's items, the first ``limit`` of them."""
+    if suite == "toy":
+        from date_edit.toy.world import two_object_prompts
+
+        items = [Item(id=f"toy{i:03d}", prompt=p, group="two_objects") for i, p in enumerate(two_object_prompts())]
+    elif suite == "ane":
+        from date_edit.multiconcept import load_ane_prompts
+
+        items = [Item(id=f"{c}{i:03d}", prompt=p, group=c)
+                 for c, ps in load_ane_prompts(category).items() for i, p in enumerate(ps)]
+    elif suite == "coco5k":
+        with open(DATA / "coco2014_val_captions_5k.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        items = [Item(id=f"coco{i:04d}", prompt=r["caption"].strip(), group="coco") for i, r in enumerate(rows)]
+    elif suite == "edit":
+        spec = json.loads((DATA / "edit_set.json").read_text())
+        items = [Item(id=e["id"], prompt=e["target"], group="edit", image=str(ROOT / e["image"]),
+                      source_prompt=e["source"]) for e in spec["items"]]
+    else:
+        raise ValueError(f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
+    return items[:limit] if limit else items
+
+
+class Metrics:
+    """The suite's metric functions, built once: ``(images [1,3,H,W], item, source_pixels) -> dict``."""
+
+    def __init__(self, suite: str, model: str, device, eval_clip: Optional[str], captioner: Optional[str]) -> None:
+        from date_edit.scorers import build_scorer
+
+        self.suite = suite
+        offline = model in ("tiny", "toy")
+        if suite == "toy":
+            from date_edit.toy.judge import evaluate
+
+            self.judge = evaluate
+            self.clip = build_scorer("clip:toy" if model == "toy" else "clip:tiny", device=device)
+        elif suite == "ane":
+            from date_edit.multiconcept import TemplateTextEncoder, load_captioner
+
+            clip = build_scorer("clip:tiny" if offline else (eval_clip or "clip:openai/clip-vit-base-patch16"),
+                                device=device)
+            self.encoder = TemplateTextEncoder(clip)
+            self.captioner = load_captioner("blip:tiny" if offline else (captioner or "blip"), device=device)
+        else:
+            default_eval = "clip:openclip/ViT-g-14/laion2b_s12b_b42k" if suite == "coco5k" else "clip"
+            self.clip = build_scorer("clip:tiny" if offline else (eval_clip or default_eval), device=device)
+            self.imagereward = None
+            if suite == "coco5k":
+                try:
+                    self.imagereward = build_scorer("imagereward:tiny" if offline else "imagereward", device=device)
+                except Exception as exc:  # reported, not fatal: CLIP score still runs
+                    print(f"note: ImageReward metric unavailable: {str(exc).splitlines()[0]}")
+
+    def __call__(self, images: torch.Tensor, item: Item, source: Optional[torch.Tensor]) -> dict:
+        """Metrics of one image."""
+        import numpy as np
+
+        from date_edit.imaging import to_pil
+
+        with torch.no_grad():
+            if self.suite == "toy":
+                verdict = self.judge(np.asarray(to_pil(images)[0]), item.prompt)
+                return {"both_correct": float(bool(verdict["correct"])),
+                        "clip_toy": float(self.clip(images, [item.prompt])[0])}
+            if self.suite == "ane":
+                from date_edit.multiconcept import ane_metrics
+
+                m = ane_metrics(images, item.prompt, self.encoder, self.captioner)[0]
+                return {"full_prompt": m.full_prompt, "min_object": m.min_object, "text_text": m.text_text}
+            out = {"clip": float(self.clip(images, [item.prompt])[0])}
+            if self.suite == "coco5k" and self.imagereward is not None:
+                out["imagereward"] = float(self.imagereward(images, [item.prompt])[0])
+            if self.suite == "edit" and source is not None:
+                out["psnr_to_source"] = psnr(images, source)
+                out["ssim_to_source"] = ssim(images, source)
+            return out
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) of images in [0, 1]."""
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """Mean SSIM (Wang et al. 2004) of ``(B, 3, H, W)`` images in [0, 1], Gaussian window, per channel."""
+    c1, c2 = 0.01**2, 0.03**2
+    coords = torch.arange(window, dtype=torch.float32) - window // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = (g / g.sum())[:, None] * (g / g.sum())[None, :]
+    kernel = g.expand(a.shape[1], 1, window, window).to(a)
+
+    def blur(x):
+        return torch.nn.functional.conv2d(x, kernel, groups=x.shape[1])
+
+    a, b = a.float(), b.float().to(a.device)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def run(args) -> Path:
+    """Run a suite; returns the output folder."""
+    from date_edit.backbones import load_backbone
+    from date_edit.imaging import save_png, to_pil
+    from date_edit.pipeline import EditConfig, GenerateConfig, edit, generate
+    from date_edit.scorers import build_scorer
+
+    methods = [parse_method(m, args.updates) for m in expand_sweep(args.methods.split(","), args.sweep)]
+    items = load_items(args.suite, args.limit, args.category)
+    out = Path(args.out or (Path("benchmarks") / "runs" / args.suite))
+    out.mkdir(parents=True, exist_ok=True)
+    records_path = out / "records.jsonl"
+    done = _load_records(records_path)
+    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
+    metrics = Metrics(args.suite, args.model, backbone.device, args.eval_clip, args.captioner)
+    scorers: dict[str, object] = {}
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    steps = args.steps or (100 if args.suite == "edit" else 50)
+    sources: dict[str, tuple] = {}
+    equal_factor = _equal_compute_factor(methods, done)
+    started = time.perf_counter()
+    with open(records_path, "a") as log:
+        for method in methods:
+            scorer = None
+            if method.scorer:
+                spec = scorer_spec(method.scorer, args.model)
+                if spec not in scorers:
+                    scorers[spec] = build_scorer(spec, device=backbone.device, require_differentiable=True)
+                scorer = scorers[spec]
+            for item in items:
+                for seed in seeds:
+                    key = (method.label, item.id, seed)
+                    if key in done:
+                        continue
+                    n_steps = steps
+                    if method.base == "fixed-equal-compute":
+                        n_steps = max(steps, round(steps * (equal_factor or 1.0) * method.steps_factor))
+                    if backbone.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(backbone.device)
+                    source = None
+                    if args.suite == "edit":
+                        from date_edit.imaging import load_image
+
+                        if item.image not in sources:
+                            loaded = load_image(item.image, size=args.size or backbone.native_size,
+                                                multiple=backbone.size_multiple)
+                            sources[item.image] = loaded.pixels
+                        source = sources[item.image]
+                        cfg = EditConfig(steps=n_steps, seed=seed, date=method.date)
+                        result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt,
+                                      config=cfg, scorer=scorer)
+                    else:
+                        cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date,
+                                             universal_guidance=method.ug, guidance_scale=args.guidance)
+                        result = generate(backbone, item.prompt, config=cfg, scorer=scorer)
+                    image_path = out / "images" / _slug(method.label) / f"{item.id}_s{seed}.png"
+                    save_png(to_pil(result.images)[0], image_path, overwrite=True)
+                    rec = {"suite": args.suite, "method": method.label, "base": method.base, "item": item.id,
+                           "group": item.group, "prompt": item.prompt, "seed": seed, "steps": n_steps,
+                           "image": str(image_path.relative_to(out)), "seconds": result.timings["total_s"],
+                           "peak_memory_mb": result.peak_memory_mb, "update_steps": result.update_steps,
+                           "date_scores": list(result.trace.scores) if result.trace else [],
+                           "rho": method.date.rho if method.date else None,
+                           "updates": method.date.update_steps if method.date else None}
+                    rec.update(metrics(result.images, item, source))
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    done[key] = rec
+                    if method.base == "date-clip" and equal_factor is None:
+                        equal_factor = _equal_compute_factor(methods, done)
+    records = list(_load_records(records_path).values())
+    write_reports(out, records, meta={"suite": args.suite, "model": args.model, "seeds": seeds, "steps": steps,
+                                      "limit": args.limit, "wall_s": time.perf_counter() - started,
+                                      "device": str(backbone.device),
+                                      "equal_compute_factor": equal_factor if any(
+                                          m.base == "fixed-equal-compute" for m in methods) else None})
+    return out
+
+
+def _equal_compute_factor(methods: list[Method], done: dict) -> Optional[float]:
+    """DATE(clip)/fixed mean time ratio measured so far in this run folder (for fixed-equal-compute)."""
+    fixed = [r["seconds"] for (m, _, _), r in done.items() if m == "fixed"]
+    date = [r["seconds"] for (m, _, _), r in done.items() if m == "date-clip"]
+    if not fixed or not date:
+        return None
+    return max(1.0, (sum(date) / len(date)) / (sum(fixed) / len(fixed)))
+
+
+def _load_records(path: Path) -> dict:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from a killed run
+                continue
+            done[(r["method"], r["item"], r["seed"])] = r
+    return done
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=%-]+", "_", text).replace("%", "pct")
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+NON_METRICS = {"suite", "method", "base", "item", "group", "prompt", "seed", "steps", "image", "update_steps",
+               "date_scores", "rho", "updates"}
+
+
+def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per method: mean and 95% CI of every numeric field (metrics, seconds, peak memory)."""
+    by_method: dict[str, list[dict]] = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r)
+    table = {}
+    for method, rs in by_method.items():
+        keys = sorted({k for r in rs for k, v in r.items() if k not in NON_METRICS and isinstance(v, (int, float))})
+        table[method] = {k: mean_ci95([r.get(k) for r in rs]) for k in keys}
+    return table
+
+
+def write_reports(out: Path, records: list[dict], meta: dict) -> None:
+    """summary.md / summary.csv / summary.json, plots/*.png and index.html."""
+    table = summarize(records)
+    (out / "summary.json").write_text(json.dumps({"meta": meta, "methods": table}, indent=2) + "\n")
+    metrics = sorted({k for row in table.values() for k in row})
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "n"] + [x for m in metrics for x in (m, f"{m}_ci95")])
+        for method, row in table.items():
+            n = max((v["n"] for v in row.values()), default=0)
+            w.writerow([method, n] + [x for m in metrics for x in (row.get(m, {}).get("mean"),
+                                                                     row.get(m, {}).get("ci95"))])
+    lines = [f"# {meta['suite']} suite: {meta['model']}, seeds {meta['seeds'][0]}..{meta['seeds'][-1]}, "
+             f"{meta['steps']} steps", "", "Mean ± 95% CI (normal approximation) over items x seeds.", "",
+             "| method | n | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+    for method, row in table.items():
+        n = max((v["n"] for v in row.values()), default=0)
+        cells = []
+        for m in metrics:
+            v = row.get(m)
+            if not v or v["mean"] is None:
+                cells.append("-")
+            else:
+                cells.append(f"{v['mean']:.4g}" + (f" ± {v['ci95']:.2g}" if v["ci95"] is not None else ""))
+        lines.append(f"| {method} | {n} | " + " | ".join(cells) + " |")
+    if meta.get("equal_compute_factor"):
+        lines += ["", f"fixed-equal-compute used {meta['equal_compute_factor']:.2f}x the steps (DATE/fixed time "
+                      "measured in this run)."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    _plots(out, records, table)
+    _html(out, records)
+
+
+def _plots(out: Path, records: list[dict], table: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    metric_names = [k for k in next(iter(table.values()), {}) if k not in ("seconds", "peak_memory_mb")]
+    for key, label in (("rho", "rho"), ("updates", "update fraction")):
+        for metric in metric_names:
+            points: dict[str, list[tuple[float, float, float]]] = {}
+            for method, row in table.items():
+                rs = [r for r in records if r["method"] == method]
+                if not rs or rs[0].get(key) is None or metric not in row or row[metric]["mean"] is None:
+                    continue
+                x = _num(rs[0][key])
+                if x is None:
+                    continue
+                points.setdefault(rs[0]["base"], []).append((x, row[metric]["mean"], row[metric]["ci95"] or 0.0))
+            points = {b: sorted(p) for b, p in points.items() if len({x for x, _, _ in p}) > 1}
+            if not points:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for base, p in points.items():
+                ax.errorbar([a for a, _, _ in p], [b for _, b, _ in p], yerr=[c for _, _, c in p], marker="o",
+                            capsize=3, label=base)
+            ax.set_xlabel(label)
+            ax.set_ylabel(metric)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(plots / f"{metric}_vs_{key}.png", dpi=100)
+            plt.close(fig)
+    curves = {}
+    for r in records:
+        if r.get("date_scores"):
+            curves.setdefault(r["method"], []).append(r["date_scores"])
+    if curves:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method, cs in curves.items():
+            length = min(len(c) for c in cs)
+            mean = [sum(c[i] for c in cs) / len(cs) for i in range(length)]
+            ax.plot(range(length), mean, marker="o", label=method)
+        ax.set_xlabel("update number")
+        ax.set_ylabel("objective before the update")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(plots / "objective_per_update.png", dpi=100)
+        plt.close(fig)
+
+
+def _num(value) -> Optional[float]:
+    text = str(value).strip()
+    try:
+        return float(text[:-1]) if text.endswith("%") else float(text)
+    except ValueError:
+        return None
+
+
+def _html(out: Path, records: list[dict]) -> None:
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    items = list(dict.fromkeys((r["item"], r["prompt"]) for r in records))
+    seeds = sorted({r["seed"] for r in records})
+    index = {(r["method"], r["item"], r["seed"]): r for r in records}
+    rows = ["<tr><th>prompt</th><th>seed</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in methods) + "</tr>"]
+    for item, prompt in items:
+        for seed in seeds:
+            cells = []
+            for m in methods:
+                r = index.get((m, item, seed))
+                cells.append(f"<td><img src=\"{html.escape(r['image'])}\" width=160 title=\"{html.escape(m)}\"></td>"
+                             if r else "<td></td>")
+            rows.append(f"<tr><td>{html.escape(prompt)}</td><td>{seed}</td>{''.join(cells)}</tr>")
+    page = ("<!doctype html><meta charset=utf-8><title>date-edit benchmark</title>"
+            "<style>body{font-family:sans-serif}td,th{padding:4px;vertical-align:top;font-size:12px}</style>"
+            f"<h1>{html.escape(records[0]['suite'] if records else '')}</h1>"
+            "<p><a href=summary.md>summary.md</a> · <a href=summary.csv>summary.csv</a></p>"
+            f"<table>{''.join(rows)}</table>")
+    (out / "index.html").write_text(page)
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks run ...``"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a suite")
+    r.add_argument("--suite", required=True, choices=SUITES)
+    r.add_argument("--methods", default="fixed,date-clip", help=f"comma list of {', '.join(BASE_METHODS)}"
+                                                                " (with @rho=, @updates=, @ug= overrides)")
+    r.add_argument("--sweep", default=None, help="rho=0.25,0.5,1 or updates=10%%,20%%: variants of DATE methods")
+    r.add_argument("--updates", default="10%", help="DATE update steps of the date-* methods")
+    r.add_argument("--limit", type=int, default=None, help="first N items")
+    r.add_argument("--category", default="all", help="ane: animals, animals_objects, objects or all")
+    r.add_argument("--seeds", type=int, default=1, help="seeds per item")
+    r.add_argument("--seed", type=int, default=0, help="first seed")
+    r.add_argument("--steps", type=int, default=None, help="steps (default 50; edit 100)")
+    r.add_argument("--guidance", type=float, default=7.5, help="CFG scale of generation")
+    r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
+    r.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                   help="backbone (toy/tiny offline)")
+    r.add_argument("--dtype", default="fp32")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--eval-clip", default=None, help="CLIP of the metrics (coco5k default: open_clip ViT-g-14)")
+    r.add_argument("--captioner", default=None, help="ane: BLIP captioner (default blip)")
+    r.add_argument("--out", default=None, help="run folder (default benchmarks/runs/<suite>)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        out = run(args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"benchmarks: error: {str(exc).splitlines()[0]}")
+        return 2
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/summary.md, summary.csv, plots/, index.html")
+    return 0

@@ -1,0 +1,80 @@
+"""The benchmark harness end to end on the tiny backbone with tiny scorers (small limits)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import expand_sweep, load_items, parse_method, ssim, summarize  # noqa: E402
+
+
+def run_suite(tmp_path, *args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "benchmarks", "run", "--model", "tiny", "--steps", "4",
+                           "--out", str(tmp_path / "run"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+@pytest.mark.parametrize(
+    "suite,methods,metrics",
+    [
+        ("ane", "fixed,date-min-concept", {"full_prompt", "min_object", "text_text"}),
+        ("coco5k", "fixed,date-clip,ug", {"clip"}),
+        ("edit", "fixed,date-clip", {"clip", "psnr_to_source", "ssim_to_source"}),
+        ("toy", "fixed,date-random", {"both_correct", "clip_toy"}),
+    ],
+)
+def test_every_suite_runs_end_to_end(tmp_path, suite, methods, metrics):
+    out = run_suite(tmp_path, "--suite", suite, "--methods", methods, "--limit", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in records} == set(methods.split(","))
+    for r in records:
+        assert metrics <= set(r), r
+        assert (run / r["image"]).is_file()
+    table = json.loads((run / "summary.json").read_text())["methods"]
+    assert set(table) == set(methods.split(","))
+    assert (run / "summary.md").is_file() and (run / "index.html").is_file()
+    with open(run / "summary.csv") as f:
+        assert len(list(csv.reader(f))) == 1 + len(table)
+    # resumable: the same command does no new work
+    again = run_suite(tmp_path, "--suite", suite, "--methods", methods, "--limit", "1")
+    assert again.returncode == 0
+    assert len((run / "records.jsonl").read_text().splitlines()) == len(records)
+
+
+def test_sweep_writes_plots(tmp_path):
+    out = run_suite(tmp_path, "--suite", "coco5k", "--methods", "date-clip", "--sweep", "rho=0.25,1", "--limit", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    plots = {p.name for p in (tmp_path / "run" / "plots").iterdir()}
+    assert "clip_vs_rho.png" in plots and "objective_per_update.png" in plots
+
+
+def test_method_parsing_and_sweeps():
+    m = parse_method("date-clip@rho=1.0@updates=20%")
+    assert m.date.rho == 1.0 and m.date.update_steps == "20%" and m.scorer == "clip"
+    assert parse_method("fixed").date is None
+    assert parse_method("date-random").date.direction.value == "random"
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_method("magic")
+    assert expand_sweep(["fixed", "date-clip"], "rho=0.25,1") == ["fixed", "date-clip", "date-clip@rho=0.25",
+                                                                   "date-clip@rho=1"]
+
+
+def test_items_and_metrics():
+    assert len(load_items("coco5k", None)) == 5000
+    assert len(load_items("ane", None)) == 276
+    import torch
+
+    x = torch.rand(1, 3, 32, 32)
+    assert ssim(x, x) == pytest.approx(1.0, abs=1e-5) and ssim(x, 1 - x) < 0.5
+    table = summarize([{"method": "a", "clip": 0.2, "seconds": 1.0}, {"method": "a", "clip": 0.4, "seconds": 3.0}])
+    assert table["a"]["clip"]["mean"] == pytest.approx(0.3) and table["a"]["clip"]["n"] == 2
