@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--breakdown", action="store_true", help="also time the phases of one DATE update (batch 1)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="also plain vs DATE 10%% with torch.backends.cudnn.benchmark on (batch 1)")
+    p.add_argument("--taesd", action="store_true",
+                   help="also DATE 10%% with the opt-in approximate grad decoder (TAESD architecture, batch 1)")
     p.add_argument("--edit", action="store_true",
                    help="also a 512x512 edit at batch 1 (inversion + 100 steps, skip 36), plain vs DATE 10%%")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' StableDiffusionPipeline baseline")
@@ -231,6 +233,8 @@ def main(argv=None) -> int:
             cells = [("plain", None, None, False)]
             if not args.no_diffusers and batch in (1,) and dtype != "bf16":
                 cells.append(("diffusers", None, None, False))
+            if args.taesd and batch == 1:
+                cells.append(("date-taesd", 10, "clip", False))
             if args.cudnn_benchmark and batch == 1:
                 cells += [("plain-cudnn", None, None, False), ("date-cudnn", 10, "clip", True)]
             if args.edit and batch == 1:
@@ -248,6 +252,7 @@ def main(argv=None) -> int:
                     break
                 backbone.enable_gradient_checkpointing(vae=ckpt, unet=False)
                 torch.backends.cudnn.benchmark = kind.endswith("-cudnn")
+                backbone.set_grad_decoder(("tiny" if args.tiny else "random-full") if kind == "date-taesd" else None)
                 if kind == "diffusers":
                     fn = diffusers_baseline(backbone, prompt, steps, 7.5, batch, 6)
                 elif kind == "edit":

@@ -64,6 +64,10 @@ def _common_model_options(f):
                      default="auto", show_default=True,
                      help="Recompute activations in DATE's backward pass to save GPU memory (auto: the VAE on "
                           "CUDA, nothing on CPU). Plain sampling is unaffected."),
+        click.option("--grad-decoder", default="vae", show_default=True,
+                     help="Decoder of DATE's gradient pass only: vae (exact) or taesd (madebyollin/taesd, an "
+                          "approximate tiny autoencoder: faster, less memory; opt-in, effect not yet validated on "
+                          "real weights). The output image is always decoded by the VAE."),
         click.option("--seed", type=int, default=None, help="Random seed (edit: 0, generate: 6, the official one)."),
         click.option("--out", "-o", type=click.Path(), default=None,
                      help="Output PNG path, or a folder for an automatic name (default ./outputs/)."),
@@ -244,7 +248,7 @@ def _load(opts: dict):
 
     model = opts["model"]
     backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"], config=opts["model_config"],
-                             grad_checkpointing=opts["grad_checkpointing"])
+                             grad_checkpointing=opts["grad_checkpointing"], grad_decoder=opts["grad_decoder"])
     if backbone.random_weights:
         _say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
     return backbone

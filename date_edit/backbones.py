@@ -65,6 +65,7 @@ class Backbone:
     native_size: int
     random_weights: bool = False
     scheduler_config: dict = field(default_factory=dict)
+    grad_decoder: Optional[torch.nn.Module] = None  # opt-in approximate decoder for DATE's gradient pass only
 
     @property
     def vae_scale_factor(self) -> int:
@@ -135,6 +136,48 @@ class Backbone:
         if mode == "auto":
             mode = "vae" if self.device.type == "cuda" else "none"
         self.enable_gradient_checkpointing(vae=mode in ("vae", "all"), unet=mode in ("unet", "all"))
+
+    def grad_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The decoder of DATE's gradient pass: the VAE, or the opt-in approximate one (e.g. TAESD).
+
+        An approximate decoder only steers the embedding; the output image is always decoded by the VAE.
+        """
+        if self.grad_decoder is None:
+            return self.decode(latents)
+        out = self.grad_decoder.decode(latents.to(self.dtype)).sample.float()
+        return (out / 2.0 + 0.5).clamp(0.0, 1.0)
+
+    def set_grad_decoder(self, spec: Optional[str]) -> None:
+        """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd), ``tiny`` (random, tests),
+        ``random-full`` (TAESD architecture, random: cost benchmarks) or a folder with an AutoencoderTiny."""
+        if spec in (None, "", "vae"):
+            self.grad_decoder = None
+            return
+        from diffusers import AutoencoderTiny
+
+        if spec == "tiny":
+            with _seeded(0):
+                module = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
+        elif spec == "random-full":
+            with _seeded(0), torch.device(self.device):
+                module = AutoencoderTiny()
+        else:
+            source = "madebyollin/taesd" if spec == "taesd" else spec
+            try:
+                module = AutoencoderTiny.from_pretrained(source, local_files_only=True)
+            except (OSError, ValueError):
+                if Path(source).exists() or not _hub_reachable():
+                    raise BackboneError(
+                        f"approximate decoder {source!r} is not available: run `huggingface-cli download {source}` "
+                        "where there is network, or use --grad-decoder vae"
+                    ) from None
+                module = AutoencoderTiny.from_pretrained(source)
+        _freeze(module)
+        module.to(self.device)
+        if self.dtype != torch.float32:
+            module.to(self.dtype)
+        self.grad_decoder = module
 
     def enable_gradient_checkpointing(self, vae: bool = True, unet: bool = False) -> None:
         """Recompute activations in DATE's backward pass instead of storing them (less memory, more time).
@@ -344,16 +387,19 @@ def load_backbone(
     device: str = "auto",
     config: Optional[str] = None,
     grad_checkpointing: str = "auto",
+    grad_decoder: Optional[str] = None,
 ) -> Backbone:
     """Load a backbone: ``tiny`` (random), ``toy`` (shipped), a diffusers folder, a ``.safetensors``/``.ckpt``
     file (``config``: a diffusers folder or hub id with its configs), or a hub id (cached, or downloaded).
-    ``grad_checkpointing``: see :meth:`Backbone.set_gradient_checkpointing`.
+    ``grad_checkpointing``: see :meth:`Backbone.set_gradient_checkpointing`; ``grad_decoder``: see
+    :meth:`Backbone.set_grad_decoder` (off by default).
 
     Raises:
         BackboneError: one line naming the model and how to get it.
     """
     backbone = _load_backbone(model, dtype=dtype, device=device, config=config)
     backbone.set_gradient_checkpointing(grad_checkpointing)
+    backbone.set_grad_decoder(grad_decoder)
     return backbone
 
 

@@ -154,7 +154,7 @@ def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, 
         raise ValueError("DATE needs a scorer: pass one, or disable DATE")
     if not getattr(scorer, "differentiable", False):
         raise ValueError(f"scorer {scorer.name!r} is not differentiable, so it cannot be a DATE objective")
-    hook = DateHook(date, indices, denoiser=backbone, decode=backbone.decode, score=scorer, prompts=prompts,
+    hook = DateHook(date, indices, denoiser=backbone, decode=backbone.grad_decode, score=scorer, prompts=prompts,
                     uncond=uncond, guidance_scale=guidance, schedule=backbone.schedule, timesteps=timesteps,
                     noise_maps=noise_maps)
     return hook, indices

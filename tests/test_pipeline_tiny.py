@@ -139,3 +139,16 @@ def test_gradient_checkpointing_does_not_change_the_result(tiny_scorer, pixels):
                             config=EditConfig(steps=8, date=DateConfig(update_steps="0,2,4"))))
     torch.testing.assert_close(results[0].latents, results[1].latents, rtol=0, atol=1e-5)
     assert results[0].embedding_update_norms == pytest.approx(results[1].embedding_update_norms, abs=1e-6)
+
+
+def test_approximate_grad_decoder_only_steers(tiny_scorer, pixels):
+    """An opt-in grad decoder changes the gradient path, never the output decoder; rho stays exact."""
+    backbone = load_backbone("tiny", device="cpu", grad_decoder="tiny")
+    assert backbone.grad_decoder is not None
+    r = edit(backbone, pixels, "a dog", scorer=tiny_scorer,
+             config=EditConfig(steps=8, date=DateConfig(update_steps="0,2")))
+    assert all(abs(n - 0.5) <= 1e-3 for n in r.embedding_update_norms)
+    with torch.no_grad():
+        assert torch.equal(r.images, backbone.decode(r.latents))
+    with pytest.raises(BackboneError, match="huggingface-cli download"):
+        load_backbone("tiny", device="cpu", grad_decoder="taesd")
