@@ -303,12 +303,34 @@ def run(args) -> Path:
                     if method.base == "date-clip" and equal_factor is None:
                         equal_factor = _equal_compute_factor(methods, done)
     records = list(_load_records(records_path).values())
-    write_reports(out, records, meta={"suite": args.suite, "model": args.model, "seeds": seeds, "steps": steps,
+    fid = compute_fid(out, methods, args.fid_ref, backbone.device) if args.fid_ref else {}
+    write_reports(out, records, fid=fid, meta={"suite": args.suite, "model": args.model, "seeds": seeds, "steps": steps,
                                       "limit": args.limit, "wall_s": time.perf_counter() - started,
                                       "device": str(backbone.device),
                                       "equal_compute_factor": equal_factor if any(
                                           m.base == "fixed-equal-compute" for m in methods) else None})
     return out
+
+
+def compute_fid(out: Path, methods: list[Method], reference: str, device) -> dict[str, Optional[float]]:
+    """FID of each method's images against ``reference`` (a folder of images or pytorch-fid ``.npz``
+    statistics), with pytorch-fid (InceptionV3 pool3, as the DATE paper). ``None`` with a note if unavailable."""
+    try:
+        from pytorch_fid.fid_score import calculate_fid_given_paths
+    except ImportError:
+        print("note: FID skipped: `pip install pytorch-fid` (its InceptionV3 weights download once on first use)")
+        return {}
+    if not Path(reference).exists():
+        raise ValueError(f"--fid-ref {reference}: no such file or folder")
+    result = {}
+    for method in methods:
+        folder = out / "images" / _slug(method.label)
+        try:
+            result[method.label] = float(calculate_fid_given_paths([str(folder), reference], 50, str(device), 2048))
+        except Exception as exc:  # weights not downloadable offline, too few images, ...
+            print(f"note: FID for {method.label} failed: {str(exc).splitlines()[0][:200]}")
+            result[method.label] = None
+    return result
 
 
 def _equal_compute_factor(methods: list[Method], done: dict) -> Optional[float]:
@@ -354,9 +376,12 @@ def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
     return table
 
 
-def write_reports(out: Path, records: list[dict], meta: dict) -> None:
+def write_reports(out: Path, records: list[dict], meta: dict, fid: Optional[dict] = None) -> None:
     """summary.md / summary.csv / summary.json, plots/*.png and index.html."""
     table = summarize(records)
+    for method, value in (fid or {}).items():
+        if method in table and value is not None:
+            table[method]["fid"] = {"mean": value, "ci95": None, "n": 1}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "methods": table}, indent=2) + "\n")
     metrics = sorted({k for row in table.values() for k in row})
     with open(out / "summary.csv", "w", newline="") as f:
@@ -495,6 +520,7 @@ def main(argv=None) -> int:
     r.add_argument("--eval-clip", default=None, help="CLIP of the metrics (coco5k default: open_clip ViT-g-14)")
     r.add_argument("--captioner", default=None, help="ane: BLIP captioner (default blip)")
     r.add_argument("--out", default=None, help="run folder (default benchmarks/runs/<suite>)")
+    r.add_argument("--fid-ref", default=None, help="FID reference: a folder of images or pytorch-fid .npz stats")
     args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
