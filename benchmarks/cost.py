@@ -171,6 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--imagereward", action="store_true", help="also the CLIP + ImageReward objective")
     p.add_argument("--checkpointing", action="store_true", help="also DATE with VAE gradient checkpointing")
+    p.add_argument("--ckpt-default", action="store_true",
+                   help="every DATE cell with VAE checkpointing (the CUDA default), plus one clip 10%% cell without")
     p.add_argument("--breakdown", action="store_true", help="also time the phases of one DATE update (batch 1)")
     p.add_argument("--cudnn-benchmark", action="store_true",
                    help="also plain vs DATE 10%% with torch.backends.cudnn.benchmark on (batch 1)")
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
             if not args.no_diffusers and batch in (1,) and dtype != "bf16":
                 cells.append(("diffusers", None, None, False))
             if args.taesd and batch == 1:
-                cells.append(("date-taesd", 10, "clip", False))
+                cells.append(("date-taesd", 10, "clip", args.ckpt_default))
             if args.cudnn_benchmark and batch == 1:
                 cells += [("plain-cudnn", None, None, False), ("date-cudnn", 10, "clip", True)]
             if args.edit and batch == 1:
@@ -243,9 +245,10 @@ def main(argv=None) -> int:
                 if batch > 1 and frac not in big_fractions:
                     continue
                 for obj in objectives:
-                    cells.append(("date", frac, obj, False))
-                if args.checkpointing and frac == 10:
-                    cells.append(("date", frac, "clip", True))
+                    if batch == 1 or obj == "clip":
+                        cells.append(("date", frac, obj, args.ckpt_default))
+                if (args.checkpointing or args.ckpt_default) and frac == 10 and batch == 1:
+                    cells.append(("date", frac, "clip", not args.ckpt_default))
             baselines: dict[str, tuple[float, float]] = {}
             for kind, frac, obj, ckpt in cells:
                 if time.perf_counter() - started > args.budget_s:
