@@ -1,7 +1,8 @@
 """CLIP image-text cosine similarity (Radford et al. 2021), transformers backend.
 
 Variants: ``clip`` (``openai/clip-vit-large-patch14``, the DATE default), ``clip:tiny`` (random
-weights, offline), ``clip:toy`` (the shipped toy world's CLIP), ``clip:<hub id or folder>``.
+weights, offline), ``clip:toy`` (the shipped toy world's CLIP), ``clip:<hub id or folder>``, and the open_clip
+backend (:mod:`.openclip`): ``clip:openclip/<model>/<pretrained tag>`` and ``clip:openclip-tiny``.
 """
 
 from __future__ import annotations
@@ -95,9 +96,13 @@ def tiny_clip_model(seed: int = 0):
 
 
 def load_clip(variant: Optional[str] = None, *, device=torch.device("cpu"), dtype=torch.float32) -> ClipScorer:
-    """Build the CLIP scorer for ``variant`` (None -> ViT-L/14, ``tiny``, ``toy``, a hub id or a folder)."""
+    """Build the CLIP scorer for ``variant`` (None -> ViT-L/14, tiny, toy, a hub id, a folder, openclip/...)."""
     from ..tokenizer import load_clip_tokenizer
 
+    if variant is not None and (variant == "openclip-tiny" or variant.startswith("openclip/")):
+        from .openclip import load_openclip
+
+        return load_openclip(variant, device=device, dtype=dtype)
     if variant == "tiny":
         return ClipScorer(tiny_clip_model().to(device, dtype), load_clip_tokenizer(), name="clip:tiny",
                           image_size=32)

@@ -11,14 +11,35 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def resize_shorter(images: torch.Tensor, size: int, mode: str = "bicubic") -> torch.Tensor:
-    """Resize ``(B, 3, H, W)`` so the shorter side is ``size`` (antialiased, like PIL), keeping aspect."""
+def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
+    """Forward: clamp to [0, 1] and round to the 8-bit grid; backward: identity (a straight-through estimator)."""
+    q = (images.clamp(0, 1) * 255).round() / 255
+    return images + (q - images).detach()
+
+
+def resize_shorter(images: torch.Tensor, size: int, mode: str = "bicubic", pil_rounding: bool = True) -> torch.Tensor:
+    """Resize ``(B, 3, H, W)`` in [0, 1] so the shorter side is ``size``, keeping aspect, the way PIL does.
+
+    PIL's antialiased bicubic on an 8-bit image (torchvision ``Resize`` on a PIL image, and the uint8 path
+    transformers' CLIP processor takes) resizes the width, rounds and clips to 8 bits, then the height, and rounds
+    again. With ``pil_rounding`` the same happens here, straight-through (the gradient ignores the rounding), and
+    the input is put on the 8-bit grid first, so a float image scores exactly as its saved PNG would. Measured on
+    the sample photos, 99.99% of the pixels then equal PIL's; one 2-D pass without rounding differs by up to
+    14/255 at sharp edges (1/255 with the clipping alone).
+    """
+    out = quantize_8bit(images) if pil_rounding else images
     h, w = images.shape[-2:]
     if min(h, w) == size:
-        return images
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    return F.interpolate(images, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
+        return out
+    # the longer side is truncated, as torchvision's Resize(int) and transformers' shortest_edge resize do
+    # (round() would give e.g. 337 instead of 336 for 300x451 -> 224 and shift the centre crop by a pixel)
+    new_h, new_w = (size, max(size, int(size * w / h))) if h <= w else (max(size, int(size * h / w)), size)
+    for target in ((h, new_w), (new_h, new_w)):  # width first, then height, as PIL
+        if target == tuple(out.shape[-2:]):
+            continue
+        out = F.interpolate(out, size=target, mode=mode, antialias=True, align_corners=False)
+        out = quantize_8bit(out) if pil_rounding else out.clamp(0, 1)
+    return out
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
