@@ -22,11 +22,13 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch loads on first use, so a batch rerun that only checks files never pays for it
+    import torch
 
 PathLike = str | os.PathLike[str]  # a path as str or pathlib.Path
 
@@ -255,6 +257,8 @@ def load_image(
     if resize_note:
         notes.append(resize_note)
 
+    import torch
+
     arr = np.asarray(rgb, dtype=np.float32) / 255.0  # (H, W, 3)
     pixels = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None]  # (1, 3, H, W)
     return LoadedImage(
@@ -272,6 +276,8 @@ def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     Args:
         pixels: any float dtype and device; gradients are ignored.
     """
+    import torch
+
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
         shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
         raise ValueError(f"to_pil expects a (B, 3, H, W) tensor, got {shape}")

@@ -1,0 +1,198 @@
+"""``date-edit batch``: edit a folder (one prompt for all) or a manifest (a prompt and options per image), resumably.
+
+Thin: plan the items (:mod:`date_edit.batch`), turn options into configs with the ``edit`` command's helpers,
+and hand both to :func:`date_edit.batch.run_batch`. Only click-level modules are imported here; the option
+decorators come from :mod:`.main` (click only), which registers this command at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .main import _common_model_options, _date_options, _edit_options, _image_options
+
+_OWN = ("out", "overwrite", "as_json", "quiet", "seed")  # edit's options that batch defines with its own meaning
+# options that do not change an output; every other option goes into the resume key (so a new one can only redo)
+_NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max_pixels", "as_json", "quiet",
+               "device", "grad_checkpointing")
+
+
+def _model_options(f):
+    """``edit``'s model options (--model, --dtype, --device, ...: whatever main.py declares), minus ``_OWN``."""
+    probe = _common_model_options(lambda: None)
+    for param in probe.__click_params__:  # click's own list, in decorator order
+        if param.name not in _OWN:
+            f.__click_params__ = [*getattr(f, "__click_params__", []), param]
+    return f
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input_dir", required=False, type=click.Path(file_okay=True, dir_okay=True))
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="A .csv (with a header), .jsonl or .json list of rows: image, prompt, and optional "
+                   "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, rho, update_steps, "
+                   "update_mode, grad_iters, no_date, size, resize (empty: the command-line value). Image paths "
+                   "are relative to the manifest.")
+@click.option("--prompt", "-p", default=None,
+              help="Target prompt of every image of INPUT_DIR (with --manifest: of rows without a prompt).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output folder: OUT/<path relative to INPUT_DIR>.png, plus OUT/results.jsonl. May lie inside "
+                   "INPUT_DIR (it is then left out of the input walk); may not be or contain INPUT_DIR.")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Files to edit, matched case-insensitively against the name and the relative path (repeatable; "
+                   "default: *.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff *.gif). Hidden files and folders are "
+                   "skipped.")
+@click.option("--force", is_flag=True,
+              help="Redo items whose output is up to date, and replace files at output paths that date-edit batch "
+                   "did not write (an input is never replaced).")
+@click.option("--batch-size", type=int, default=None,
+              help="Images per forward pass, among items of the same processed size and settings "
+                   "(default: 4 on CUDA, 1 on CPU). After an out-of-memory error it halves.")
+@click.option("--max-pixels", type=int, default=40_000_000, show_default=True,
+              help="Inputs with more pixels fail (checked before decoding).")
+@_edit_options
+@_date_options
+@_image_options
+@_model_options
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Inversion seed of every item (a manifest's seed column overrides it); an item's noise maps "
+                   "do not depend on the batch it runs in.")
+@click.option("--json", "as_json", is_flag=True, help="Print each item's record on stdout as a JSON line.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
+def batch(input_dir, **opts) -> None:
+    """Edit every image in INPUT_DIR towards --prompt, or every row of --manifest, into --out.
+
+    \b
+      date-edit batch photos/ --prompt "a watercolor painting" --out edited/
+      date-edit batch --manifest edits.csv --out edited/
+
+    Outputs mirror the input tree; OUT/results.jsonl gets one record per item and run (status ok, failed
+    or skipped, the edit's record, the input's sha256). A rerun skips items whose output is there with the
+    same input content and settings, so an interrupted job resumes; --force redoes them. One bad file is
+    recorded as failed with a one-line reason and never stops the batch.
+
+    \b
+    Exit codes: 0 every item ok or up to date; 3 some items failed (see results.jsonl);
+    2 usage error (options, folder, manifest); 1 the model could not be loaded;
+    130 interrupted by SIGINT/SIGTERM (rerun the same command to finish).
+    """
+    _guarded(lambda: _body(input_dir, opts))
+
+
+def _guarded(fn) -> None:
+    """Run ``fn`` under ``edit``'s error handling, importing it (and torch, which it needs) only on an error,
+    so that a rerun with nothing to edit never loads torch."""
+    import os
+    import warnings
+
+    from .main import CliError, _run, _say, _show_warning
+
+    warnings.showwarning = _show_warning
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        fn()
+    except SystemExit:
+        raise
+    except CliError as exc:  # usage errors: answered without loading anything
+        _say(f"error: {exc}")
+        sys.exit(exc.code)
+    except BaseException as exc:  # noqa: BLE001 - handed to _run, which turns it into one line and an exit code
+        error = exc
+
+        def reraise():
+            raise error
+
+        _run(reraise)
+
+
+def _body(input_dir, opts: dict) -> None:
+    from pathlib import Path
+
+    from date_edit import batch as jobs
+
+    from .main import EXIT_USAGE, CliError, _say
+
+    if (input_dir is None) == (opts["manifest"] is None):
+        raise CliError("give INPUT_DIR (with --prompt) or --manifest FILE, not both", EXIT_USAGE)
+    if input_dir is not None and opts["prompt"] is None:
+        raise CliError("--prompt is required with INPUT_DIR (or use --manifest for per-image prompts)", EXIT_USAGE)
+    if opts["batch_size"] is not None and opts["batch_size"] < 1:
+        raise CliError("--batch-size must be >= 1", EXIT_USAGE)
+    if opts["max_pixels"] < 1:
+        raise CliError("--max-pixels must be >= 1", EXIT_USAGE)
+    out = Path(opts["out"]).expanduser()
+    try:
+        if input_dir is not None:
+            items = jobs.plan_folder(Path(input_dir).expanduser(), out, prompt=opts["prompt"],
+                                     globs=opts["globs"] or jobs.DEFAULT_GLOBS)
+        else:
+            items = jobs.plan_manifest(Path(opts["manifest"]).expanduser(), out, prompt=opts["prompt"],
+                                       seed=opts["seed"])
+    except jobs.BatchError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if not items:
+        if input_dir is not None:
+            globs = " ".join(opts["globs"] or jobs.DEFAULT_GLOBS)
+            raise CliError(f"nothing to do: no file in {input_dir} matches --glob {globs}", EXIT_USAGE)
+        raise CliError(f"nothing to do: manifest {opts['manifest']} has no rows", EXIT_USAGE)
+
+    base = {k: v for k, v in opts.items() if k not in _NOT_OUTPUT}
+    on_record = (lambda rec: click.echo(json.dumps(rec))) if opts["as_json"] else None
+    try:
+        summary = jobs.run_batch(
+            items, out, base_options=base, resolve=_resolver(), load_model=_model_loader(opts),
+            make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
+            max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
+            say=lambda text: _say(text), on_record=on_record,
+        )
+    except jobs.BatchError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    _say(summary.line())
+    sys.exit(summary.exit_code)
+
+
+def _resolver():
+    """Merged options -> ItemSettings, with the ``edit`` command's own config helpers."""
+
+    def resolve(options: dict):
+        from date_edit.batch import ItemSettings
+        from date_edit.pipeline import EditConfig
+
+        from .main import _check_schedule, _date_config, _scorer_spec
+
+        config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
+                            cfg_target=options["cfg_target"], seed=options["seed"], date=_date_config(options))
+        _check_schedule(config.date, config.run_steps())
+        return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
+                            model=options["model"], model_config=options["model_config"], dtype=options["dtype"],
+                            size=options["size"], resize=options["resize"],
+                            scorer=_scorer_spec(options["scorer"], options["model"]), options=options)
+
+    return resolve
+
+
+def _model_loader(opts: dict):
+    """``(needs_date) -> (backbone, scorer)``: the model and scorer, loaded once, when the first item needs them."""
+
+    def load(needs_date: bool):
+        from .main import _build_scorer, _load
+
+        backbone = _load(opts)
+        return backbone, _build_scorer(opts, backbone, needs_date)
+
+    return load
+
+
+def _make_record(result, settings, loaded, backbone, scorer) -> dict:
+    """The record ``date-edit edit --json`` makes, for one item."""
+    from .main import _record, _score_images
+
+    options = dict(settings.options, scorer_resolved=settings.scorer)
+    scores = _score_images(scorer, result.images, result.prompts)
+    extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
+             "processed_size": list(loaded.processed_size), "cfg_source": settings.config.cfg_source,
+             "cfg_target": settings.config.cfg_target}
+    return _record("edit", result, backbone, options, scores, extra)
