@@ -1,10 +1,14 @@
 """The toy world's judge: OpenCV colour segmentation in HSV, contours and shape classification (no learning).
 
 Each saturated pixel is given the palette colour nearest in hue; each colour's mask is closed (3x3) and split
-into contours; a contour's shape is the one whose ideal enclosing figure it fills best: ``area / minEnclosingCircle``
-(circle 1.0, square 0.64, triangle ~0.5), ``area / minAreaRect`` (square 1.0, circle 0.79, triangle 0.5),
-``area / minEnclosingTriangle`` (triangle 1.0, circle 0.60, square 0.5). That is rotation-invariant and tolerant of the
-soft edges and slightly noisy colours of a diffusion model's output.
+into contours. A contour's shape comes from how well it fills each shape's minimal enclosing figure:
+``area / minEnclosingCircle`` (circle 1.0, square 0.64, triangle 0.41), ``area / minAreaRect`` (square 1.0, circle
+0.79, triangle 0.5), ``area / minEnclosingTriangle`` (triangle 1.0, circle 0.60, square 0.5). Each fit is rescaled so
+that its own shape's ideal is 1 and the best other shape's ideal is 0, and the largest rescaled fit wins: a lumpy
+generated circle fills its bounding rectangle more than an ideal one (0.83 rather than 0.79), which a raw argmax
+would call a square. Rotation-invariant, and tolerant of the soft edges and slightly noisy colours of a diffusion
+model's output. Blobs below ``MIN_AREA``, ragged blobs (best raw fit below ``MIN_FIT``: tinted background halos)
+and weakly saturated blobs (median saturation below ``MIN_OBJECT_SATURATION``) are not objects.
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ from .world import BACKGROUND, COLOURS, PALETTE, parse_prompt
 
 MIN_SATURATION = 70  # of 255: grey background has 0; half-covered edge pixels of every palette colour exceed ~90
 MIN_VALUE = 50  # of 255: very dark pixels have unreliable hue
-MIN_AREA = 40  # pixels at 64x64: smaller blobs are specks (the smallest toy object, a 14-px triangle, has ~98)
+MIN_AREA = 60  # pixels at 64x64: smaller blobs are specks (the smallest toy object, a 14-px triangle, has ~98)
+MIN_FIT = 0.45  # a real object, even a lumpy generated one, fills one of its enclosing figures at least this well
+MIN_OBJECT_SATURATION = 120  # of 255, median over the blob: palette colours have ~195-220, tinted backgrounds ~50-80
+# Each fit's value for the best *other* ideal shape: the point where the fit stops being evidence for its shape.
+_FIT_BASELINE = {"circle": 0.637, "square": 0.785, "triangle": 0.605}
 
 
 @dataclass(frozen=True)
@@ -80,20 +88,32 @@ def shape_scores(contour: np.ndarray) -> dict[str, float]:
     }
 
 
+def classify_shape(scores: dict[str, float]) -> str:
+    """The shape whose fit, rescaled between the best other shape's ideal (0) and its own (1), is largest."""
+    return max(scores, key=lambda k: (scores[k] - _FIT_BASELINE[k]) / (1.0 - _FIT_BASELINE[k]))
+
+
 def judge(image: np.ndarray, min_area: int = MIN_AREA) -> list[Detection]:
     """Detect the toy objects of an ``(H, W, 3)`` uint8 RGB image (any size; ``min_area`` is in 64x64 pixels)."""
     import cv2
 
     scale2 = (image.shape[0] * image.shape[1]) / (64 * 64)
+    masks = colour_masks(image)  # validates the image
+    sat = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV_FULL)[..., 1]
     found = []
-    for colour, mask in colour_masks(image).items():
+    for colour, mask in masks.items():
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         for cnt in contours:
             pixel_area = float(np.count_nonzero(_fill(mask.shape, cnt) & mask))
             if pixel_area < min_area * scale2 or len(cnt) < 3:
                 continue
             scores = shape_scores(cnt)
-            shape = max(scores, key=scores.get)
+            if max(scores.values()) < MIN_FIT:
+                continue
+            filled = _fill(mask.shape, cnt) > 0
+            if np.median(sat[filled & (mask > 0)]) < MIN_OBJECT_SATURATION:
+                continue
+            shape = classify_shape(scores)
             x, y, w, h = cv2.boundingRect(cnt)
             found.append(Detection(colour, shape, (int(x), int(y), int(x + w), int(y + h)), pixel_area))
     found.sort(key=lambda d: (d.box[0], d.box[1]))
@@ -136,4 +156,4 @@ def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, 
     return inter / union if union > 0 else 0.0
 
 
-__all__ = ["BACKGROUND", "Detection", "box_iou", "colour_masks", "evaluate", "judge", "shape_scores"]
+__all__ = ["BACKGROUND", "Detection", "box_iou", "classify_shape", "colour_masks", "evaluate", "judge", "shape_scores"]

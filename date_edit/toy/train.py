@@ -1,0 +1,791 @@
+"""Train the toy world's tiny Stable-Diffusion-shaped model from a fixed seed, on the CPU, in under an hour.
+
+``python -m date_edit.toy.train --out date_edit/assets/toy --seed 0 [--minutes N]`` trains, in order:
+
+1. a tiny ``AutoencoderKL`` with SD's spatial factor 8 (64x64x3 -> 8x8x4), reconstruction + tiny KL;
+2. a tiny ``CLIPModel`` trained contrastively with hard negatives: each image's caption competes with every other
+   caption of the toy language, which includes its colour-swapped, shape-swapped and one-attribute-changed captions,
+   and a second loss term over only those swaps makes it reward binding rather than a bag of words;
+3. a tiny ``UNet2DConditionModel`` (epsilon prediction, SD's scaled-linear schedule) on the frozen autoencoder's
+   latents (encoded once), conditioned on the frozen CLIP text tower's ``last_hidden_state`` (77 tokens), with 10%
+   caption dropout to "" for classifier-free guidance; EMA weights are shipped.
+
+It saves a diffusers SD folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+``scheduler/``) plus ``clip/`` (the full CLIPModel + ``preprocessor_config.json``), then evaluates the saved folder
+with ``StableDiffusionPipeline`` (DDIM 50, CFG 7.5) and the OpenCV judge, and writes curves and metrics as JSON.
+
+Size: the CLIP vocabulary (49,408 tokens) makes the token embedding the largest tensor, and it is stored twice
+(``text_encoder/`` and ``clip/``), in fp32 because transformers loads a checkpoint in its stored dtype; so the text
+width is 32 and the UNet and autoencoder weights are stored in fp16 (diffusers loads them back as fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import world
+from .judge import evaluate, judge
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """Everything that decides the trained toy model; written into the results JSON."""
+
+    seed: int = 0  # one seed drives data, initialisation and batches
+    minutes: float = 38.0  # wall budget for the whole run (training + evaluation); stages get fixed shares
+    threads: int = 1  # torch CPU threads
+    device: str = "cpu"  # training device ("cuda" on a GPU machine); random draws stay on the CPU, evaluation is CPU
+    n_scenes: int = 16000  # rendered training scenes (their latents are encoded once for the UNet)
+    p_two: float = 0.6  # fraction of two-object scenes (any colours/shapes; the evaluation set is a subset)
+    # Autoencoder
+    vae_channels: tuple[int, ...] = (8, 16, 32, 48)  # 3 downsamplings: factor 8 like SD
+    vae_batch: int = 32
+    vae_steps: int = 1000  # upper bound; the time share stops it first on a slow machine
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    vae_share: float = 0.30  # of the wall budget
+    # CLIP
+    text_hidden: int = 32  # the UNet's cross_attention_dim
+    text_layers: int = 4
+    text_heads: int = 4
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    patch_size: int = 8
+    projection_dim: int = 64
+    clip_batch: int = 128
+    clip_steps: int = 2000
+    clip_lr: float = 1e-3
+    clip_share: float = 0.07
+    # UNet
+    unet_channels: tuple[int, ...] = (32, 64, 112)
+    unet_batch: int = 64
+    unet_steps: int = 20000
+    unet_lr: float = 8e-4
+    unet_warmup: int = 200
+    ema_decay: float = 0.998
+    cfg_dropout: float = 0.1  # probability of training on the empty caption
+    eval_reserve_s: float = 150.0  # wall seconds kept for saving and evaluation
+    # Evaluation (seeds never used in training: training uses torch/numpy streams of `seed`, not these)
+    eval_single_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007)
+    eval_two_seeds: tuple[int, ...] = (2000, 2001)
+    eval_steps: int = 50
+    eval_guidance: float = 7.5
+    heldout_seed: int = 999  # numpy seed of the held-out scenes for the CLIP/VAE checks
+    log_every: int = 50
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def make_dataset(rng: np.random.Generator, n: int, p_two: float) -> tuple[np.ndarray, list[str]]:
+    """``n`` rendered scenes ``(n, 64, 64, 3)`` uint8 and their canonical captions."""
+    images = np.empty((n, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
+    captions = []
+    for i in range(n):
+        scene = world.random_scene(rng, 2 if rng.random() < p_two else 1)
+        images[i] = world.render(scene)
+        captions.append(world.caption(scene))
+    return images, captions
+
+
+def all_captions() -> list[str]:
+    """Every caption the toy world can produce: 15 single, 120 unordered pairs (repeats allowed), canonical."""
+    objs = [(c, s) for c in world.COLOURS for s in world.SHAPES]
+    caps = [world.prompt_for([o]) for o in objs]
+    for i in range(len(objs)):
+        for j in range(i, len(objs)):
+            caps.append(world.prompt_for([objs[i], objs[j]]))
+    return caps
+
+
+def hard_negatives(prompt: str) -> list[str]:
+    """Captions that differ from ``prompt`` by binding or one attribute: colour/shape swaps, one changed attribute,
+    an object added or dropped."""
+    objs = world.parse_prompt(prompt)
+    out: set[str] = set()
+    for k, (c, s) in enumerate(objs):
+        for c2 in world.COLOURS:
+            if c2 != c:
+                out.add(world.prompt_for(objs[:k] + [(c2, s)] + objs[k + 1 :]))
+        for s2 in world.SHAPES:
+            if s2 != s:
+                out.add(world.prompt_for(objs[:k] + [(c, s2)] + objs[k + 1 :]))
+    if len(objs) == 2:
+        (c1, s1), (c2, s2) = objs
+        out.add(world.prompt_for([(c2, s1), (c1, s2)]))  # attribute swap: the binding negative
+        out.update(world.prompt_for([o]) for o in objs)  # one object dropped
+    else:
+        (c, s) = objs[0]
+        for c2 in world.COLOURS:  # an extra object
+            out.add(world.prompt_for([(c, s), (c2, world.SHAPES[(world.SHAPES.index(s) + 1) % 3])]))
+    out.discard(world.prompt_for(objs))
+    return sorted(out)
+
+
+def binding_negatives(prompt: str) -> list[str]:
+    """The negatives the CLIP check uses: two objects -> the colour swap; one object -> colour or shape changed."""
+    objs = world.parse_prompt(prompt)
+    if len(objs) == 2:
+        (c1, s1), (c2, s2) = objs
+        swap = world.prompt_for([(c2, s1), (c1, s2)])
+        return [swap] if swap != prompt else []
+    (c, s) = objs[0]
+    return [world.prompt_for([(c2, s)]) for c2 in world.COLOURS if c2 != c] + [
+        world.prompt_for([(c, s2)]) for s2 in world.SHAPES if s2 != s
+    ]
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup then cosine decay to 10% of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _planned_steps(step_time: float, budget_s: float, max_steps: int, done: int) -> int:
+    return int(min(max_steps, done + max(0.0, budget_s) / max(step_time, 1e-6)))
+
+
+class _Curve:
+    """Mean of a scalar per ``every`` steps."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.buf, self.points = every, [], []
+
+    def add(self, step: int, value: float) -> None:
+        self.buf.append(value)
+        if len(self.buf) == self.every:
+            self.points.append([step + 1, round(float(np.mean(self.buf)), 6)])
+            self.buf = []
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def build_vae(cfg: ToyTrainConfig):
+    """The tiny factor-8 ``AutoencoderKL``."""
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=world.IMAGE_SIZE,
+    )
+
+
+def build_clip(cfg: ToyTrainConfig):
+    """The tiny ``CLIPModel`` (real CLIP vocabulary and 77 positions; 64-px images)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {
+        "vocab_size": 49408,
+        "hidden_size": cfg.text_hidden,
+        "intermediate_size": 4 * cfg.text_hidden,
+        "num_hidden_layers": cfg.text_layers,
+        "num_attention_heads": cfg.text_heads,
+        "max_position_embeddings": 77,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+        "projection_dim": cfg.projection_dim,
+    }
+    vision = {
+        "hidden_size": cfg.vision_hidden,
+        "intermediate_size": 2 * cfg.vision_hidden,
+        "num_hidden_layers": cfg.vision_layers,
+        "num_attention_heads": 4,
+        "image_size": world.IMAGE_SIZE,
+        "patch_size": cfg.patch_size,
+        "projection_dim": cfg.projection_dim,
+    }
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
+
+
+def build_unet(cfg: ToyTrainConfig):
+    """The tiny ``UNet2DConditionModel`` on 8x8x4 latents; cross-attention at the two finer levels."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(cfg.unet_channels)
+    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    return UNet2DConditionModel(
+        sample_size=world.IMAGE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type=None,  # the 2x2 level already sees the whole 8x8 latent
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def scheduler_config() -> dict:
+    """SD 1.x's DDIM scheduler settings."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "steps_offset": 1,
+        "set_alpha_to_one": False,
+        "clip_sample": False,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+    }
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """``abar[t]`` of SD's scaled-linear schedule (betas 0.00085..0.012, 1000 steps), float32."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def clip_pixels(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, 64, 64)`` in [-1, 1] -> CLIP-normalised pixels (the toy CLIP takes 64 px, no resize or crop)."""
+    x = (images + 1.0) / 2.0
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Horizontal flips (captions stay true), and on half the batch blur + noise so the CLIP also reads the soft
+    images a diffusion model decodes (DATE scores decoded x0 predictions)."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    soft = torch.rand(b, generator=gen) < 0.5
+    sigma = 0.3 + 1.2 * torch.rand(1, generator=gen).item()
+    r = torch.arange(-2, 3, dtype=torch.float32)
+    k1 = torch.exp(-(r**2) / (2 * sigma**2))
+    k1 = k1 / k1.sum()
+    kernel = (k1[:, None] * k1[None, :]).expand(3, 1, 5, 5)
+    blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), kernel, groups=3)
+    blurred = blurred + 0.08 * torch.rand(1, generator=gen).item() * torch.randn(x.shape, generator=gen)
+    return torch.where(soft.view(b, 1, 1, 1), blurred.clamp(-1, 1), x)
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def train_vae(cfg, images, budget_s, gen, log):
+    """Stage 1: reconstruction (L1 + MSE, object pixels weighted 4x) + tiny KL; returns (vae, curve, steps)."""
+    dev = torch.device(cfg.device)
+    vae = build_vae(cfg).to(dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    bg = torch.tensor(world.BACKGROUND, dtype=torch.float32).div(127.5).sub(1).view(1, 3, 1, 1).to(dev)
+    curve, t0, total, step = _Curve(cfg.log_every), time.time(), cfg.vae_steps, 0
+    while step < total:
+        idx = torch.randint(0, len(images), (cfg.vae_batch,), generator=gen)
+        x = to_tensor(images[idx.numpy()])
+        x = torch.where((torch.rand(x.shape[0], generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x).to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.vae_lr, 50)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)
+        rec = vae.decode(z).sample
+        weight = 1.0 + 4.0 * ((x - bg).abs().sum(1, keepdim=True) > 0.05).float()
+        err = (rec - x).abs() + (rec - x) ** 2
+        loss = (weight * err).mean() + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.add(step, loss.item())
+        step += 1
+        if step in (20, 200):
+            total = _planned_steps((time.time() - t0) / step, budget_s - (time.time() - t0), cfg.vae_steps, step)
+            log(f"vae: {(time.time() - t0) / step:.2f} s/step -> {total} steps")
+        if step % 200 == 0:
+            log(f"vae step {step}/{total} loss {curve.points[-1][1] if curve.points else loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    return vae, curve.points, step
+
+
+def train_clip(cfg, images, captions, tokenizer, budget_s, gen, log):
+    """Stage 2: contrastive CLIP over all toy captions (hard negatives included) + a swaps-only term."""
+    dev = torch.device(cfg.device)
+    model = build_clip(cfg).to(dev)
+    vocab = all_captions()
+    cap_id = {c: i for i, c in enumerate(vocab)}
+    ids = tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    length = int((ids != tokenizer.pad_token_id).sum(1).max()) + 1  # causal: tokens after EOS never matter
+    ids_short = ids[:, :length].to(dev)
+    neg_ids = [[cap_id[n] for n in hard_negatives(c)] for c in vocab]
+    max_neg = max(len(n) for n in neg_ids)
+    neg_table = torch.full((len(vocab), max_neg), -1, dtype=torch.long)
+    for i, n in enumerate(neg_ids):
+        neg_table[i, : len(n)] = torch.tensor(n)
+    labels_all = torch.tensor([cap_id[c] for c in captions])
+    neg_table = neg_table.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.01)
+    curve, t0, total, step = _Curve(cfg.log_every), time.time(), cfg.clip_steps, 0
+    while step < total:
+        idx = torch.randint(0, len(images), (cfg.clip_batch,), generator=gen)
+        x = _augment(to_tensor(images[idx.numpy()]), gen).to(dev)
+        labels = labels_all[idx].to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.clip_lr, 50)
+        img = F.normalize(_feat(model.get_image_features(pixel_values=clip_pixels(x))), dim=-1)  # (B, P)
+        txt = F.normalize(_feat(model.get_text_features(input_ids=ids_short)), dim=-1)  # (C, P)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, C)
+        loss_i2t = F.cross_entropy(logits, labels)
+        # Swaps-only term: the true caption against its hard negatives.
+        negs = neg_table[labels]  # (B, K)
+        hard = torch.cat([logits.gather(1, labels[:, None]), logits.gather(1, negs.clamp(min=0))], dim=1)
+        hard = hard.masked_fill(torch.cat([torch.zeros_like(negs[:, :1]), negs], 1) < 0, float("-inf"))
+        loss_hard = F.cross_entropy(hard, torch.zeros_like(labels))
+        # Text -> image over the batch; images sharing the caption are not negatives.
+        same = labels[:, None] == labels[None, :]
+        t2i = logits.gather(1, labels[None, :].expand(len(labels), -1)).T  # (B_text, B_img): caption of j vs image i
+        t2i = t2i.masked_fill(same & ~torch.eye(len(labels), dtype=torch.bool, device=dev), float("-inf"))
+        loss_t2i = F.cross_entropy(t2i, torch.arange(len(labels), device=dev))
+        loss = loss_i2t + loss_hard + loss_t2i
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        curve.add(step, loss.item())
+        step += 1
+        if step in (20, 200):
+            total = _planned_steps((time.time() - t0) / step, budget_s - (time.time() - t0), cfg.clip_steps, step)
+            log(f"clip: {(time.time() - t0) / step:.3f} s/step -> {total} steps")
+        if step % 200 == 0:
+            log(f"clip step {step}/{total} loss {curve.points[-1][1]:.4f}")
+    model.eval().requires_grad_(False)
+    return model, curve.points, step
+
+
+def _feat(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    for attr in ("text_embeds", "image_embeds", "pooler_output"):
+        v = getattr(out, attr, None)
+        if isinstance(v, torch.Tensor):
+            return v
+    return out[0]
+
+
+@torch.no_grad()
+def clip_check(model, tokenizer, rng: np.random.Generator, n: int = 400) -> dict:
+    """Held-out accuracy of the CLIP at ranking each image's true caption above its binding negatives (and above
+    every other toy caption)."""
+    vocab = all_captions()
+    ids = tokenizer(vocab, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    dev = next(model.parameters()).device
+    txt = F.normalize(_feat(model.get_text_features(input_ids=ids.to(dev))), dim=-1)
+    cap_id = {c: i for i, c in enumerate(vocab)}
+    res = {1: [0, 0, 0], 2: [0, 0, 0]}  # n, beats binding negatives, top-1 of all captions
+    for i in range(n):
+        k = 1 + i % 2
+        scene = world.random_scene(rng, k, distinct=k == 2)
+        x = to_tensor(world.render(scene)[None]).to(dev)
+        img = F.normalize(_feat(model.get_image_features(pixel_values=clip_pixels(x))), dim=-1)[0]
+        sims = txt @ img
+        true = world.caption(scene)
+        negs = [cap_id[c] for c in binding_negatives(true)]
+        res[k][0] += 1
+        res[k][1] += bool((sims[cap_id[true]] > sims[negs]).all())
+        res[k][2] += int(sims.argmax()) == cap_id[true]
+    return {
+        "heldout_scenes": n,
+        "single_vs_attribute_changes_acc": res[1][1] / res[1][0],
+        "two_vs_colour_swap_acc": res[2][1] / res[2][0],
+        "single_top1_of_all_captions": res[1][2] / res[1][0],
+        "two_top1_of_all_captions": res[2][2] / res[2][0],
+    }
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Posterior modes of all images, ``(N, 4, 8, 8)``, unscaled."""
+    dev = next(vae.parameters()).device
+    out = [
+        vae.encode(to_tensor(images[i : i + batch]).to(dev)).latent_dist.mode().cpu()
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def vae_check(vae, rng: np.random.Generator, n: int = 300) -> dict:
+    """Held-out: does the judge read the autoencoder's reconstructions like the originals; PSNR."""
+    ok, psnr = 0, []
+    for i in range(n):
+        scene = world.random_scene(rng, 1 + i % 2)
+        img = world.render(scene)
+        x = to_tensor(img[None]).to(next(vae.parameters()).device)
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        out = ((rec[0].permute(1, 2, 0) + 1) * 127.5).round().byte().cpu().numpy()
+        want = sorted((o.colour, o.shape) for o in scene.objects)
+        ok += want == sorted((d.colour, d.shape) for d in judge(out))
+        mse = float(((rec - x) ** 2).mean()) / 4.0
+        psnr.append(10 * math.log10(1.0 / max(mse, 1e-10)))
+    return {"heldout_scenes": n, "judge_reads_reconstruction": ok / n, "psnr_db": round(float(np.mean(psnr)), 2)}
+
+
+@torch.no_grad()
+def text_table(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """``last_hidden_state`` ``(len(prompts), 77, D)`` of prompts padded to 77 tokens (as the SD pipeline does)."""
+    ids = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return text_encoder(input_ids=ids.to(next(text_encoder.parameters()).device)).last_hidden_state.cpu()
+
+
+def train_unet(cfg, latents, cond_ids, table, budget_s, gen, log):
+    """Stage 3: epsilon-prediction on the frozen latents; ``table[-1]`` is the empty caption's embedding."""
+    dev = torch.device(cfg.device)
+    unet = build_unet(cfg).to(dev)
+    ema = build_unet(cfg).to(dev)
+    latents, table = latents.to(dev), table.to(dev)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    abar = sd_alphas_cumprod().to(dev)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.0)
+    empty = table.shape[0] - 1
+    curve, t0, total, step = _Curve(cfg.log_every), time.time(), cfg.unet_steps, 0
+    while step < total:
+        idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
+        x0 = latents[idx]
+        c = cond_ids[idx].clone()
+        c[torch.rand(len(c), generator=gen) < cfg.cfg_dropout] = empty
+        c = c.to(dev)
+        t = torch.randint(0, 1000, (len(idx),), generator=gen).to(dev)
+        eps = torch.randn(x0.shape, generator=gen).to(dev)
+        a = abar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.unet_lr, cfg.unet_warmup)
+        pred = unet(x_t, t, encoder_hidden_states=table[c]).sample
+        loss = F.mse_loss(pred, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        curve.add(step, loss.item())
+        step += 1
+        if step in (20, 200, 1000):
+            total = _planned_steps((time.time() - t0) / step, budget_s - (time.time() - t0), cfg.unet_steps, step)
+            log(f"unet: {(time.time() - t0) / step:.3f} s/step -> {total} steps")
+        if step % 250 == 0:
+            log(f"unet step {step}/{total} loss {curve.points[-1][1]:.4f} ({time.time() - t0:.0f} s)")
+    for be, b in zip(ema.buffers(), unet.buffers()):
+        be.copy_(b)
+    ema.eval()
+    return ema, curve.points, step
+
+
+# --------------------------------------------------------------------------------------------- save / eval
+
+
+def save_model(out: Path, unet, vae, clip_model, scaling_factor: float) -> None:
+    """Write the diffusers SD folder + ``clip/``; UNet/VAE in fp16 safetensors, text towers in fp32."""
+    import copy
+
+    import diffusers
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..tokenizer import write_clip_tokenizer_files
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    vae.register_to_config(scaling_factor=float(scaling_factor))
+    copy.deepcopy(unet).half().save_pretrained(out / "unet", safe_serialization=True)
+    copy.deepcopy(vae).half().save_pretrained(out / "vae", safe_serialization=True)
+    text_cfg = CLIPTextConfig(**clip_model.config.text_config.to_dict())
+    text_encoder = CLIPTextModel(text_cfg)
+    # transformers 4.x nests the tower as ``text_model``; 5.x flattens it into CLIPTextModel.
+    target = getattr(text_encoder, "text_model", text_encoder)
+    result = target.load_state_dict(clip_model.text_model.state_dict(), strict=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise RuntimeError(f"text tower copy failed: {result}")
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    write_clip_tokenizer_files(out / "tokenizer")
+    DDIMScheduler(**scheduler_config()).save_pretrained(out / "scheduler")
+    clip_model.save_pretrained(out / "clip", safe_serialization=True)
+    pre = {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": world.IMAGE_SIZE},
+        "resample": 3,
+        "do_center_crop": False,
+        "crop_size": {"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+    }
+    (out / "clip" / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def load_pipeline(path: str | os.PathLike):
+    """A CPU fp32 ``StableDiffusionPipeline`` over the saved toy folder (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seed: int, steps: int = 50, guidance: float = 7.5) -> np.ndarray:
+    """Images ``(len(prompts), 64, 64, 3)`` uint8; every prompt starts from the same noise, drawn from ``seed``."""
+    gens = [torch.Generator("cpu").manual_seed(seed) for _ in prompts]
+    out = pipe(
+        prompt=prompts,
+        height=world.IMAGE_SIZE,
+        width=world.IMAGE_SIZE,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=gens,
+        output_type="np",
+    ).images
+    return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
+
+
+def evaluate_model(path: str | os.PathLike, cfg: ToyTrainConfig, grid_path: Path | None = None) -> dict:
+    """Single-object accuracy (15 prompts x single seeds) and two-object both-correct rate (60 x two seeds)."""
+    pipe = load_pipeline(path)
+    singles, pairs = world.single_object_prompts(), world.two_object_prompts()
+    rows, per_prompt = [], {}
+    single_hits = []
+    for seed in cfg.eval_single_seeds:
+        imgs = generate(pipe, singles, seed, cfg.eval_steps, cfg.eval_guidance)
+        rows.append(np.concatenate(list(imgs), axis=1))
+        for p, im in zip(singles, imgs):
+            ok = evaluate(im, p)["correct"]
+            single_hits.append(ok)
+            per_prompt.setdefault(p, []).append(bool(ok))
+    two_hits, two_per_object = [], []
+    two_rows = []
+    for seed in cfg.eval_two_seeds:
+        imgs = generate(pipe, pairs, seed, cfg.eval_steps, cfg.eval_guidance)
+        two_rows.append(np.concatenate(list(imgs[:15]), axis=1))
+        for p, im in zip(pairs, imgs):
+            r = evaluate(im, p)
+            two_hits.append(r["both_correct"])
+            two_per_object.extend(r["per_object"])
+            per_prompt.setdefault(p, []).append(bool(r["both_correct"]))
+    if grid_path is not None:
+        from PIL import Image
+
+        Image.fromarray(np.concatenate(rows + two_rows, axis=0)).save(grid_path)
+    return {
+        "sampler": f"DDIM {cfg.eval_steps} steps (eta 0), CFG {cfg.eval_guidance}, StableDiffusionPipeline, fp32 CPU",
+        "noise": "torch.Generator('cpu').manual_seed(seed) per image: every prompt at a seed starts from one noise",
+        "single_object_prompts": singles,
+        "single_object_seeds": list(cfg.eval_single_seeds),
+        "single_object_accuracy": float(np.mean(single_hits)),
+        "single_object_n": len(single_hits),
+        "two_object_prompts": "world.two_object_prompts() (60, canonical order)",
+        "two_object_seeds": list(cfg.eval_two_seeds),
+        "two_object_both_correct": float(np.mean(two_hits)),
+        "two_object_per_object_hit_rate": float(np.mean(two_per_object)),
+        "two_object_n": len(two_hits),
+        "per_prompt": per_prompt,
+    }
+
+
+def dir_size_bytes(path: Path) -> int:
+    """Total bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path | None = None) -> dict:
+    """Run all three stages, save, evaluate, and write the results JSON; returns the results dict."""
+    from ..tokenizer import load_clip_tokenizer
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    start = time.time()
+    budget = cfg.minutes * 60.0
+
+    def log(msg: str) -> None:
+        print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
+
+    tokenizer = load_clip_tokenizer()
+    images, captions = make_dataset(rng, cfg.n_scenes, cfg.p_two)
+    log(f"rendered {len(images)} scenes")
+    timings = {"render_s": round(time.time() - start, 1)}
+
+    t = time.time()
+    vae, vae_curve, vae_steps = train_vae(cfg, images, cfg.vae_share * budget, gen, log)
+    timings["vae_s"] = round(time.time() - t, 1)
+    vae_metrics = vae_check(vae, np.random.default_rng(cfg.heldout_seed))
+    log(f"vae {vae_metrics}")
+
+    t = time.time()
+    clip_model, clip_curve, clip_steps = train_clip(
+        cfg, images, captions, tokenizer, cfg.clip_share * budget, gen, log
+    )
+    timings["clip_s"] = round(time.time() - t, 1)
+    clip_metrics = clip_check(clip_model, tokenizer, np.random.default_rng(cfg.heldout_seed + 1))
+    log(f"clip {clip_metrics}")
+
+    t = time.time()
+    raw = encode_latents(vae, images)
+    scaling_factor = 1.0 / float(raw.std())
+    latents = raw * scaling_factor
+    vocab = all_captions()
+    table = text_table(clip_model.text_model, tokenizer, vocab + [""])
+    cap_id = {c: i for i, c in enumerate(vocab)}
+    cond_ids = torch.tensor([cap_id[c] for c in captions])
+    timings["encode_s"] = round(time.time() - t, 1)
+    log(f"encoded latents: std {float(raw.std()):.4f} -> scaling_factor {scaling_factor:.4f}")
+
+    t = time.time()
+    unet_budget = budget - (time.time() - start) - cfg.eval_reserve_s
+    unet, unet_curve, unet_steps = train_unet(cfg, latents, cond_ids, table, unet_budget, gen, log)
+    timings["unet_s"] = round(time.time() - t, 1)
+    train_wall = time.time() - start
+
+    unet, vae, clip_model = unet.cpu(), vae.cpu(), clip_model.cpu()
+    save_model(out, unet, vae, clip_model, scaling_factor)
+    size = dir_size_bytes(out)
+    log(f"saved to {out}: {size / 1e6:.2f} MB")
+    t = time.time()
+    eval_metrics = evaluate_model(out, cfg, grid)
+    timings["eval_s"] = round(time.time() - t, 1)
+    log(
+        f"single-object accuracy {eval_metrics['single_object_accuracy']:.3f}, "
+        f"two-object both-correct {eval_metrics['two_object_both_correct']:.3f}"
+    )
+    import diffusers
+    import transformers
+
+    n_params = {
+        "unet": sum(p.numel() for p in unet.parameters()),
+        "vae": sum(p.numel() for p in vae.parameters()),
+        "clip": sum(p.numel() for p in clip_model.parameters()),
+        "text_encoder": sum(p.numel() for p in clip_model.text_model.parameters()),
+    }
+    results = {
+        "config": asdict(cfg),
+        "seeds": {
+            "training": cfg.seed,
+            "note": "numpy default_rng(seed) renders the training scenes; torch manual_seed(seed) initialises; a "
+            "torch.Generator(seed) draws batches, noise and timesteps",
+            "heldout_vae_scenes_numpy_seed": cfg.heldout_seed,
+            "heldout_clip_scenes_numpy_seed": cfg.heldout_seed + 1,
+        },
+        "steps": {"vae": vae_steps, "clip": clip_steps, "unet": unet_steps},
+        "params": n_params,
+        "threads": cfg.threads,
+        "wall_time_s": {**timings, "train_total": round(train_wall, 1), "total": round(time.time() - start, 1)},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}",
+        "vae_scaling_factor": scaling_factor,
+        "model_size_bytes": size,
+        "curves": {"vae_loss": vae_curve, "clip_loss": clip_curve, "unet_loss": unet_curve, "every": cfg.log_every},
+        "metrics": {"vae": vae_metrics, "clip": clip_metrics, "generation": eval_metrics},
+    }
+    if results_path is not None:
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m date_edit.toy.train --out DIR --seed 0 [--minutes N]``."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "toy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=ToyTrainConfig.minutes)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="training device, e.g. cuda (evaluation runs on the CPU)")
+    p.add_argument("--n-scenes", type=int, default=ToyTrainConfig.n_scenes)
+    p.add_argument("--vae-steps", type=int, default=ToyTrainConfig.vae_steps, help="upper bound")
+    p.add_argument("--clip-steps", type=int, default=ToyTrainConfig.clip_steps, help="upper bound")
+    p.add_argument("--unet-steps", type=int, default=ToyTrainConfig.unet_steps, help="upper bound")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results/toy_training.json"))
+    p.add_argument("--eval-only", action="store_true", help="evaluate an existing --out folder and update --results")
+    p.add_argument("--grid", type=Path, default=None, help="also save a PNG grid of the evaluation images")
+    p.add_argument("--note", default="", help="with --eval-only: why the earlier figures were superseded")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = ToyTrainConfig(
+        seed=args.seed,
+        minutes=args.minutes,
+        threads=args.threads,
+        device=args.device,
+        n_scenes=args.n_scenes,
+        vae_steps=args.vae_steps,
+        clip_steps=args.clip_steps,
+        unet_steps=args.unet_steps,
+    )
+    if args.eval_only:
+        torch.set_num_threads(cfg.threads)
+        t = time.time()
+        m = evaluate_model(args.out, cfg, args.grid)
+        m["eval_wall_s"] = round(time.time() - t, 1)
+        print(json.dumps({k: v for k, v in m.items() if k != "per_prompt"}, indent=1))
+        if args.results.is_file():  # re-evaluation (e.g. after a judge revision): keep the earlier figures
+            results = json.loads(args.results.read_text())
+            history = results["metrics"].setdefault("generation_history", [])
+            history.append({"note": args.note, **results["metrics"]["generation"]})
+            results["metrics"]["generation"] = m
+            args.results.write_text(json.dumps(results, indent=1))
+        return
+    train(cfg, args.out, args.results, args.grid)
+
+
+if __name__ == "__main__":
+    main()
