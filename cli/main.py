@@ -398,6 +398,10 @@ def _build_scorer(opts: dict, backbone, for_date: bool):
 
     spec = _scorer_spec(opts["scorer"], opts["model"])
     opts["scorer_resolved"] = spec
+    if for_date:
+        from date_edit.scorers.aesthetic import warn_if_aesthetic_alone
+
+        warn_if_aesthetic_alone(spec)
     return build_scorer(spec, device=backbone.device, require_differentiable=for_date)
 
 
@@ -487,8 +491,11 @@ def reconstruct(image: str, **opts) -> None:
 def _register_subcommands() -> None:
     """Commands that live in their own modules (each imports only click at module level)."""
     from .ane_cmd import ane
+    from .batch_cmd import batch
+    from .scorers_cmd import score, scorers
 
-    main.add_command(ane)
+    for command in (ane, batch, scorers, score):
+        main.add_command(command)
 
 
 _register_subcommands()

@@ -150,3 +150,29 @@ def test_existing_output_is_not_overwritten(photo, tmp_path):
     assert target.read_bytes() == b"keep me"
     out = run(photo, "a dog", "--model", "tiny", "--steps", 4, "--out", photo, "--overwrite", cwd=tmp_path)
     assert out.returncode == 2 and "input" in out.stderr
+
+
+def test_scorers_and_score_commands(tmp_path):
+    listing = subprocess.run([EXE, "scorers"], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert listing.returncode == 0, listing.stderr
+    for name in ("clip", "imagereward", "pickscore", "aesthetic", "min-concept"):
+        assert name in listing.stdout
+    for spec in ("clip:tiny", "imagereward:tiny", "pickscore:tiny", "aesthetic:tiny", "clip:openclip-tiny"):
+        out = run("score", SAMPLE, "--prompt", "a cat", "--scorer", spec, "--json", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        record = json.loads(out.stdout)
+        score = record["results"][0]["score"]
+        assert isinstance(score, float) and score == score and abs(score) != float("inf"), record
+    bad = run("score", SAMPLE, "--prompt", "a cat", "--scorer", "nonsense", cwd=tmp_path)
+    assert bad.returncode != 0 and "unknown scorer" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_non_differentiable_objective_and_two_scorer_objective(photo, tmp_path):
+    out = run(photo, "a dog", "--model", "tiny", "--steps", 10, "--update-steps", "0,5", "--scorer",
+              "clip:tiny=1,imagereward:tiny=0.5", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)
+    assert rec["update_steps"] == [0, 5]
+    assert all(abs(n - 0.5) <= 1e-3 for n in rec["embedding_update_norms"])
+    assert set(rec["scores"]) >= {"clip:tiny", "imagereward:tiny"}
