@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -265,7 +264,7 @@ def main(argv=None) -> int:
                     cfg = GenerateConfig(steps=steps, guidance_scale=7.5, seed=6, date=date)
                     scorer = objectives[obj] if obj else None
 
-                    def fn(cfg=cfg, scorer=scorer):
+                    def fn(cfg=cfg, scorer=scorer, backbone=backbone, batch=batch):
                         return generate(backbone, prompt, config=cfg, scorer=scorer, num_images=batch)
 
                 try:
