@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo toy-model bench-tiny lint clean
+.PHONY: install test demo toy-model toy-eval toy-date bench-tiny lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ demo: $(STAMP)
 
 toy-model: $(STAMP)
 	$(BIN)/python -m date_edit.toy.train --out date_edit/assets/toy --seed 0
+
+toy-eval: $(STAMP)
+	$(BIN)/python -m date_edit.toy.train --eval-only --out date_edit/assets/toy
+
+toy-date: $(STAMP)
+	$(BIN)/python benchmarks/toy_date.py
 
 bench-tiny: $(STAMP)
 	$(BIN)/python benchmarks/cost.py --tiny
