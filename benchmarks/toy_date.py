@@ -17,7 +17,16 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import run, summarize, _load_records  # noqa: E402
+from benchmarks.harness import _load_records, run, summarize  # noqa: E402
+from date_edit.multiconcept import mean_ci95  # noqa: E402
+
+
+def paired(records: list[dict], method: str, baseline: str, metric: str) -> dict:
+    """Mean and 95% CI of ``metric(method) - metric(baseline)`` over the same (prompt, seed) pairs."""
+    by_key = {(r["method"], r["item"], r["seed"]): r[metric] for r in records}
+    diffs = [v - by_key[(baseline, i, s)] for (m, i, s), v in by_key.items()
+             if m == method and (baseline, i, s) in by_key]
+    return mean_ci95(diffs)
 
 RUNS = {
     "main": dict(methods="fixed,date-clip,date-random", sweep=None, limit=None, seeds=8),
@@ -45,6 +54,10 @@ def main() -> int:
         records = list(_load_records(out / "records.jsonl").values())
         table = summarize(records)
         report["runs"][name] = {"items": spec["limit"] or 60, "seeds": spec["seeds"], "methods": table}
+        if name == "main":
+            diffs = {f"{m} - fixed": {k: paired(records, m, "fixed", k) for k in ("both_correct", "clip_toy")}
+                     for m in ("date-clip", "date-random")}
+            report["runs"][name]["paired_differences"] = diffs
         lines += [f"## {name} ({spec['limit'] or 60} prompts x {spec['seeds']} seeds)", "",
                   "| method | n | both objects right | toy-CLIP score | s/image |", "|---|---|---|---|---|"]
         for method, row in table.items():
@@ -52,6 +65,13 @@ def main() -> int:
             lines.append(f"| {method} | {bc['n']} | {bc['mean']:.3f} ± {bc['ci95']:.3f} | "
                          f"{cs['mean']:.4f} ± {cs['ci95']:.4f} | {sec['mean']:.2f} |")
         lines.append("")
+        if name == "main":
+            lines += ["Paired differences over the same (prompt, seed) pairs:", ""]
+            for label, d in report["runs"][name]["paired_differences"].items():
+                bc, cs = d["both_correct"], d["clip_toy"]
+                lines.append(f"- {label}: both objects right {bc['mean']:+.3f} ± {bc['ci95']:.3f}, "
+                             f"toy-CLIP {cs['mean']:+.4f} ± {cs['ci95']:.4f} (n = {bc['n']})")
+            lines.append("")
     results = root / "results"
     (results / "toy_date.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / "toy_date.md").write_text("\n".join(lines))
