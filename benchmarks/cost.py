@@ -303,9 +303,10 @@ def _fmt(value) -> str:
 def markdown(meta: dict, rows: list[dict]) -> str:
     """A Markdown table of the rows."""
     lines = [f"# DATE cost on {meta['card']} ({meta.get('steps')} steps, random weights)", "",
-             "ms/step is per CFG step of a generation (edits run a 100-step inversion plus 64 steps, so none is given).",
-             "", "| dtype | batch | method | updates | objective | VAE ckpt | s/image | ms/step | peak MiB | time / plain |"
-             " memory / plain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "ms/step is per CFG step of a generation (an edit runs a 100-step inversion plus 64 steps: none given).",
+             "",
+             "| dtype | batch | method | updates | objective | VAE ckpt | s/image | ms/step | peak MiB "
+             "| time / plain | memory / plain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     breakdowns = [r for r in rows if r.get("method") == "update-breakdown"]
     rows = [r for r in rows if r.get("method") != "update-breakdown"]
     for r in rows:

@@ -304,7 +304,8 @@ def run(args) -> Path:
                         equal_factor = _equal_compute_factor(methods, done)
     records = list(_load_records(records_path).values())
     fid = compute_fid(out, methods, args.fid_ref, backbone.device) if args.fid_ref else {}
-    write_reports(out, records, fid=fid, meta={"suite": args.suite, "model": args.model, "seeds": seeds, "steps": steps,
+    write_reports(out, records, fid=fid, meta={"suite": args.suite, "model": args.model, "seeds": seeds,
+                                               "steps": steps,
                                       "limit": args.limit, "wall_s": time.perf_counter() - started,
                                       "device": str(backbone.device),
                                       "equal_compute_factor": equal_factor if any(

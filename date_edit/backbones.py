@@ -157,7 +157,8 @@ class Backbone:
 
         if spec == "tiny":
             with _seeded(0):
-                module = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                module = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
+                                         decoder_block_out_channels=(8, 8, 8, 8),
                                          num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
         elif spec == "random-full":
             with _seeded(0), torch.device(self.device):
@@ -301,7 +302,8 @@ def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0", "requires_safety_checker": False}
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+             "requires_safety_checker": False}
     libs = {"unet": "diffusers", "vae": "diffusers", "scheduler": "diffusers", "text_encoder": "transformers",
             "tokenizer": "transformers"}
     for name, lib in libs.items():

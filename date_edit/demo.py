@@ -120,7 +120,8 @@ def main(argv=None) -> int:
     summary["total_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for e in summary["edits"]:
-        print(f"{e['target']:>14} {'DATE ' if e['date'] else 'fixed'}  judge {'right' if e['judge']['correct'] else 'wrong'}"
+        verdict = "right" if e["judge"]["correct"] else "wrong"
+        print(f"{e['target']:>14} {'DATE ' if e['date'] else 'fixed'}  judge {verdict}"
               f"  IoU {e['judge'].get('box_iou_with_source', '-')}  toy-CLIP {e['clip_toy']:.3f}")
     print(f"done in {summary['total_s']:.0f} s: look at {out / 'grid.png'} and {out / 'summary.json'}")
     return 0

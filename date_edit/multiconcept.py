@@ -111,7 +111,9 @@ class ConceptMetrics:
     caption: Optional[str] = None
 
 
-def ane_metrics(images: torch.Tensor, prompt: str, encoder: TemplateTextEncoder, captioner=None) -> list[ConceptMetrics]:
+def ane_metrics(
+    images: torch.Tensor, prompt: str, encoder: TemplateTextEncoder, captioner=None
+) -> list[ConceptMetrics]:
     """AnE metrics for ``(B, 3, H, W)`` images in [0, 1] of one prompt."""
     with torch.no_grad():
         img = encoder.clip.image_features(images)  # (B, P) normalised

@@ -36,7 +36,9 @@ class EditConfig:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
         skip = self.resolved_skip()
         if not 0 <= skip < self.steps:
-            raise ValueError(f"--skip {self.skip} must leave at least one of the {self.steps} steps (0..{self.steps - 1})")
+            raise ValueError(
+                f"--skip {self.skip} must leave at least one of the {self.steps} steps (0..{self.steps - 1})"
+            )
         for name in ("cfg_source", "cfg_target"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number")

@@ -53,7 +53,8 @@ def write_clip_tokenizer_files(out_dir: str | os.PathLike) -> Path:
     tmp = out / ".writing"
     tmp.mkdir(exist_ok=True)
     (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    merges_text = "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+    (tmp / "merges.txt").write_text(merges_text, encoding="utf-8")
     special = {
         "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>",

@@ -64,7 +64,8 @@ def test_guidance_one_equals_cond_only():
     x = torch.randn(2, 4, 4, 4)
     c, u = _embeds(seed=1), _embeds(seed=2)
     assert torch.equal(guided_eps(den, x, 500, c, u, 1.0), den(x, 500, c))
-    torch.testing.assert_close(guided_eps(den, x, 500, c, u, 3.0), den(x, 500, u) + 3 * (den(x, 500, c) - den(x, 500, u)))
+    expected = den(x, 500, u) + 3 * (den(x, 500, c) - den(x, 500, u))
+    torch.testing.assert_close(guided_eps(den, x, 500, c, u, 3.0), expected)
 
 
 @pytest.mark.parametrize(

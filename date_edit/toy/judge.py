@@ -30,7 +30,7 @@ _FIT_BASELINE = {"circle": 0.637, "square": 0.785, "triangle": 0.605}
 
 @dataclass(frozen=True)
 class Detection:
-    """One object found by the judge: colour and shape names, box ``(x0, y0, x1, y1)`` (x1/y1 exclusive), pixel area."""
+    """One object the judge found: colour and shape names, box ``(x0, y0, x1, y1)`` (x1/y1 exclusive), pixel area."""
 
     colour: str
     shape: str
@@ -129,7 +129,7 @@ def _fill(shape: tuple[int, int], contour: np.ndarray) -> np.ndarray:
 
 
 def evaluate(image: np.ndarray, prompt: str) -> dict:
-    """Judge ``image`` against a toy prompt: ``objects``, ``per_object`` hits, ``correct`` (exact match, nothing extra),
+    """Judge ``image`` against a toy prompt: ``objects``, ``per_object`` hits, ``correct`` (exact, nothing extra),
     and ``both_correct`` for two-object prompts."""
     wanted = parse_prompt(prompt)
     dets = judge(image)
