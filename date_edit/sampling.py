@@ -11,7 +11,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
-from .schedule import NoiseSchedule, ddim_step, ddpm_step, tweedie_x0
+from .schedule import NoiseSchedule, ddim_step, ddpm_step
 
 
 class Denoiser(Protocol):
@@ -111,12 +111,3 @@ def sample(
             progress(i + 1, len(ts))
         x = x_prev
     return x
-
-
-def x0_observer(schedule: NoiseSchedule, store: list) -> Observer:
-    """An observer that appends each step's Tweedie estimate ``x0_hat`` (detached, CPU) to ``store``."""
-
-    def observe(state: StepState) -> None:
-        store.append(tweedie_x0(state.x_t, state.eps, schedule.abar(state.t)).detach().cpu())
-
-    return observe

@@ -19,25 +19,25 @@ from .registry import ScorerInfo, register_scorer
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 
 
-class ClipScorer:
-    """Cosine similarity between CLIP image and text embeddings, differentiable in the image."""
+class CosineScorer:
+    """Base of CLIP-like scorers: cosine of L2-normalised image and (cached) text embeddings.
+
+    Subclasses set ``model``, ``tokenizer``, ``name``, ``image_size``, ``mean``, ``std`` and implement
+    ``_encode_text(prompts) -> (B, P)`` and ``_encode_image(pixels) -> (B, P)`` (pixels already preprocessed).
+    """
 
     differentiable = True
-
-    def __init__(self, model, tokenizer, *, name: str, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.name = name
-        self.image_size = image_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+    model: torch.nn.Module
+    image_size: int
+    mean: tuple
+    std: tuple
 
     @property
     def device(self) -> torch.device:
         """The model's device."""
         return next(self.model.parameters()).device
 
-    def to(self, device) -> "ClipScorer":
+    def to(self, device) -> "CosineScorer":
         """Move the model (and drop cached text features)."""
         self.model.to(device)
         self._text_cache.clear()
@@ -48,12 +48,7 @@ class ClipScorer:
         """L2-normalised text embeddings ``(B, P)``; cached per prompt tuple."""
         key = tuple(prompts)
         if key not in self._text_cache:
-            max_len = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
-            tok = self.tokenizer(list(prompts), padding="max_length", max_length=max_len, truncation=True,
-                                 return_tensors="pt")
-            feats = self.model.get_text_features(input_ids=tok.input_ids.to(self.device),
-                                                 attention_mask=tok.attention_mask.to(self.device))
-            feats = _as_tensor(feats).float()
+            feats = self._encode_text(list(prompts)).float()
             self._text_cache[key] = feats / feats.norm(dim=-1, keepdim=True)
         return self._text_cache[key]
 
@@ -61,7 +56,7 @@ class ClipScorer:
         """L2-normalised image embeddings ``(B, P)`` of ``(B, 3, H, W)`` images in [0, 1]; differentiable."""
         pixels = clip_preprocess(images.to(self.device), self.image_size, self.mean, self.std)
         dtype = next(self.model.parameters()).dtype
-        feats = _as_tensor(self.model.get_image_features(pixel_values=pixels.to(dtype))).float()
+        feats = self._encode_image(pixels.to(dtype)).float()
         return feats / feats.norm(dim=-1, keepdim=True)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -69,6 +64,33 @@ class ClipScorer:
         if len(prompts) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
         return (self.image_features(images) * self.text_features(prompts)).sum(dim=-1)
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ClipScorer(CosineScorer):
+    """Cosine similarity between CLIP image and text embeddings (transformers ``CLIPModel``)."""
+
+    def __init__(self, model, tokenizer, *, name: str, image_size: int, mean=CLIP_MEAN, std=CLIP_STD) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        max_len = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+        tok = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        return _as_tensor(self.model.get_text_features(input_ids=tok.input_ids.to(self.device),
+                                                       attention_mask=tok.attention_mask.to(self.device)))
+
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _as_tensor(self.model.get_image_features(pixel_values=pixels))
 
 
 def _as_tensor(out) -> torch.Tensor:

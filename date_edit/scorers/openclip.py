@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
 from .base import ScorerError
-from .preprocess import clip_preprocess
+from .clip import CosineScorer
 
 EVAL_MODEL = ("ViT-g-14", "laion2b_s12b_b42k")  # DATE's CLIP-score metric (raw cosine)
 TINY_CONFIG = Path(__file__).resolve().parent / "assets" / "openclip" / "date-edit-openclip-tiny.json"
@@ -27,10 +27,8 @@ def import_open_clip():
     return open_clip
 
 
-class OpenClipScorer:
+class OpenClipScorer(CosineScorer):
     """Cosine similarity of open_clip image and text embeddings, differentiable in the image."""
-
-    differentiable = True
 
     def __init__(self, model: torch.nn.Module, tokenizer, *, name: str) -> None:
         self.model = model.eval().requires_grad_(False)
@@ -48,38 +46,11 @@ class OpenClipScorer:
         self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
-    @property
-    def device(self) -> torch.device:
-        """The model's device."""
-        return next(self.model.parameters()).device
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
 
-    def to(self, device: torch.device | str) -> "OpenClipScorer":
-        """Move the model (and drop cached text features)."""
-        self.model.to(device)
-        self._text_cache.clear()
-        return self
-
-    @torch.no_grad()
-    def text_features(self, prompts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings ``(B, P)``; cached per prompt tuple."""
-        key = tuple(prompts)
-        if key not in self._text_cache:
-            feats = self.model.encode_text(self.tokenizer(list(prompts)).to(self.device)).float()
-            self._text_cache[key] = feats / feats.norm(dim=-1, keepdim=True)
-        return self._text_cache[key]
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings ``(B, P)`` of ``(B, 3, H, W)`` images in [0, 1]; differentiable."""
-        pixels = clip_preprocess(images.to(self.device), self.image_size, self.mean, self.std)
-        dtype = next(self.model.parameters()).dtype
-        feats = self.model.encode_image(pixels.to(dtype)).float()
-        return feats / feats.norm(dim=-1, keepdim=True)
-
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity per image, ``(B,)`` in [-1, 1]."""
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
-        return (self.image_features(images) * self.text_features(prompts)).sum(dim=-1)
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
 
 
 def tiny_model_name() -> str:
