@@ -237,8 +237,12 @@ class DateHook:
         """``g = d h / d c`` at ``cond`` (float32 leaf), with the guided eps as in the official code."""
         x_t, t = state.x_t.detach(), state.t
         w = self.guidance_scale
-        with torch.no_grad():
-            eps_u = self.denoiser(x_t, t, self.uncond) if self.uncond is not None and w != 1.0 else None
+        eps_u = None
+        if self.uncond is not None and w != 1.0:
+            if state.eps_uncond is None:  # computed once per step; the sampling step reuses it
+                with torch.no_grad():
+                    state.eps_uncond = self.denoiser(x_t, t, self.uncond)
+            eps_u = state.eps_uncond
         leaf = cond.detach().float().requires_grad_(True)
         with torch.enable_grad():
             eps_c = self.denoiser(x_t, t, leaf)

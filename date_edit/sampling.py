@@ -54,6 +54,9 @@ class StepState:
     cond: torch.Tensor
     eps: Optional[torch.Tensor] = None
     x_prev: Optional[torch.Tensor] = None
+    # A hook that already evaluated the unconditional eps at this ``x_t`` and ``t`` (with the loop's
+    # denoiser and ``uncond``) may leave it here; the step then runs only the conditional branch.
+    eps_uncond: Optional[torch.Tensor] = None
 
 
 CondHook = Callable[[StepState], torch.Tensor]
@@ -97,7 +100,11 @@ def sample(
             cond = cond_hook(state)
             state.cond = cond
         with torch.no_grad():
-            eps = guided_eps(denoiser, x, t, cond, uncond, guidance_scale)
+            if state.eps_uncond is not None and uncond is not None and guidance_scale != 1.0:
+                eps_u = state.eps_uncond
+                eps = eps_u + guidance_scale * (denoiser(x, t, cond) - eps_u)
+            else:
+                eps = guided_eps(denoiser, x, t, cond, uncond, guidance_scale)
             abar_t = schedule.abar(t)
             abar_prev = schedule.abar(schedule.next_timestep(ts, i))
             if noise_maps is not None:

@@ -152,3 +152,40 @@ def test_approximate_grad_decoder_only_steers(tiny_scorer, pixels):
         assert torch.equal(r.images, backbone.decode(r.latents))
     with pytest.raises(BackboneError, match="huggingface-cli download"):
         load_backbone("tiny", device="cpu", grad_decoder="taesd")
+
+
+def test_update_step_reuses_the_unconditional_eps(tiny_backbone, tiny_scorer, pixels, monkeypatch):
+    """An update step evaluates eps_uncond once (in the gradient pass) and the sampling step reuses it: one UNet
+    row fewer per update step, and the same result as recomputing it (CPU, fp32)."""
+    from date_edit import date as date_mod
+
+    cfg = EditConfig(steps=8, skip=0, date=DateConfig(update_steps="0,2,4"))
+    inversion = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=8, skip=0, date=None)).inversion
+    rows = []
+    real_forward = tiny_backbone.unet.forward
+
+    def counting_forward(sample, *args, **kwargs):
+        rows.append(sample.shape[0])
+        return real_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_backbone.unet, "forward", counting_forward)
+    reused = edit(tiny_backbone, pixels, "a dog", scorer=tiny_scorer, config=cfg, inversion=inversion)
+    rows_reused, rows[:] = sum(rows), []
+
+    real_call = date_mod.DateHook.__call__
+
+    def forgetful_call(self, state):  # the unoptimised path: the loop evaluates eps_uncond again
+        cond = real_call(self, state)
+        state.eps_uncond = None
+        return cond
+
+    monkeypatch.setattr(date_mod.DateHook, "__call__", forgetful_call)
+    recomputed = edit(tiny_backbone, pixels, "a dog", scorer=tiny_scorer, config=cfg, inversion=inversion)
+    # 5 plain steps x 2 rows + 3 update steps x (uncond + cond with grad + cond) = 19; recomputing adds 3.
+    assert (rows_reused, sum(rows)) == (19, 22)
+    # A batch-of-1 and a batch-of-2 UNet call differ by ~1e-6 (kernel order); CFG 15 over 8 steps amplifies that
+    # to ~2e-4. What DATE itself changes is three orders of magnitude larger.
+    gap = float((reused.latents - recomputed.latents).abs().max())
+    fixed = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=8, skip=0, date=None), inversion=inversion)
+    assert gap <= 1e-3 and 100 * max(gap, 1e-6) < float((reused.latents - fixed.latents).abs().max())
+    assert reused.embedding_update_norms == pytest.approx(recomputed.embedding_update_norms, abs=1e-5)
