@@ -179,6 +179,9 @@ def main(argv=None) -> int:
                    help="also DATE 10%% with the opt-in approximate grad decoder (TAESD architecture, batch 1)")
     p.add_argument("--edit", action="store_true",
                    help="also a 512x512 edit at batch 1 (inversion + 100 steps, skip 36), plain vs DATE 10%%")
+    p.add_argument("--compile", action="store_true",
+                   help="also plain and DATE 10%% with the UNet under torch.compile (reduce-overhead on CUDA), "
+                        "with the one-off compile seconds and the images needed to earn them back")
     p.add_argument("--no-diffusers", action="store_true", help="skip diffusers' StableDiffusionPipeline baseline")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new cells after this many seconds")
     p.add_argument("--out", default=None, help="folder for cost-<card>.json/.md (default benchmarks/results; "
@@ -238,6 +241,8 @@ def main(argv=None) -> int:
                 cells.append(("date-taesd", 10, "clip", args.ckpt_default))
             if args.cudnn_benchmark and batch == 1:
                 cells += [("plain-cudnn", None, None, False), ("date-cudnn", 10, "clip", True)]
+            if args.compile:
+                cells += [("plain-compiled", None, None, False), ("date-compiled", 10, "clip", args.ckpt_default)]
             if args.edit and batch == 1:
                 cells += [("edit", None, None, False), ("edit", 10, "clip", False)]
             for frac in fractions:
@@ -255,6 +260,10 @@ def main(argv=None) -> int:
                 backbone.enable_gradient_checkpointing(vae=ckpt, unet=False)
                 torch.backends.cudnn.benchmark = kind.endswith("-cudnn")
                 backbone.set_grad_decoder(("tiny" if args.tiny else "random-full") if kind == "date-taesd" else None)
+                compiled = kind.endswith("-compiled")
+                if compiled != (backbone.compiled_unet is not None):
+                    backbone.compile("auto" if compiled else None)
+                compile_before = backbone.compile_s
                 if kind == "diffusers":
                     fn = diffusers_baseline(backbone, prompt, steps, 7.5, batch, 6)
                 elif kind == "edit":
@@ -278,13 +287,20 @@ def main(argv=None) -> int:
                        "vae_checkpointing": ckpt, "seconds_per_image": sec / batch, "seconds_per_run": sec,
                        "ms_per_step": None if kind == "edit" else 1000 * sec / steps, "peak_memory_mb": mb,
                        "runs_s": times}
-                base_key = {"edit": "edit", "plain-cudnn": "cudnn", "date-cudnn": "cudnn"}.get(kind, "generate")
+                if compiled:
+                    row["compile_mode"] = backbone.compile_mode
+                    row["compile_s"] = backbone.compile_s - compile_before  # first calls per shape, in the warm-up
+                base_key = {"edit": "edit", "plain-cudnn": "cudnn", "date-cudnn": "cudnn",
+                            "plain-compiled": "compiled", "date-compiled": "compiled"}.get(kind, "generate")
                 if frac is None and kind != "diffusers":
                     baselines[base_key] = (sec, mb)
                 if base_key in baselines:
                     base_s, base_mb = baselines[base_key]
                     row["time_ratio_vs_plain"] = sec / base_s
                     row["memory_ratio_vs_plain"] = mb / base_mb if device.type == "cuda" else None
+                if kind == "plain-compiled" and "generate" in baselines:  # images that pay back the compilation
+                    saved = baselines["generate"][0] / batch - sec / batch
+                    row["break_even_images"] = row["compile_s"] / saved if saved > 0 else None
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 flush()
@@ -320,6 +336,12 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         lines.append(f"| {r['dtype']} | {r['batch']} | {r['method']} | {frac} | {r['objective'] or '-'} | "
                      f"{'yes' if r['vae_checkpointing'] else 'no'} | {r['seconds_per_image']:.3f} | "
                      f"{_fmt(r['ms_per_step'])} | {r['peak_memory_mb']:.0f} | {tr} | {mr} |")
+    for r in rows:
+        if r.get("compile_s") is not None:
+            even = r.get("break_even_images")
+            lines.append(f"\n{r['method']} ({r['dtype']}, batch {r['batch']}, mode {r['compile_mode']}): one-off "
+                         f"compile {r['compile_s']:.1f} s"
+                         + (f", earned back after {even:.0f} images" if even else ""))
     for r in breakdowns:
         phases = ", ".join(f"{k} {v:.1f}" for k, v in r["phases_ms"].items())
         lines += ["", f"One DATE update at batch 1, {r['dtype']}, VAE checkpointing {r['vae_checkpointing']}: "

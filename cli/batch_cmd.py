@@ -17,7 +17,7 @@ from .main import _common_model_options, _date_options, _edit_options, _image_op
 _OWN = ("out", "overwrite", "as_json", "quiet", "seed")  # edit's options that batch defines with its own meaning
 # options that do not change an output; every other option goes into the resume key (so a new one can only redo)
 _NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max_pixels", "as_json", "quiet",
-               "device", "grad_checkpointing")
+               "device", "grad_checkpointing", "compile_unet", "compile_mode")
 
 
 def _model_options(f):

@@ -68,6 +68,13 @@ def _common_model_options(f):
                      help="Decoder of DATE's gradient pass only: vae (exact) or taesd (madebyollin/taesd, an "
                           "approximate tiny autoencoder: faster, less memory; opt-in, effect not yet validated on "
                           "real weights). The output image is always decoded by the VAE."),
+        click.option("--compile", "compile_unet", is_flag=True,
+                     help="torch.compile the UNet for the passes without gradients (CUDA graphs on a GPU). The "
+                          "first call per shape compiles (a minute or more, reported as compile_s); worth it for "
+                          "many images in one process (batch)."),
+        click.option("--compile-mode", type=click.Choice(["auto", "default", "reduce-overhead", "max-autotune"]),
+                     default="auto", show_default=True,
+                     help="With --compile: auto is reduce-overhead (CUDA graphs) on CUDA, default on the CPU."),
         click.option("--seed", type=int, default=None, help="Random seed (edit: 0, generate: 6, the official one)."),
         click.option("--out", "-o", type=click.Path(), default=None,
                      help="Output PNG path, or a folder for an automatic name (default ./outputs/)."),
@@ -248,7 +255,8 @@ def _load(opts: dict):
 
     model = opts["model"]
     backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"], config=opts["model_config"],
-                             grad_checkpointing=opts["grad_checkpointing"], grad_decoder=opts["grad_decoder"])
+                             grad_checkpointing=opts["grad_checkpointing"], grad_decoder=opts["grad_decoder"],
+                             compile=opts["compile_mode"] if opts.get("compile_unet") else None)
     if backbone.random_weights:
         _say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
     return backbone

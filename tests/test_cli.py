@@ -42,7 +42,8 @@ def test_help_is_fast_and_lists_every_command():
     assert elapsed < 2.0, f"--help took {elapsed:.2f}s"
     edit_help = subprocess.run([EXE, "edit", "--help"], capture_output=True, text=True, timeout=60).stdout
     for option in ("--rho", "--update-steps", "--update-mode", "--scorer", "--skip", "--cfg-source", "--cfg-target",
-                   "--no-date", "--dtype", "--device", "--overwrite", "--json", "--size", "--resize", "--ablation"):
+                   "--no-date", "--dtype", "--device", "--overwrite", "--json", "--size", "--resize", "--ablation",
+                   "--compile", "--compile-mode"):
         assert option in edit_help
 
 

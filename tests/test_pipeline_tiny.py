@@ -189,3 +189,19 @@ def test_update_step_reuses_the_unconditional_eps(tiny_backbone, tiny_scorer, pi
     fixed = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=8, skip=0, date=None), inversion=inversion)
     assert gap <= 1e-3 and 100 * max(gap, 1e-6) < float((reused.latents - fixed.latents).abs().max())
     assert reused.embedding_update_norms == pytest.approx(recomputed.embedding_update_norms, abs=1e-5)
+
+
+def test_compiled_unet_gives_the_unoptimised_result(tiny_scorer, pixels):
+    """--compile (torch.compile, Inductor on the CPU) runs the no-grad passes; same edit as eager within fp32 noise,
+    the one-off compile time is counted, and DATE's gradient pass stays eager (its norms are unchanged)."""
+    cfg = EditConfig(steps=6, skip=0, date=DateConfig(update_steps="0,3"))
+    eager = load_backbone("tiny", device="cpu")
+    compiled = load_backbone("tiny", device="cpu", compile="auto")
+    assert compiled.describe()["compile"] == "default" and eager.describe()["compile"] is None
+    a = edit(eager, pixels, "a dog", scorer=tiny_scorer, config=cfg)
+    b = edit(compiled, pixels, "a dog", scorer=tiny_scorer, config=cfg)
+    assert compiled.compile_s > 0
+    torch.testing.assert_close(a.latents, b.latents, rtol=0, atol=1e-3)
+    assert a.embedding_update_norms == pytest.approx(b.embedding_update_norms, abs=1e-5)
+    with pytest.raises(ValueError, match="--compile-mode"):
+        compiled.compile("fastest")
