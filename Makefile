@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo toy-model toy-eval toy-date bench-tiny lint clean
+.PHONY: install test demo toy-model toy-eval toy-date toy-edit bench-tiny lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ toy-model: $(STAMP)
 
 toy-eval: $(STAMP)
 	$(BIN)/python -m date_edit.toy.train --eval-only --out date_edit/assets/toy
+	$(BIN)/python -m date_edit.toy.train --eval-only --fresh-seeds --out date_edit/assets/toy
+
+toy-edit: $(STAMP)
+	$(BIN)/python benchmarks/toy_edit.py
 
 toy-date: $(STAMP)
 	$(BIN)/python benchmarks/toy_date.py

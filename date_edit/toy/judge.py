@@ -19,7 +19,7 @@ import numpy as np
 
 from .world import BACKGROUND, COLOURS, PALETTE, parse_prompt
 
-MIN_SATURATION = 70  # of 255: grey background has 0; half-covered edge pixels of every palette colour exceed ~90
+MIN_SATURATION = 70  # of 255: the white background has 0; half-covered edge pixels of every palette colour exceed ~90
 MIN_VALUE = 50  # of 255: very dark pixels have unreliable hue
 MIN_AREA = 60  # pixels at 64x64: smaller blobs are specks (the smallest toy object, a 14-px triangle, has ~98)
 MIN_FIT = 0.45  # a real object, even a lumpy generated one, fills one of its enclosing figures at least this well
