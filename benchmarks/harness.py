@@ -232,6 +232,30 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 # ---------------------------------------------------------------------------------------------- runner
 
 
+def model_fingerprint(backbone) -> str:
+    """A short hash of the UNet's and the VAE's first and last weights: tells two trainings of one model apart."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in (backbone.unet, backbone.vae):
+        params = list(module.parameters())
+        for p in (params[0], params[-1]):
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_same_model(out: Path, model: str, backbone, resuming: bool) -> None:
+    """Resume only with the model that made the records (``run.json`` keeps its fingerprint)."""
+    meta_path = out / "run.json"
+    fingerprint = model_fingerprint(backbone)
+    if resuming and meta_path.is_file():
+        earlier = json.loads(meta_path.read_text())
+        if earlier.get("fingerprint") != fingerprint:
+            raise ValueError(f"{out} holds records of another model ({earlier.get('model')}, weights "
+                             f"{earlier.get('fingerprint')}); delete it or pass --out to start a new run")
+    meta_path.write_text(json.dumps({"model": model, "fingerprint": fingerprint}) + "\n")
+
+
 def run(args) -> Path:
     """Run a suite; returns the output folder."""
     from date_edit.backbones import load_backbone
@@ -246,6 +270,7 @@ def run(args) -> Path:
     records_path = out / "records.jsonl"
     done = _load_records(records_path)
     backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
+    _check_same_model(out, args.model, backbone, resuming=bool(done))
     metrics = Metrics(args.suite, args.model, backbone.device, args.eval_clip, args.captioner)
     scorers: dict[str, object] = {}
     seeds = list(range(args.seed, args.seed + args.seeds))

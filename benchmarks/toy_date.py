@@ -28,6 +28,42 @@ def paired(records: list[dict], method: str, baseline: str, metric: str) -> dict
              if m == method and (baseline, i, s) in by_key]
     return mean_ci95(diffs)
 
+def flips(records: list[dict], run_dir: Path, method: str = "date-clip") -> dict:
+    """Pairs where ``method`` and ``fixed`` disagree on both-correct, and what the judge saw where ``method`` broke
+    an image ``fixed`` got right: an extra or a missing object, a wrong colour or shape, or swapped attributes."""
+    import numpy as np
+    from PIL import Image
+
+    from date_edit.toy import world
+    from date_edit.toy.judge import evaluate
+
+    by = {(r["method"], r["item"], r["seed"]): r for r in records}
+    kinds: dict[str, int] = {}
+    broke = fixed = 0
+    for (m, item, seed), r in by.items():
+        base = by.get(("fixed", item, seed))
+        if m != method or base is None:
+            continue
+        if base["both_correct"] == 1 and r["both_correct"] == 0:
+            broke += 1
+            image = np.asarray(Image.open(run_dir / r["image"]).convert("RGB"))
+            want = sorted(world.parse_prompt(r["prompt"]))
+            got = sorted((d.colour, d.shape) for d in evaluate(image, r["prompt"])["objects"])
+            if len(got) != len(want):
+                kind = "extra object" if len(got) > len(want) else "missing object"
+            elif sorted(c for c, _ in got) != sorted(c for c, _ in want):
+                kind = "wrong colour"
+            elif sorted(s for _, s in got) != sorted(s for _, s in want):
+                kind = "wrong shape"
+            else:
+                kind = "attributes swapped"
+            kinds[kind] = kinds.get(kind, 0) + 1
+        elif base["both_correct"] == 0 and r["both_correct"] == 1:
+            fixed += 1
+    return {"method": method, "broke_what_fixed_got_right": broke, "repaired_what_fixed_got_wrong": fixed,
+            "broken_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
+
+
 RUNS = {
     "main": dict(methods="fixed,date-clip,date-random", sweep=None, limit=None, seeds=8),
     "sweep_rho": dict(methods="date-clip", sweep="rho=0.25,1", limit=10, seeds=4),
@@ -58,6 +94,7 @@ def main() -> int:
             diffs = {f"{m} - fixed": {k: paired(records, m, "fixed", k) for k in ("both_correct", "clip_toy")}
                      for m in ("date-clip", "date-random")}
             report["runs"][name]["paired_differences"] = diffs
+            report["runs"][name]["flips"] = flips(records, out)
         lines += [f"## {name} ({spec['limit'] or 60} prompts x {spec['seeds']} seeds)", "",
                   "| method | n | both objects right | toy-CLIP score | s/image |", "|---|---|---|---|---|"]
         for method, row in table.items():
@@ -71,6 +108,11 @@ def main() -> int:
                 bc, cs = d["both_correct"], d["clip_toy"]
                 lines.append(f"- {label}: both objects right {bc['mean']:+.3f} ± {bc['ci95']:.3f}, "
                              f"toy-CLIP {cs['mean']:+.4f} ± {cs['ci95']:.4f} (n = {bc['n']})")
+            f = report["runs"][name]["flips"]
+            kinds = ", ".join(f"{k} {v}" for k, v in f["broken_kinds"].items())
+            lines += ["", f"Where they disagree: {f['method']} broke {f['broke_what_fixed_got_right']} images the "
+                          f"fixed embedding got right ({kinds}) and repaired {f['repaired_what_fixed_got_wrong']}.",
+                      ""]
             lines.append("")
     results = root / "results"
     (results / "toy_date.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -49,6 +49,12 @@ def test_every_suite_runs_end_to_end(tmp_path, suite, methods, metrics):
     again = run_suite(tmp_path, "--suite", suite, "--methods", methods, "--limit", "1")
     assert again.returncode == 0
     assert len((run / "records.jsonl").read_text().splitlines()) == len(records)
+    if suite == "toy":  # records of other weights (a retrained model) are never mixed into a resumed run
+        meta = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**meta, "fingerprint": "0" * 16}))
+        other = run_suite(tmp_path, "--suite", suite, "--methods", methods, "--limit", "1")
+        assert other.returncode != 0 and "another model" in other.stdout + other.stderr
+        assert "Traceback" not in other.stderr
 
 
 def test_sweep_writes_plots(tmp_path):

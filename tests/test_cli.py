@@ -177,3 +177,21 @@ def test_non_differentiable_objective_and_two_scorer_objective(photo, tmp_path):
     assert rec["update_steps"] == [0, 5]
     assert all(abs(n - 0.5) <= 1e-3 for n in rec["embedding_update_norms"])
     assert set(rec["scores"]) >= {"clip:tiny", "imagereward:tiny"}
+
+
+def test_toy_recolouring_edit_keeps_the_object_in_place(tmp_path):
+    """Issue 3's editing line, as a user types it: the colour changes and the object keeps its place and size."""
+    import numpy as np
+    from PIL import Image
+
+    from date_edit.toy.judge import box_iou, evaluate
+
+    sample = ROOT / "samples" / "toy" / "red_circle.png"
+    before = sha(sample)
+    out = run(sample, "a blue circle", "--model", "toy", "--out", tmp_path / "blue.png", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sha(sample) == before
+    source = evaluate(np.asarray(Image.open(sample).convert("RGB")), "a red circle")["objects"][0].box
+    verdict = evaluate(np.asarray(Image.open(tmp_path / "blue.png").convert("RGB")), "a blue circle")
+    assert verdict["correct"], verdict
+    assert box_iou(source, verdict["objects"][0].box) >= 0.5
