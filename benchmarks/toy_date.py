@@ -65,6 +65,33 @@ def flips(records: list[dict], run_dir: Path, method: str = "date-clip") -> dict
             "broken_kinds": dict(sorted(kinds.items(), key=lambda kv: -kv[1]))}
 
 
+def scorer_probe() -> dict:
+    """What the DATE objective sees: clip:toy on rendered variants of one two-object scene (right, an extra
+    object, a wrong shape, an object missing), and the Frobenius norm of the toy text embedding rho moves."""
+    import torch
+
+    from date_edit.backbones import load_backbone
+    from date_edit.scorers import build_scorer
+    from date_edit.toy import world
+
+    scorer = build_scorer("clip:toy")
+    prompt = "a red circle and a yellow square"
+    red, square = world.ToyObject("red", "circle", 16, 16, 18), world.ToyObject("yellow", "square", 46, 20, 18)
+    variants = {
+        "right": (red, square),
+        "extra object": (red, square, world.ToyObject("yellow", "triangle", 30, 46, 18)),
+        "wrong shape": (red, world.ToyObject("yellow", "triangle", 46, 20, 18)),
+        "missing object": (red,),
+    }
+    scores = {}
+    with torch.no_grad():
+        for name, objects in variants.items():
+            pixels = torch.from_numpy(world.render(world.Scene(objects))).permute(2, 0, 1)[None].float() / 255.0
+            scores[name] = round(float(scorer(pixels, [prompt])[0]), 3)
+        norm = float(load_backbone("toy", device="cpu").encode_prompt([prompt]).norm())
+    return {"prompt": prompt, "clip_toy_on_rendered": scores, "embedding_frobenius_norm": round(norm, 1)}
+
+
 RUNS = {
     # rho 0.25 at full size: the small sweep said smaller moves hurt less (the toy embedding's norm is 50)
     "main": dict(methods="fixed,date-clip,date-random,date-clip@rho=0.25", sweep=None, limit=None, seeds=8),
@@ -118,6 +145,11 @@ def main() -> int:
                              f"the fixed embedding got right ({kinds}) and repaired "
                              f"{f['repaired_what_fixed_got_wrong']}.")
             lines.append("")
+    probe = report["scorer_probe"] = scorer_probe()
+    lines += ["## What the objective sees", "",
+              f"clip:toy on rendered variants of \"{probe['prompt']}\": "
+              + ", ".join(f"{k} {v}" for k, v in probe["clip_toy_on_rendered"].items())
+              + f". The toy text embedding's Frobenius norm is {probe['embedding_frobenius_norm']}.", ""]
     results = root / "results"
     (results / "toy_date.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / "toy_date.md").write_text("\n".join(lines))

@@ -1,6 +1,6 @@
 """Toy-world editing: does an edit change the asked attribute and keep the object where it was?
 
-    python benchmarks/toy_edit.py            # ~10 min on a 2-core CPU (make toy-edit)
+    python benchmarks/toy_edit.py            # ~4 min on a 2-core CPU (make toy-edit)
     python benchmarks/toy_edit.py --quick    # 4 scenes x 1 seed, for a smoke run
 
 Sources are single-object scenes rendered from numpy seed 7000 (never used in training); each gets two colour

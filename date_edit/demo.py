@@ -111,6 +111,7 @@ def main(argv=None) -> int:
             with_score = float(scorer(result.images, [target])[0])
             summary["edits"].append({"target": target, "date": use_date, "image": name, "judge": verdict,
                                      "clip_toy": with_score, "update_steps": result.update_steps,
+                                     "date_scores": result.trace.scores if result.trace else [],
                                      "embedding_drift": result.embedding_drift,
                                      "sampling_s": result.timings["sampling_s"], "date_s": result.timings["date_s"]})
             ok = "right" if verdict["correct"] else "wrong"
