@@ -33,9 +33,9 @@ def _model_options(f):
 @click.argument("input_dir", required=False, type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
               help="A .csv (with a header), .jsonl or .json list of rows: image, prompt, and optional "
-                   "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, rho, update_steps, "
-                   "update_mode, grad_iters, no_date, size, resize (empty: the command-line value). Image paths "
-                   "are relative to the manifest.")
+                   "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, rho, rho_relative, "
+                   "update_steps, update_mode, grad_iters, no_date, size, resize (empty: the command-line "
+                   "value). Image paths are relative to the manifest.")
 @click.option("--prompt", "-p", default=None,
               help="Target prompt of every image of INPUT_DIR (with --manifest: of rows without a prompt).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: a
 PathLike = str | os.PathLike[str]
 
 DEFAULT_GLOBS = ("*.png", "*.jpg", "*.jpeg", "*.webp", "*.bmp", "*.tif", "*.tiff", "*.gif")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 RESULTS_NAME = "results.jsonl"  # one record per item and run, in OUT_DIR
 LOCK_NAME = ".date-edit-batch.lock"  # held (flock) while a run writes to OUT_DIR
 METADATA_KEY = "date-edit"  # the PNG text chunk holding an output's record
@@ -76,6 +77,7 @@ OPTION_TYPES: dict[str, Any] = {
     "cfg_target": float,
     "no_date": bool,
     "rho": float,
+    "rho_relative": float,
     "update_steps": str,
     "update_mode": ("accumulate", "restart"),
     "grad_iters": int,
@@ -84,10 +86,12 @@ OPTION_TYPES: dict[str, Any] = {
     "size": int,
     "resize": ("fit", "crop", "stretch"),
 }
-DATE_OPTIONS = ("rho", "update_steps", "update_mode", "grad_iters", "scorer", "ablation")  # moot without DATE
+# moot without DATE
+DATE_OPTIONS = ("rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "scorer", "ablation")
 # manifest columns (CSV header / JSON keys); the rest of OPTION_TYPES (model, dtype, scorer, ...) is per job
 MANIFEST_COLUMNS = ("image", "output", "prompt", "source_prompt", "seed", "steps", "skip", "cfg_source",
-                    "cfg_target", "rho", "update_steps", "update_mode", "grad_iters", "no_date", "size", "resize")
+                    "cfg_target", "rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "no_date",
+                    "size", "resize")
 _ALIASES = {"target_prompt": "prompt", "path": "image", "file": "image"}
 _PER_ITEM = ("prompt", "seed", "source_prompt")  # per-item values that cannot make a configuration invalid
 
@@ -283,6 +287,11 @@ def _real(path: Path) -> str:
 
 def _inside(child: str, parent: str) -> bool:
     return child != parent and child.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def stays_inside(path: PathLike, out_dir: PathLike) -> bool:
+    """True when ``path``, with every existing link on the way followed, lands strictly inside ``out_dir``."""
+    return _inside(_real(Path(path)), _real(Path(out_dir)))
 
 
 def check_out_dir(out_dir: PathLike, input_dir: PathLike) -> None:
@@ -582,6 +591,8 @@ def repair_results(path: PathLike) -> int:
     """Drop unparsable lines (a torn last line of a killed run) from a results file, atomically; returns how many."""
     p = Path(path)
     try:
+        if p.is_symlink():
+            raise BatchError(f"{p} is a symlink; results are written only inside --out: remove the link")
         data = p.read_bytes()
     except FileNotFoundError:
         return 0
@@ -644,7 +655,7 @@ class ResultsLog:
 
     def __enter__(self) -> ResultsLog:  # noqa: PYI034 - typing.Self needs Python 3.11
         self.dropped = repair_results(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o666)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -699,21 +710,44 @@ def output_state(path: PathLike | None) -> tuple[str, dict | None]:
 
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on OUT_DIR for the run (released by the kernel even on SIGKILL)."""
-    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    """Hold an exclusive lock on OUT_DIR for the run (released by the kernel even on SIGKILL); removed after.
+
+    The lock file is removed when the run ends, so a lock is only good while its file is still the one at
+    the path: a run that locked a file another run has just removed tries again on the new one.
+    """
     try:
+        import fcntl
+    except ImportError:  # no flock (Windows): one run per folder is then up to the user
+        fcntl = None
+    path = out / LOCK_NAME
+    for _ in range(100):
         try:
-            import fcntl
-        except ImportError:  # no flock (Windows): one run per folder is then up to the user
-            fcntl = None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BatchError(f"another date-edit batch is writing to {out}; wait for it, or choose "
-                                 "another --out") from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o666)
+        except OSError as e:
+            raise BatchError(f"cannot create the lock file {path}: {e.strerror or e} (a link there is refused; "
+                             "remove it)") from None
+        if fcntl is None:
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BatchError(f"another date-edit batch is writing to {out}; wait for it, or choose "
+                             "another --out") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # locked a file a finishing run had just removed: lock the one at the path now
+    else:
+        raise BatchError(f"could not lock {out}: its lock file keeps changing; is another run starting?")
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still holding the lock, so no other run is using this file
         os.close(fd)
 
 
@@ -933,6 +967,10 @@ class _Runner:
         except OSError as e:
             self.fail(item, f"cannot read {item.source}: {e.strerror or e}", None, ohash)
             return None
+        if item.output is not None and not stays_inside(item.output, self.out):
+            self.fail(item, f"{item.output} leads outside --out {self.out} through a symlink; outputs are only "
+                            "written inside --out: remove the link or choose another output name", ihash, ohash)
+            return None
         state, previous = output_state(item.output)
         fresh = (not self.force and state == "ours" and ihash is not None and previous.get("status") == "ok"
                  and previous.get("input_sha256") == ihash)
@@ -1091,7 +1129,7 @@ class _Runner:
         with self.interrupts.critical():  # the PNG and its results line: both, or (after a crash) the PNG alone
             try:
                 save_png(image, item.output, metadata={METADATA_KEY: dumps_record(record)}, overwrite=work.overwrite,
-                         protect=[item.source])
+                         protect=[item.source], within=self.out)
             except (OSError, ValueError) as e:  # OutputError is a ValueError
                 failure = reason(e)
             else:

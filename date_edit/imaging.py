@@ -11,6 +11,7 @@ leaves a half-written PNG, and it refuses to overwrite the input image under any
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import json
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -315,32 +317,6 @@ def _is_latin1(s: str) -> bool:
     return True
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _remove_quietly(p: Path) -> None:
-    try:
-        p.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
-    """Create a new hidden ``.<name>.<random>.tmp`` beside the target; mode 0o666 minus umask, like a normal file."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(directory))
-
-
 def save_png(
     image: Image.Image,
     path: PathLike,
@@ -348,6 +324,7 @@ def save_png(
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     protect: Iterable[PathLike] = (),
+    within: PathLike | None = None,
 ) -> Path:
     """Write `image` as a PNG atomically (temp file in the same folder, fsync, rename) and return the path.
 
@@ -355,84 +332,153 @@ def save_png(
         image: any Pillow image in a mode PNG can hold (RGB, RGBA, L, LA, P, I;16, 1).
         path: target file; must end in ``.png``. Missing parent folders are created.
         metadata: each key becomes a PNG text chunk; non-str values are JSON-dumped.
-        overwrite: replace an existing file at `path`.
+        overwrite: replace an existing file at `path` (a symlink there is replaced, never written through).
         protect: paths (e.g. the input image) that must never be replaced, even with `overwrite`.
+        within: a folder the file must stay inside. `path` must lie under it, and every folder from the real
+            path of `within` down to the file is opened without following symlinks (and created as a plain
+            folder where missing), at write time, so no link inside `within` can send the write elsewhere.
 
     Raises:
         OutputError: one line, when the target exists (without `overwrite`), is protected, is a directory,
-            or its folder cannot be created or written. No temporary file is left behind.
+            would leave `within`, or its folder cannot be created or written. No temporary file is left behind.
     """
     target = Path(os.fspath(path))
     if target.suffix.lower() != ".png":
         raise OutputError(f"{target}: output must be a .png file; choose another --out")
     info = _png_info(metadata)
-    for guarded in protect:
-        if _same_file(target, Path(os.fspath(guarded))):
-            raise OutputError(
-                f"refusing to write {target}: it is the input image {os.fspath(guarded)}; choose another --out"
-            )
-    if target.is_dir():
-        raise OutputError(f"{target} is a directory; choose a file name for --out")
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise OutputError(f"{target} exists; pass --overwrite or choose another --out")
-
-    parent = target.parent
+    dir_fd = _open_output_folder(target, within)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create directory {parent}: {e.strerror or e}") from e
-    try:
-        fd, tmp = _open_temp(parent, target.name)
-    except OSError as e:
-        raise OutputError(f"cannot write to directory {parent}: {e.strerror or e}") from e
-
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            _publish_exclusive(tmp, target)
-        _fsync_dir(parent)
-    except BaseException as e:
-        _remove_quietly(tmp)
-        if isinstance(e, FileExistsError):
-            raise OutputError(f"{target} exists; pass --overwrite or choose another --out") from e
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
-        raise
+        _check_target(target, dir_fd, protect, overwrite)
+        try:
+            fd, tmp = _open_temp(dir_fd, target.name)
+        except OSError as e:
+            raise OutputError(f"cannot write to directory {target.parent}: {e.strerror or e}") from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                image.save(f, format="PNG", pnginfo=info)
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                _publish_exclusive(dir_fd, tmp, target.name)
+            with contextlib.suppress(OSError):  # persist the rename itself; best effort
+                os.fsync(dir_fd)
+        except BaseException as e:
+            _remove_quietly(dir_fd, tmp)
+            if isinstance(e, FileExistsError):
+                raise OutputError(f"{target} exists; pass --overwrite or choose another --out") from e
+            if isinstance(e, OSError):
+                raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
+            raise
+    finally:
+        os.close(dir_fd)
     return target
 
 
-def _publish_exclusive(tmp: Path, target: Path) -> None:
-    """Move `tmp` to `target` only if `target` does not exist (a hard link fails atomically if it does)."""
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_output_folder(target: Path, within: PathLike | None) -> int:
+    """An fd of `target`'s folder, created where missing; under `within`, walked without following any link."""
+    if within is None:
+        parent = target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create directory {parent}: {e.strerror or e}") from e
+        try:
+            return os.open(parent, _DIR_FLAGS)
+        except OSError as e:
+            raise OutputError(f"cannot write to directory {parent}: {e.strerror or e}") from e
+    root = Path(os.fspath(within))
+    rel = os.path.relpath(os.path.abspath(target.parent), os.path.abspath(root))
+    parts = [] if rel == os.curdir else Path(rel).parts
+    if os.path.isabs(rel) or (parts and parts[0] == os.pardir):
+        raise OutputError(f"refusing to write {target}: it is not inside {root}")
     try:
-        os.link(tmp, target)
+        fd = os.open(os.path.realpath(root), _DIR_FLAGS)
+    except OSError as e:
+        raise OutputError(f"cannot write to directory {root}: {e.strerror or e}") from e
+    here = root
+    for part in parts:
+        here = here / part
+        try:
+            try:
+                os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            child = os.open(part, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
+        except OSError as e:
+            os.close(fd)
+            if os.path.islink(here):
+                raise OutputError(f"refusing to write {target}: {here} is a symlink, and outputs never follow "
+                                  f"links out of {root}; remove the link or choose another --out") from e
+            raise OutputError(f"cannot create directory {here}: {e.strerror or e}") from e
+        os.close(fd)
+        fd = child
+    return fd
+
+
+def _check_target(target: Path, dir_fd: int, protect: Iterable[PathLike], overwrite: bool) -> None:
+    """Refuse a protected file, a directory, or (without `overwrite`) anything already at the target name."""
+    try:
+        st = os.stat(target.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
+    for guarded in protect:
+        try:
+            g = os.stat(os.fspath(guarded))
+            followed = os.stat(target.name, dir_fd=dir_fd)
+        except OSError:
+            continue
+        if (g.st_dev, g.st_ino) in ((st.st_dev, st.st_ino), (followed.st_dev, followed.st_ino)):
+            raise OutputError(
+                f"refusing to write {target}: it is the input image {os.fspath(guarded)}; choose another --out"
+            )
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{target} is a directory; choose a file name for --out")
+    if not overwrite:
+        raise OutputError(f"{target} exists; pass --overwrite or choose another --out")
+
+
+def _remove_quietly(dir_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _open_temp(dir_fd: int, name: str) -> tuple[int, str]:
+    """Create a new hidden ``.<name>.<random>.tmp`` beside the target; mode 0o666 minus umask, like a normal file."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666, dir_fd=dir_fd), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", name)
+
+
+def _publish_exclusive(dir_fd: int, tmp: str, name: str) -> None:
+    """Move `tmp` to `name` only if `name` does not exist (a hard link fails atomically if it does)."""
+    try:
+        os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
         raise
     except OSError:
-        # filesystems without hard links: the exists() check above is the best we can do
-        if target.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
-        os.replace(tmp, target)
-        return
-    _remove_quietly(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; not every platform lets a directory be opened, so this is best effort."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        # filesystems without hard links: the stat check before is the best we can do
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            return
+        raise FileExistsError(errno.EEXIST, "exists", name) from None
+    _remove_quietly(dir_fd, tmp)
 
 
 def _slug(text: str, max_len: int = 40) -> str:

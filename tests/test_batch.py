@@ -87,16 +87,14 @@ BAD = {"empty.png", "truncated.jpg", "notes.png", "folder.jpg", "dot.png", "huge
 # ------------------------------------------------------------------------------------ acceptance (real CLI)
 
 
-def test_folder_job_records_every_item_and_rerun_skips_fast(tmp_path):
+def test_folder_job_records_every_item_and_rerun_skips_done_items(tmp_path):
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
     sources = make_mixed_folder(photos)
     before = {k: sha(p) for k, p in sources.items()}
     args = (photos, "--prompt", "a watercolor painting", "--out", out, *FAST, "--max-pixels", 20000)
 
-    t0 = time.perf_counter()
     first = run_cli(*args, cwd=tmp_path)
-    first_s = time.perf_counter() - t0
     assert first.returncode == 3, first.stderr
     recs = records(out)
     assert len(recs) == 12
@@ -119,15 +117,14 @@ def test_folder_job_records_every_item_and_rerun_skips_fast(tmp_path):
     assert "batch: 6 done, 0 skipped, 6 failed" in first.stderr and "images/min" in first.stderr
     assert "Traceback" not in first.stderr
 
-    t0 = time.perf_counter()
     second = run_cli(*args, cwd=tmp_path)
-    second_s = time.perf_counter() - t0
     assert second.returncode == 3, second.stderr
     rerun = records(out)[12:]
     assert len(rerun) == 12 and {r["status"] for r in rerun} <= {"skipped", "failed"}
     assert sum(r["status"] == "skipped" for r in rerun) == 6
     assert "batch: 0 done, 6 skipped, 6 failed" in second.stderr
-    assert second_s < first_s / 5, f"rerun {second_s:.1f}s vs first run {first_s:.1f}s"
+    # A rerun with nothing to do loads no model (asserted in-process in test_resume_redoes_only_what_changed);
+    # no wall-clock ratio here, which a loaded machine could break.
     assert {k: sha(p) for k, p in sources.items()} == before
 
 
@@ -535,3 +532,96 @@ def test_batched_edit_with_per_item_seeds_equals_single_edits(tiny_backbone):
     for i, (prompt, seed) in enumerate([("a dog", 3), ("a cat", 7)]):
         alone = edit(tiny_backbone, pixels[i:i + 1], prompt, config=EditConfig(steps=3, skip=1, seed=seed, date=None))
         assert torch.allclose(both.latents[i:i + 1], alone.latents, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- security: links inside --out
+
+
+def outside_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_manifest_output_through_a_directory_link_never_leaves_out(tmp_path, kind):
+    """A manifest row whose output runs through a directory symlink inside --out fails; nothing lands outside,
+    and a rerun does not 'skip' a file that sits outside (real CLI)."""
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "link").symlink_to(elsewhere, target_is_directory=True)
+    noise(64, 64, 1).save(tmp_path / "a.png")
+    noise(64, 64, 2).save(tmp_path / "b.png")
+    if kind == "csv":
+        (tmp_path / "m.csv").write_text("image,prompt,output\na.png,a dog,link/x.png\nb.png,a cat,fine/y.png\n")
+    else:
+        (tmp_path / "m.jsonl").write_text(json.dumps({"image": "a.png", "prompt": "a dog", "output": "link/x.png"})
+                                          + "\n" + json.dumps({"image": "b.png", "prompt": "a cat",
+                                                               "output": "fine/y.png"}) + "\n")
+    args = ("--manifest", tmp_path / f"m.{kind}", "--out", out, *FAST, "--no-date", "--quiet")
+    for _ in range(2):  # the rerun must not call the outside file up to date either
+        proc = run_cli(*args, cwd=tmp_path)
+        assert proc.returncode == 3, proc.stderr
+        assert outside_files(elsewhere) == []
+        last = {r["label"].split(" (")[-1].rstrip(")"): r for r in records(out)[-2:]}
+        assert last["a.png"]["status"] == "failed" and "outside --out" in last["a.png"]["error"]
+        assert last["b.png"]["status"] in ("ok", "skipped") and (out / "fine" / "y.png").is_file()
+    # an output planted outside beforehand is not taken for a finished one
+    noise(64, 64, 3).save(elsewhere / "x.png")
+    proc = run_cli(*args, cwd=tmp_path)
+    assert records(out)[-2]["status"] == "failed" and outside_files(elsewhere) == ["x.png"]
+
+
+def test_folder_mode_output_through_a_directory_link_never_leaves_out(tmp_path):
+    photos, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    (photos / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    out.mkdir()
+    noise(64, 64, 1).save(photos / "g1.png")
+    noise(64, 64, 2).save(photos / "sub" / "g2.png")
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    proc = run_cli(photos, "--prompt", "a dog", "--out", out, *FAST, "--no-date", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert outside_files(elsewhere) == []
+    by_label = {r["label"]: r for r in records(out)}
+    assert by_label["g1.png"]["status"] == "ok"
+    assert by_label["sub/g2.png"]["status"] == "failed" and "symlink" in by_label["sub/g2.png"]["error"]
+    assert not (out / jobs.LOCK_NAME).exists(), "the lock file is removed when the run ends"
+
+
+def test_a_link_swapped_in_after_planning_is_refused_at_write_time(tmp_path):
+    """The check at write time walks the folders without following links: a folder replaced by a link between
+    planning and writing (a race) still cannot redirect the output."""
+    from date_edit.imaging import OutputError, save_png
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    image = noise(16, 16)
+    assert save_png(image, out / "sub" / "a.png", within=out).is_file()
+    (out / "sub").rename(out / "old")
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(OutputError, match="symlink"):
+        save_png(image, out / "sub" / "b.png", within=out)
+    with pytest.raises(OutputError, match="not inside"):
+        save_png(image, out / ".." / "escape.png", within=out)
+    # a file link at the target is replaced (with overwrite), never written through
+    (out / "f.png").symlink_to(elsewhere / "victim.png")
+    (elsewhere / "victim.png").write_bytes(b"keep")
+    save_png(image, out / "f.png", within=out, overwrite=True)
+    assert (elsewhere / "victim.png").read_bytes() == b"keep" and not (out / "f.png").is_symlink()
+    assert outside_files(elsewhere) == ["victim.png"]
+    # --out itself may be a link: its real path is the root
+    (tmp_path / "out-link").symlink_to(out, target_is_directory=True)
+    assert save_png(image, tmp_path / "out-link" / "new" / "c.png", within=tmp_path / "out-link").is_file()
+    assert (out / "new" / "c.png").is_file()
+
+
+def test_results_file_link_is_refused(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / jobs.RESULTS_NAME).symlink_to(elsewhere / "r.jsonl")
+    items = photo_items(tmp_path / "in", out, n=1)
+    with pytest.raises(jobs.BatchError, match="symlink"):
+        run(items, out)
+    assert outside_files(elsewhere) == []

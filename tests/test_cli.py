@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,19 @@ def photo(tmp_path):
 
 
 def test_help_is_fast_and_lists_every_command():
-    start = time.perf_counter()
     out = subprocess.run([EXE, "--help"], capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - start
     assert out.returncode == 0
     for word in ("edit", "generate", "reconstruct"):
         assert word in out.stdout
-    assert elapsed < 2.0, f"--help took {elapsed:.2f}s"
+    # Fast means: --help imports none of the heavy libraries (they take seconds). Asserted on the imports, not
+    # on a wall-clock time that a loaded machine can break.
+    probe = ("import sys; from click.testing import CliRunner; from date_edit_cli.main import main; "
+             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0, r.output; "
+             "print(' '.join(m for m in ('torch', 'diffusers', 'transformers', 'open_clip', 'numpy') "
+             "if m in sys.modules))")
+    heavy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert heavy.returncode == 0, heavy.stderr
+    assert heavy.stdout.strip() == "", f"--help imports {heavy.stdout.strip()}"
     edit_help = subprocess.run([EXE, "edit", "--help"], capture_output=True, text=True, timeout=60).stdout
     for option in ("--rho", "--update-steps", "--update-mode", "--scorer", "--skip", "--cfg-source", "--cfg-target",
                    "--no-date", "--dtype", "--device", "--overwrite", "--json", "--size", "--resize", "--ablation",
