@@ -90,8 +90,11 @@ def _common_model_options(f):
 def _date_options(f):
     for decorator in reversed([
         click.option("--no-date", is_flag=True, help="Fixed text embedding: plain sampling, no DATE updates."),
-        click.option("--rho", type=float, default=0.5, show_default=True,
-                     help="DATE radius: each update moves the embedding by rho (Frobenius norm)."),
+        click.option("--rho", type=float, default=None,
+                     help="DATE radius: each update moves the embedding by rho (Frobenius norm)  [default: 0.5]."),
+        click.option("--rho-relative", type=float, default=None,
+                     help="DATE radius relative to the prompt's own embedding: each update moves sample b by "
+                          "R * ||c_org[b]||_F, a scale that carries across text encoders (exclusive with --rho)."),
         click.option("--update-steps", default="every:10", show_default=True,
                      help="Sampler steps that update: '0,10,20', a range '20-40', 'every:10', a fraction '10%', "
                           "or 'none'. Indices count the steps actually run (after --skip for edits)."),
@@ -104,10 +107,13 @@ def _date_options(f):
                      help="DATE objective and reported score: clip (ViT-L/14), clip:tiny, clip:toy, clip:<id>, "
                           "other registered scorers (`date-edit scorers`), or a weighted sum 'clip=1,imagereward=0.5'."
                           " With --model tiny/toy, 'clip' means clip:tiny/clip:toy."),
-        click.option("--ablation", type=click.Choice(["none", "random-direction", "noisy-objective", "unnormalized"]),
+        click.option("--ablation", type=click.Choice(["none", "random-direction", "noisy-objective", "unnormalized",
+                                                      "clamped-decode", "pil-preprocess"]),
                      default="none", show_default=True,
                      help="Benchmark ablations: a random direction of the same norm; the score of the noisy next "
-                          "latent instead of x0_hat; the raw gradient c + rho*g."),
+                          "latent instead of x0_hat; the raw gradient c + rho*g; decode(x0_hat) clamped to [0, 1] "
+                          "in the gradient pass (the reference does not clamp); the scorer's PIL-faithful "
+                          "preprocessing in the gradient pass (the reference resizes bilinearly, unrounded)."),
     ]):
         f = decorator(f)
     return f
@@ -147,8 +153,13 @@ def _date_config(opts: dict):
     if opts["no_date"]:
         return None
     ablation = opts["ablation"]
+    if opts.get("rho") is not None and opts.get("rho_relative") is not None:
+        raise click.UsageError("--rho and --rho-relative are exclusive: give the DATE radius one way")
     return DateConfig(
         rho=opts["rho"],
+        rho_relative=opts.get("rho_relative"),
+        clamp_decoded=ablation == "clamped-decode",
+        grad_preprocess="pil" if ablation == "pil-preprocess" else "reference",
         update_steps=opts["update_steps"],
         mode=opts["update_mode"],
         iterations=opts["grad_iters"],
@@ -308,7 +319,9 @@ def _record(command: str, result, backbone, opts: dict, scores: dict, extra: dic
         "steps": result.config.get("steps"),
         "skip": result.config.get("skip"),
         "update_steps": result.update_steps,
-        "rho": opts.get("rho") if not opts.get("no_date") else None,
+        "rho": (opts.get("rho") if opts.get("rho") is not None or opts.get("rho_relative") is not None else 0.5)
+        if not opts.get("no_date") else None,
+        "rho_relative": opts.get("rho_relative") if not opts.get("no_date") else None,
         "update_mode": opts.get("update_mode") if not opts.get("no_date") else None,
         "scorer": opts.get("scorer_resolved"),
         "embedding_update_norms": result.embedding_update_norms,

@@ -168,10 +168,15 @@ class Backbone:
         x = (pixels * 2.0 - 1.0).to(self.device, self.dtype)
         return self.vae.encode(x).latent_dist.mode().float() * self.scaling_factor
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` in ``[0, 1]`` from latents; differentiable (no ``no_grad`` here)."""
+    def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` from latents, ``D(z / scaling) / 2 + 0.5``; differentiable (no ``no_grad``).
+
+        ``clamp`` (outputs) clips to ``[0, 1]``; DATE's gradient pass decodes with ``clamp=False``, as the
+        reference implementation does, so pixels outside ``[0, 1]`` keep their gradient.
+        """
         x = self.vae.decode((latents / self.scaling_factor).to(self.dtype)).sample.float()
-        return (x / 2.0 + 0.5).clamp(0.0, 1.0)
+        x = x / 2.0 + 0.5
+        return x.clamp(0.0, 1.0) if clamp else x
 
     def set_gradient_checkpointing(self, mode: str = "auto") -> None:
         """``auto`` (VAE on CUDA, none on CPU), ``none``, ``vae``, ``unet`` or ``all``: see
@@ -182,15 +187,17 @@ class Backbone:
             mode = "vae" if self.device.type == "cuda" else "none"
         self.enable_gradient_checkpointing(vae=mode in ("vae", "all"), unet=mode in ("unet", "all"))
 
-    def grad_decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def grad_decode(self, latents: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         """The decoder of DATE's gradient pass: the VAE, or the opt-in approximate one (e.g. TAESD).
 
+        Unclamped by default (the reference implementation's ``vae.decode(x0).sample / 2 + 0.5``); ``clamp``
+        is the ablation that clips to ``[0, 1]`` and so zeroes the gradient of every pixel outside it.
         An approximate decoder only steers the embedding; the output image is always decoded by the VAE.
         """
         if self.grad_decoder is None:
-            return self.decode(latents)
-        out = self.grad_decoder.decode(latents.to(self.dtype)).sample.float()
-        return (out / 2.0 + 0.5).clamp(0.0, 1.0)
+            return self.decode(latents, clamp=clamp)
+        out = self.grad_decoder.decode(latents.to(self.dtype)).sample.float() / 2.0 + 0.5
+        return out.clamp(0.0, 1.0) if clamp else out
 
     def set_grad_decoder(self, spec: Optional[str]) -> None:
         """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd), ``tiny`` (random, tests),

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .sampling import Denoiser, StepState
+from .scorers.preprocess import reference_grad_preprocessing
 from .schedule import NoiseSchedule, ddim_step, ddpm_step, tweedie_x0
 
 
@@ -35,6 +36,18 @@ class Direction(str, enum.Enum):
     RANDOM = "random"
 
 
+class GradPreprocess(str, enum.Enum):
+    """How the scorer preprocesses ``decode(x0_hat)`` in the gradient pass.
+
+    ``reference``: as aailab-kaist/DATE does (bilinear resize straight to the scorer's size, no rounding, no
+    clamp); ``pil``: the scorer's PIL-faithful metric path (bicubic antialiased, 8-bit rounding straight-through,
+    centre crop), an ablation.
+    """
+
+    REFERENCE = "reference"
+    PIL = "pil"
+
+
 class Objective(str, enum.Enum):
     """What the score sees: the Tweedie ``x0`` (DATE), or the noisy next latent ``xt`` (ablation)."""
 
@@ -46,7 +59,7 @@ class Objective(str, enum.Enum):
 class DateConfig:
     """DATE settings; defaults are the paper's official ones."""
 
-    rho: float = 0.5  # radius of each update, ||c_new - c||_F per sample (0 disables the move)
+    rho: Optional[float] = None  # radius of each update, ||c_new - c||_F per sample; None: 0.5 unless rho_relative
     update_steps: str = "every:10"  # which sampler steps update: "0,10,20", "20-40", "every:10", "10%", "none"
     mode: UpdateMode = UpdateMode.ACCUMULATE  # accumulate from the last update, or restart from c_org
     iterations: int = 1  # gradient iterations per update step
@@ -54,16 +67,40 @@ class DateConfig:
     objective: Objective = Objective.X0  # ablation: score the noisy latent instead of x0_hat
     normalize: bool = True  # ablation: False takes c + rho * g (unnormalised gradient)
     seed: int = 0  # seed of the random-direction ablation
+    # radius relative to the original embedding: each update moves sample b by rho_relative * ||c_org[b]||_F,
+    # a scale that carries across text encoders (exclusive with rho)
+    rho_relative: Optional[float] = None
+    clamp_decoded: bool = False  # ablation: clamp decode(x0_hat) to [0, 1] in the gradient pass (reference: no)
+    grad_preprocess: GradPreprocess = GradPreprocess.REFERENCE  # the scorer's preprocessing in the gradient pass
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", UpdateMode(self.mode))
         object.__setattr__(self, "direction", Direction(self.direction))
         object.__setattr__(self, "objective", Objective(self.objective))
-        if not (math.isfinite(self.rho) and self.rho >= 0):
-            raise ValueError(f"rho must be a finite number >= 0, got {self.rho}")
+        object.__setattr__(self, "grad_preprocess", GradPreprocess(self.grad_preprocess))
+        if self.rho is not None and self.rho_relative is not None:
+            raise ValueError("rho and rho_relative are exclusive: give the radius one way")
+        if self.rho is None and self.rho_relative is None:
+            object.__setattr__(self, "rho", 0.5)
+        for name in ("rho", "rho_relative"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         parse_update_steps(self.update_steps, None)  # syntax check only; range checked per run
+
+    @property
+    def moves(self) -> bool:
+        """False when the radius is zero (``rho`` or ``rho_relative`` 0): DATE then keeps ``c`` bit for bit."""
+        return (self.rho if self.rho is not None else self.rho_relative) != 0.0
+
+    def radius(self, cond_org: torch.Tensor) -> torch.Tensor:
+        """The per-sample radius ``(B, 1, 1)``: ``rho``, or ``rho_relative * ||c_org||_F``."""
+        if self.rho_relative is not None:
+            return self.rho_relative * frobenius(cond_org.float())
+        return torch.full((cond_org.shape[0],) + (1,) * (cond_org.dim() - 1), float(self.rho),
+                          device=cond_org.device)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (enums as their values)."""
@@ -158,7 +195,8 @@ class DateHook:
         config: the DATE settings.
         update_indices: resolved step indices (from :func:`parse_update_steps`).
         denoiser: ``eps = denoiser(x_t, t, embeds)``; must let gradients flow to ``embeds``.
-        decode: latents -> images ``(B, 3, H, W)`` in ``[0, 1]``, differentiable.
+        decode: latents -> images ``(B, 3, H, W)``, nominally in ``[0, 1]`` (unclamped, as in the reference
+            implementation, unless ``config.clamp_decoded``), differentiable.
         score: ``(images, prompts) -> (B,)`` differentiable, higher is better.
         prompts: the target prompts the score compares against.
         uncond: ``(B, L, D)`` unconditional embedding (never updated); None for no guidance.
@@ -196,7 +234,7 @@ class DateHook:
         """Return the condition for this step: updated on scheduled steps, unchanged otherwise."""
         if self.cond_org is None:
             self.cond_org = state.cond.detach().clone()
-        if state.index not in self.indices or self.config.rho == 0.0:
+        if state.index not in self.indices or not self.config.moves:
             if state.index in self.indices:  # rho 0: record a zero move, keep c bit for bit
                 self._record(state, state.cond, state.cond, torch.zeros(()), float("nan"), 0.0)
             return state.cond
@@ -217,7 +255,7 @@ class DateHook:
 
     def _direction(self, state: StepState, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """The move ``rho * g / ||g||`` (or its ablations), with ``||g||`` and the score before the move."""
-        rho = self.config.rho
+        rho = self.config.radius(self.cond_org)
         if self.config.direction == Direction.RANDOM and self.config.normalize:
             noise = torch.randn(cond.shape, generator=self._generator, dtype=torch.float32).to(cond.device)
             return rho * noise / frobenius(noise), torch.zeros(()), float("nan")
@@ -256,7 +294,8 @@ class DateHook:
                     target = ddpm_step(x_t, eps, abar_t, abar_prev, self.noise_maps[state.index])
                 else:
                     target = ddim_step(x_t, eps, abar_t, abar_prev)
-            h = self.score(self.decode(target), self.prompts)
+            with reference_grad_preprocessing(self.config.grad_preprocess == GradPreprocess.REFERENCE):
+                h = self.score(self.decode(target), self.prompts)
             (grad,) = torch.autograd.grad(h.sum(), leaf)
         return grad.detach(), float(h.detach().float().mean())
 

@@ -7,6 +7,7 @@ resolved configuration so any output can be reproduced.
 from __future__ import annotations
 
 import math
+import functools
 import resource
 import time
 from dataclasses import asdict, dataclass, field
@@ -156,7 +157,8 @@ def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, 
         raise ValueError("DATE needs a scorer: pass one, or disable DATE")
     if not getattr(scorer, "differentiable", False):
         raise ValueError(f"scorer {scorer.name!r} is not differentiable, so it cannot be a DATE objective")
-    hook = DateHook(date, indices, denoiser=backbone, decode=backbone.grad_decode, score=scorer, prompts=prompts,
+    decode = functools.partial(backbone.grad_decode, clamp=date.clamp_decoded)
+    hook = DateHook(date, indices, denoiser=backbone, decode=decode, score=scorer, prompts=prompts,
                     uncond=uncond, guidance_scale=guidance, schedule=backbone.schedule, timesteps=timesteps,
                     noise_maps=noise_maps)
     return hook, indices

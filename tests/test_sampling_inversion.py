@@ -185,3 +185,29 @@ def test_per_sample_generators_make_maps_independent_of_the_batch(sd_schedule):
     alone = invert(den, x0[1:], ts, sd_schedule, cond=cond[1:], uncond=None, guidance_scale=1.0,
                    generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(both.x_ts[:, 1], alone.x_ts[:, 0])
+
+
+def test_rho_relative_moves_each_sample_by_r_times_its_own_norm(sd_schedule):
+    """--rho-relative R: every update moves sample b by R * ||c_org[b]||_F (per sample, not the batch mean)."""
+    den = FakeDenoiser()
+    decode = lambda z: torch.sigmoid(z.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1))  # noqa: E731
+    score = lambda img, prompts: img.flatten(1).mean(dim=1)  # noqa: E731
+    ts = sd_schedule.timesteps(6)
+    cond = _embeds(seed=1) * torch.tensor([1.0, 3.0]).view(2, 1, 1)  # two samples, norms 3x apart
+    org_norms = frobenius(cond).flatten()
+    config = DateConfig(rho_relative=0.1, update_steps="0,2")
+    assert config.rho is None and config.to_dict()["rho_relative"] == 0.1
+    hook = DateHook(config, [0, 2], denoiser=den, decode=decode, score=score, prompts=["a", "b"], uncond=None,
+                    guidance_scale=1.0, schedule=sd_schedule, timesteps=ts)
+    seen = []
+    sample(den, torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)), ts, sd_schedule, cond=cond,
+           uncond=None, guidance_scale=1.0, cond_hook=hook, observers=[lambda s: seen.append(s.cond.clone())])
+    first = frobenius(seen[0] - cond).flatten()
+    second = frobenius(seen[2] - seen[1]).flatten()  # accumulate: from the last embedding, radius from c_org
+    torch.testing.assert_close(first, 0.1 * org_norms, rtol=1e-4, atol=0)
+    torch.testing.assert_close(second, 0.1 * org_norms, rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="exclusive"):
+        DateConfig(rho=0.5, rho_relative=0.1)
+    with pytest.raises(ValueError, match="rho_relative"):
+        DateConfig(rho_relative=-0.1)
+    assert DateConfig().rho == 0.5 and not DateConfig(rho_relative=0.0).moves

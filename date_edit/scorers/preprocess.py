@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +58,35 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - m) / s
 
 
+_REFERENCE_GRAD_PASS = contextvars.ContextVar("date_edit_reference_grad_pass", default=False)
+
+
+@contextlib.contextmanager
+def reference_grad_preprocessing(enabled: bool = True) -> Iterator[None]:
+    """Within this block :func:`clip_preprocess` does what DATE's reference implementation does in its gradient
+    pass (aailab-kaist/DATE: ``transforms.Resize((224, 224))`` on the float tensor, then normalise): a bilinear,
+    non-antialiased resize straight to ``size x size``, with no 8-bit rounding, no clamp and no crop.
+
+    Scorers keep the PIL-faithful path everywhere else, so a score reported as a metric equals the score of
+    the saved PNG; only the embedding update sees the reference's preprocessing.
+    """
+    token = _REFERENCE_GRAD_PASS.set(enabled)
+    try:
+        yield
+    finally:
+        _REFERENCE_GRAD_PASS.reset(token)
+
+
 def clip_preprocess(
     images: torch.Tensor, size: int = 224, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
 ) -> torch.Tensor:
-    """CLIP's preprocessing on tensors in [0, 1]: shorter side to ``size`` (bicubic), centre crop, normalise."""
+    """CLIP's preprocessing on tensors in [0, 1]: shorter side to ``size`` (bicubic), centre crop, normalise.
+
+    Inside :func:`reference_grad_preprocessing`: bilinear resize to ``size x size``, unclamped, then normalise.
+    """
+    if _REFERENCE_GRAD_PASS.get():
+        x = images.float()
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=False, align_corners=False)
+        return normalize(x, mean, std)
     return normalize(center_crop(resize_shorter(images.float(), size), size), mean, std)
