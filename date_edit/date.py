@@ -176,6 +176,8 @@ class DateTrace:
     scores: list[float] = field(default_factory=list)  # objective h before each update step
     drifts: list[float] = field(default_factory=list)  # ||c_after - c_org|| after each update step
     seconds: float = 0.0  # time spent in updates
+    # (B, L, D) moves c_after - c_before per update step, on the CPU; filled only with DateHook(keep_directions=True)
+    directions: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def final_drift(self) -> float:
@@ -203,6 +205,7 @@ class DateHook:
         guidance_scale: the CFG scale of the step, used for the guided eps of the gradient pass.
         schedule / timesteps: to compute ``x0_hat`` (and the next latent for the ``xt`` ablation).
         noise_maps: the edit's noise maps (only needed for the ``xt`` ablation of an edit).
+        keep_directions: record every update's move ``(B, L, D)`` in ``trace.directions`` (for analyses).
     """
 
     def __init__(
@@ -219,8 +222,10 @@ class DateHook:
         schedule: NoiseSchedule,
         timesteps: Sequence[int],
         noise_maps: Optional[torch.Tensor] = None,
+        keep_directions: bool = False,
     ) -> None:
         self.config = config
+        self.keep_directions = keep_directions
         self.indices = frozenset(update_indices)
         self.denoiser, self.decode, self.score = denoiser, decode, score
         self.prompts = list(prompts)
@@ -251,6 +256,8 @@ class DateHook:
                 cond = base + direction
         cond = cond.to(cond_before.dtype)
         self._record(state, cond_before, cond, grad_norm, score, time.perf_counter() - start)
+        if self.keep_directions:
+            self.trace.directions.append((cond.float() - cond_before.float()).cpu())
         return cond
 
     def _direction(self, state: StepState, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -3,16 +3,20 @@
 ``python -m date_edit.toy.train --out date_edit/assets/toy --seed 0 [--minutes N]`` trains, in order:
 
 1. a tiny ``AutoencoderKL`` with SD's spatial factor 8 (64x64x3 -> 8x8x4), reconstruction + tiny KL;
-2. a tiny ``CLIPModel`` trained contrastively with hard negatives: each image's caption competes with every other
-   caption of the toy language, which includes its colour-swapped, shape-swapped and one-attribute-changed captions,
-   and a second loss term over only those swaps makes it reward binding rather than a bag of words;
-3. a tiny ``UNet2DConditionModel`` (epsilon prediction, SD's scaled-linear schedule) on the frozen autoencoder's
-   latents (encoded once), conditioned on the frozen CLIP text tower's ``last_hidden_state`` (77 tokens), with 10%
-   caption dropout to "" for classifier-free guidance; EMA weights are shipped.
+2. a tiny ``CLIPModel`` trained contrastively on scenes of 0-3 objects, captions in random order, with hard
+   negatives of every kind the judge punishes (wrong colour, wrong shape, swapped colours, a missing object, an
+   extra object): each image's caption competes with the batch's captions and its own negatives, and a second
+   loss term over only its negatives makes it reward binding and counting rather than a bag of words;
+3. a second, held-out CLIP (other seed, data order and widths) that no benchmark uses as an objective;
+4. a tiny ``UNet2DConditionModel`` (epsilon prediction, SD's scaled-linear schedule) on the frozen autoencoder's
+   latents (encoded once) of scenes of 1-3 objects, conditioned on the frozen CLIP text tower's
+   ``last_hidden_state`` (77 tokens) of captions in random object order, with 10% caption dropout to "" for
+   classifier-free guidance; EMA weights are shipped.
 
 It saves a diffusers SD folder (``model_index.json``, ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
-``scheduler/``) plus ``clip/`` (the full CLIPModel + ``preprocessor_config.json``), then evaluates the saved folder
-with ``StableDiffusionPipeline`` (DDIM 50, CFG 7.5) and the OpenCV judge, and writes curves and metrics as JSON.
+``scheduler/``) plus ``clip/`` and ``clip_heldout/`` (full CLIPModels + ``preprocessor_config.json``), then
+evaluates the saved folder with ``StableDiffusionPipeline`` (DDIM 50, CFG 7.5) and the OpenCV judge on one-, two-
+(both orders) and three-object prompts, and writes curves and metrics as JSON.
 
 Size: the CLIP vocabulary (49,408 tokens) makes the token embedding the largest tensor, and it is stored twice
 (``text_encoder/`` and ``clip/``), in fp32 because transformers loads a checkpoint in its stored dtype; so the text
@@ -51,7 +55,9 @@ class ToyTrainConfig:
     threads: int = 2  # torch CPU threads
     device: str = "cpu"  # training device ("cuda" on a GPU machine); random draws stay on the CPU, evaluation is CPU
     n_scenes: int = 16000  # rendered training scenes (their latents are encoded once for the UNet)
-    p_two: float = 0.6  # fraction of two-object scenes (any colours/shapes; the evaluation set is a subset)
+    p_objects: tuple[float, ...] = (0.25, 0.45, 0.30)  # shares of 1-, 2- and 3-object scenes (any colours/shapes)
+    caption_variants: int = 6  # random-order captions drawn per scene for the UNet (one picked per step)
+    p_and_chain: float = 0.2  # of three-object captions: "a x and a y and a z" instead of "a x, a y and a z"
     # Autoencoder
     vae_channels: tuple[int, ...] = (8, 16, 32, 48)  # 3 downsamplings: factor 8 like SD
     vae_batch: int = 32
@@ -70,7 +76,14 @@ class ToyTrainConfig:
     clip_batch: int = 128
     clip_steps: int = 2000
     clip_lr: float = 1e-3
-    clip_share: float = 0.07
+    clip_share: float = 0.08
+    clip_negatives: int = 4  # hard negatives per image and step
+    clip_p_empty: float = 0.04  # share of CLIP training images with no object (caption world.EMPTY_CAPTION)
+    # The held-out CLIP: the evaluator beside the judge, never an objective
+    heldout_clip_seed: int = 1
+    heldout_text_hidden: int = 48
+    heldout_vision_hidden: int = 96
+    heldout_clip_share: float = 0.05
     # UNet
     unet_channels: tuple[int, ...] = (32, 64, 112)
     unet_batch: int = 64
@@ -79,10 +92,10 @@ class ToyTrainConfig:
     unet_warmup: int = 200
     ema_decay: float = 0.998
     cfg_dropout: float = 0.1  # probability of training on the empty caption
-    eval_reserve_s: float = 150.0  # wall seconds kept for saving and evaluation
+    eval_reserve_s: float = 330.0  # wall seconds kept for saving and evaluation
     # Evaluation (seeds never used in training: training uses torch/numpy streams of `seed`, not these)
     eval_single_seeds: tuple[int, ...] = (1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007)
-    eval_two_seeds: tuple[int, ...] = (2000, 2001)
+    eval_two_seeds: tuple[int, ...] = (2000, 2001)  # also the swapped-order and three-object seeds
     eval_steps: int = 50
     eval_guidance: float = 7.5
     heldout_seed: int = 999  # numpy seed of the held-out scenes for the CLIP/VAE checks
@@ -93,62 +106,69 @@ class ToyTrainConfig:
 # --------------------------------------------------------------------------------------------- data
 
 
-def make_dataset(rng: np.random.Generator, n: int, p_two: float) -> tuple[np.ndarray, list[str]]:
-    """``n`` rendered scenes ``(n, 64, 64, 3)`` uint8 and their canonical captions."""
+def make_dataset(rng: np.random.Generator, n: int, p_objects: tuple[float, ...]
+                 ) -> tuple[np.ndarray, list[list[tuple[str, str]]]]:
+    """``n`` rendered scenes ``(n, 64, 64, 3)`` uint8 and their objects ``[(colour, shape), ...]``."""
     images = np.empty((n, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
-    captions = []
+    contents = []
+    counts = rng.choice(np.arange(1, len(p_objects) + 1), size=n, p=np.asarray(p_objects) / sum(p_objects))
     for i in range(n):
-        scene = world.random_scene(rng, 2 if rng.random() < p_two else 1)
+        scene = world.random_scene(rng, int(counts[i]))
         images[i] = world.render(scene)
-        captions.append(world.caption(scene))
-    return images, captions
+        contents.append([(o.colour, o.shape) for o in scene.objects])
+    return images, contents
 
 
-def all_captions() -> list[str]:
-    """Every caption the toy world can produce: 15 single, 120 unordered pairs (repeats allowed), canonical."""
-    objs = [(c, s) for c in world.COLOURS for s in world.SHAPES]
-    caps = [world.prompt_for([o]) for o in objs]
-    for i in range(len(objs)):
-        for j in range(i, len(objs)):
-            caps.append(world.prompt_for([objs[i], objs[j]]))
-    return caps
+def random_phrase(objects: list[tuple[str, str]], rng: np.random.Generator, p_and_chain: float = 0.2) -> str:
+    """A caption of ``objects`` in a random order, as a user may type it (three objects: sometimes "and"-chained)."""
+    if not objects:
+        return world.EMPTY_CAPTION
+    order = [objects[i] for i in rng.permutation(len(objects))]
+    if len(order) == 3 and rng.random() < p_and_chain:
+        return " and ".join(f"a {c} {s}" for c, s in order)
+    return world.phrase(order)
 
 
-def hard_negatives(prompt: str) -> list[str]:
-    """Captions that differ from ``prompt`` by binding or one attribute: colour/shape swaps, one changed attribute,
-    an object added or dropped."""
-    objs = world.parse_prompt(prompt)
-    out: set[str] = set()
+NEGATIVE_KINDS = ("wrong colour", "wrong shape", "swapped colours", "missing object", "extra object")
+
+
+def negatives_by_kind(objects: list[tuple[str, str]], max_objects: int = 3) -> dict[str, list[list[tuple[str, str]]]]:
+    """Object lists that differ from ``objects`` by one error of each kind the judge punishes."""
+    objs = list(objects)
+    out: dict[str, list[list[tuple[str, str]]]] = {k: [] for k in NEGATIVE_KINDS}
+    key = sorted(objs)
     for k, (c, s) in enumerate(objs):
         for c2 in world.COLOURS:
             if c2 != c:
-                out.add(world.prompt_for(objs[:k] + [(c2, s)] + objs[k + 1 :]))
+                out["wrong colour"].append(objs[:k] + [(c2, s)] + objs[k + 1:])
         for s2 in world.SHAPES:
             if s2 != s:
-                out.add(world.prompt_for(objs[:k] + [(c, s2)] + objs[k + 1 :]))
-    if len(objs) == 2:
-        (c1, s1), (c2, s2) = objs
-        out.add(world.prompt_for([(c2, s1), (c1, s2)]))  # attribute swap: the binding negative
-        out.update(world.prompt_for([o]) for o in objs)  # one object dropped
-    else:
-        (c, s) = objs[0]
-        for c2 in world.COLOURS:  # an extra object
-            out.add(world.prompt_for([(c, s), (c2, world.SHAPES[(world.SHAPES.index(s) + 1) % 3])]))
-    out.discard(world.prompt_for(objs))
-    return sorted(out)
+                out["wrong shape"].append(objs[:k] + [(c, s2)] + objs[k + 1:])
+        out["missing object"].append(objs[:k] + objs[k + 1:])
+    for i in range(len(objs)):
+        for j in range(i + 1, len(objs)):
+            (ci, si), (cj, sj) = objs[i], objs[j]
+            if ci != cj and si != sj:
+                swapped = list(objs)
+                swapped[i], swapped[j] = (cj, si), (ci, sj)
+                out["swapped colours"].append(swapped)
+    if len(objs) < max_objects:
+        for c in world.COLOURS:
+            for s in world.SHAPES:
+                out["extra object"].append(objs + [(c, s)])
+    return {k: [v for v in vs if sorted(v) != key] for k, vs in out.items()}
 
 
-def binding_negatives(prompt: str) -> list[str]:
-    """The negatives the CLIP check uses: two objects -> the colour swap; one object -> colour or shape changed."""
-    objs = world.parse_prompt(prompt)
-    if len(objs) == 2:
-        (c1, s1), (c2, s2) = objs
-        swap = world.prompt_for([(c2, s1), (c1, s2)])
-        return [swap] if swap != prompt else []
-    (c, s) = objs[0]
-    return [world.prompt_for([(c2, s)]) for c2 in world.COLOURS if c2 != c] + [
-        world.prompt_for([(c, s2)]) for s2 in world.SHAPES if s2 != s
-    ]
+def hard_negatives(objects: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Every hard negative of ``objects`` (all kinds, deduplicated by content)."""
+    seen, out = set(), []
+    for vs in negatives_by_kind(objects).values():
+        for v in vs:
+            key = tuple(sorted(v))
+            if key not in seen:
+                seen.add(key)
+                out.append(v)
+    return out
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -334,44 +354,73 @@ def train_vae(cfg, images, budget_s, gen, log):
     return vae, curve.points, step
 
 
-def train_clip(cfg, images, captions, tokenizer, budget_s, gen, log):
-    """Stage 2: contrastive CLIP over all toy captions (hard negatives included) + a swaps-only term."""
+class _PhraseTokens:
+    """Token ids ``(N, TEXT_LEN)`` of phrases, cached (a step tokenises ~1,000 captions drawn from a few thousand)."""
+
+    # the longest toy caption has 14 tokens with BOS and EOS; CLIP's causal mask makes tokens after EOS irrelevant
+    TEXT_LEN = 20
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def __call__(self, phrases: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in phrases if p not in self.cache})
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.TEXT_LEN, truncation=True,
+                                 return_tensors="pt").input_ids
+            self.cache.update(zip(missing, ids))
+        return torch.stack([self.cache[p] for p in phrases])
+
+
+def train_clip(cfg, images, contents, tokenizer, budget_s, gen, log, rng: np.random.Generator | None = None):
+    """Contrastive CLIP over scenes of 0-3 objects with hard negatives of every kind; returns (model, curve, steps).
+
+    Per step: ``B`` images (a few empty), each with a caption of its objects in random order and
+    ``cfg.clip_negatives`` hard negatives (:func:`negatives_by_kind`, also in random order). Losses: image -> text
+    over the batch's captions plus its own negatives (captions of images with the same content are not negatives),
+    text -> image over the batch, and image -> (own caption vs own negatives) alone.
+    """
     dev = torch.device(cfg.device)
+    rng = rng if rng is not None else np.random.default_rng(cfg.seed + 7)
     model = build_clip(cfg).to(dev)
-    vocab = all_captions()
-    cap_id = {c: i for i, c in enumerate(vocab)}
-    ids = tokenizer(vocab, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    length = int((ids != tokenizer.pad_token_id).sum(1).max()) + 1  # causal: tokens after EOS never matter
-    ids_short = ids[:, :length].to(dev)
-    neg_ids = [[cap_id[n] for n in hard_negatives(c)] for c in vocab]
-    max_neg = max(len(n) for n in neg_ids)
-    neg_table = torch.full((len(vocab), max_neg), -1, dtype=torch.long)
-    for i, n in enumerate(neg_ids):
-        neg_table[i, : len(n)] = torch.tensor(n)
-    labels_all = torch.tensor([cap_id[c] for c in captions])
-    neg_table = neg_table.to(dev)
+    tokens = _PhraseTokens(tokenizer)
+    empty_image = world.render(world.Scene(()))
+    negatives = {}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.01)
     curve, t0, total, step = _Curve(cfg.log_every), time.time(), cfg.clip_steps, 0
+    k = cfg.clip_negatives
     while step < total:
-        idx = torch.randint(0, len(images), (cfg.clip_batch,), generator=gen)
-        x = _augment(to_tensor(images[idx.numpy()]), gen).to(dev)
-        labels = labels_all[idx].to(dev)
+        idx = rng.integers(0, len(images), cfg.clip_batch)
+        empty = rng.random(cfg.clip_batch) < cfg.clip_p_empty
+        batch = images[idx].copy()
+        batch[empty] = empty_image
+        objs = [[] if e else contents[i] for i, e in zip(idx, empty)]
+        keys = [tuple(sorted(o)) for o in objs]
+        pos = [random_phrase(o, rng, cfg.p_and_chain) for o in objs]
+        neg = []
+        for key in keys:
+            if key not in negatives:
+                negatives[key] = hard_negatives(list(key))
+            pool = negatives[key]
+            picks = rng.choice(len(pool), k, replace=len(pool) < k)
+            neg.extend(random_phrase(pool[j], rng, cfg.p_and_chain) for j in picks)
+        x = _augment(to_tensor(batch), gen).to(dev)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.clip_lr, 50)
         img = F.normalize(_feat(model.get_image_features(pixel_values=clip_pixels(x))), dim=-1)  # (B, P)
-        txt = F.normalize(_feat(model.get_text_features(input_ids=ids_short)), dim=-1)  # (C, P)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T  # (B, C)
-        loss_i2t = F.cross_entropy(logits, labels)
-        # Swaps-only term: the true caption against its hard negatives.
-        negs = neg_table[labels]  # (B, K)
-        hard = torch.cat([logits.gather(1, labels[:, None]), logits.gather(1, negs.clamp(min=0))], dim=1)
-        hard = hard.masked_fill(torch.cat([torch.zeros_like(negs[:, :1]), negs], 1) < 0, float("-inf"))
-        loss_hard = F.cross_entropy(hard, torch.zeros_like(labels))
-        # Text -> image over the batch; images sharing the caption are not negatives.
-        same = labels[:, None] == labels[None, :]
-        t2i = logits.gather(1, labels[None, :].expand(len(labels), -1)).T  # (B_text, B_img): caption of j vs image i
-        t2i = t2i.masked_fill(same & ~torch.eye(len(labels), dtype=torch.bool, device=dev), float("-inf"))
-        loss_t2i = F.cross_entropy(t2i, torch.arange(len(labels), device=dev))
+        txt = F.normalize(_feat(model.get_text_features(input_ids=tokens(pos + neg).to(dev))), dim=-1)
+        b = len(pos)
+        t_pos, t_neg = txt[:b], txt[b:].view(b, k, -1)  # (B, P), (B, K, P)
+        scale = model.logit_scale.exp().clamp(max=100)
+        same = torch.tensor([[ki == kj for kj in keys] for ki in keys], device=dev)
+        off_diag_same = same & ~torch.eye(b, dtype=torch.bool, device=dev)
+        logits_pos = (scale * img @ t_pos.T).masked_fill(off_diag_same, float("-inf"))  # (B_img, B_txt)
+        logits_neg = scale * torch.einsum("bp,bkp->bk", img, t_neg)  # (B, K)
+        target = torch.arange(b, device=dev)
+        loss_i2t = F.cross_entropy(torch.cat([logits_pos, logits_neg], 1), target)
+        loss_hard = F.cross_entropy(torch.cat([logits_pos.diagonal()[:, None], logits_neg], 1),
+                                    torch.zeros_like(target))
+        loss_t2i = F.cross_entropy(logits_pos.T, target)
         loss = loss_i2t + loss_hard + loss_t2i
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -398,32 +447,40 @@ def _feat(out) -> torch.Tensor:
 
 
 @torch.no_grad()
-def clip_check(model, tokenizer, rng: np.random.Generator, n: int = 400) -> dict:
-    """Held-out accuracy of the CLIP at ranking each image's true caption above its binding negatives (and above
-    every other toy caption)."""
-    vocab = all_captions()
-    ids = tokenizer(vocab, padding="max_length", max_length=77, return_tensors="pt").input_ids
+def clip_check(model, tokenizer, rng: np.random.Generator, n: int = 450) -> dict:
+    """Held-out ranking accuracy of a toy CLIP: on renders of 1-3 objects (a third each), how often the true caption
+    (random object order) scores above one random negative of each kind the judge punishes, and above all of them.
+    Also how often two orders of one caption score closer to each other than to any negative (order invariance)."""
     dev = next(model.parameters()).device
-    txt = F.normalize(_feat(model.get_text_features(input_ids=ids.to(dev))), dim=-1)
-    cap_id = {c: i for i, c in enumerate(vocab)}
-    res = {1: [0, 0, 0], 2: [0, 0, 0]}  # n, beats binding negatives, top-1 of all captions
+    tokens = _PhraseTokens(tokenizer)
+    hits = {kind: [] for kind in NEGATIVE_KINDS}
+    beats_all = {1: [], 2: [], 3: []}
+    order_ok = []
     for i in range(n):
-        k = 1 + i % 2
-        scene = world.random_scene(rng, k, distinct=k == 2)
+        count = 1 + i % 3
+        scene = world.random_scene(rng, count)
+        objs = [(o.colour, o.shape) for o in scene.objects]
         x = to_tensor(world.render(scene)[None]).to(dev)
         img = F.normalize(_feat(model.get_image_features(pixel_values=clip_pixels(x))), dim=-1)[0]
-        sims = txt @ img
-        true = world.caption(scene)
-        negs = [cap_id[c] for c in binding_negatives(true)]
-        res[k][0] += 1
-        res[k][1] += bool((sims[cap_id[true]] > sims[negs]).all())
-        res[k][2] += int(sims.argmax()) == cap_id[true]
+        by_kind = negatives_by_kind(objs)
+        true = random_phrase(objs, rng, 0.0)
+        picked = {kind: random_phrase(vs[int(rng.integers(len(vs)))], rng, 0.0)
+                  for kind, vs in by_kind.items() if vs}
+        every = [random_phrase(v, rng, 0.0) for v in hard_negatives(objs)]
+        other_order = world.phrase(objs[::-1])
+        phrases = [true, other_order, *picked.values(), *every]
+        sims = F.normalize(_feat(model.get_text_features(input_ids=tokens(phrases).to(dev))), dim=-1) @ img
+        for j, kind in enumerate(picked):
+            hits[kind].append(bool(sims[0] > sims[2 + j]))
+        beats_all[count].append(bool((sims[0] > sims[2 + len(picked):]).all()))
+        order_ok.append(bool(min(sims[0], sims[1]) > sims[2 + len(picked):].max()))
     return {
         "heldout_scenes": n,
-        "single_vs_attribute_changes_acc": res[1][1] / res[1][0],
-        "two_vs_colour_swap_acc": res[2][1] / res[2][0],
-        "single_top1_of_all_captions": res[1][2] / res[1][0],
-        "two_top1_of_all_captions": res[2][2] / res[2][0],
+        "scenes": "world.random_scene with 1, 2, 3 objects in turn (any colours and shapes)",
+        "true_vs_negative_acc": {k: round(float(np.mean(v)), 4) for k, v in hits.items() if v},
+        "true_vs_negative_n": {k: len(v) for k, v in hits.items() if v},
+        "true_beats_every_negative_acc": {f"{k}_objects": round(float(np.mean(v)), 4) for k, v in beats_all.items()},
+        "both_orders_beat_every_negative_acc": round(float(np.mean(order_ok)), 4),
     }
 
 
@@ -463,7 +520,8 @@ def text_table(text_encoder, tokenizer, prompts: list[str]) -> torch.Tensor:
 
 
 def train_unet(cfg, latents, cond_ids, table, budget_s, gen, log):
-    """Stage 3: epsilon-prediction on the frozen latents; ``table[-1]`` is the empty caption's embedding."""
+    """Epsilon-prediction on the frozen latents; ``cond_ids`` ``(N, V)``: V caption variants (random object orders)
+    per scene, one drawn per step; ``table[-1]`` is the empty caption's embedding."""
     dev = torch.device(cfg.device)
     unet = build_unet(cfg).to(dev)
     ema = build_unet(cfg).to(dev)
@@ -477,7 +535,7 @@ def train_unet(cfg, latents, cond_ids, table, budget_s, gen, log):
     while step < total:
         idx = torch.randint(0, len(latents), (cfg.unet_batch,), generator=gen)
         x0 = latents[idx]
-        c = cond_ids[idx].clone()
+        c = cond_ids[idx, torch.randint(0, cond_ids.shape[1], (len(idx),), generator=gen)]
         c[torch.rand(len(c), generator=gen) < cfg.cfg_dropout] = empty
         c = c.to(dev)
         t = torch.randint(0, 1000, (len(idx),), generator=gen).to(dev)
@@ -512,8 +570,8 @@ def train_unet(cfg, latents, cond_ids, table, budget_s, gen, log):
 # --------------------------------------------------------------------------------------------- save / eval
 
 
-def save_model(out: Path, unet, vae, clip_model, scaling_factor: float) -> None:
-    """Write the diffusers SD folder + ``clip/``; UNet/VAE in fp16 safetensors, text towers in fp32."""
+def save_model(out: Path, unet, vae, clip_model, scaling_factor: float, heldout_clip=None) -> None:
+    """Write the diffusers SD folder + ``clip/`` (+ ``clip_heldout/``); UNet/VAE in fp16, text towers in fp32."""
     import copy
 
     import diffusers
@@ -539,6 +597,8 @@ def save_model(out: Path, unet, vae, clip_model, scaling_factor: float) -> None:
     write_clip_tokenizer_files(out / "tokenizer")
     DDIMScheduler(**scheduler_config()).save_pretrained(out / "scheduler")
     clip_model.save_pretrained(out / "clip", safe_serialization=True)
+    if heldout_clip is not None:
+        heldout_clip.save_pretrained(out / "clip_heldout", safe_serialization=True)
     pre = {
         "image_processor_type": "CLIPImageProcessor",
         "do_resize": True,
@@ -553,7 +613,9 @@ def save_model(out: Path, unet, vae, clip_model, scaling_factor: float) -> None:
         "image_std": list(CLIP_STD),
         "do_convert_rgb": True,
     }
-    (out / "clip" / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    for folder in ("clip", "clip_heldout"):
+        if (out / folder).is_dir():
+            (out / folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
@@ -597,9 +659,13 @@ def generate(pipe, prompts: list[str], seed: int, steps: int = 50, guidance: flo
 
 
 def evaluate_model(path: str | os.PathLike, cfg: ToyTrainConfig, grid_path: Path | None = None) -> dict:
-    """Single-object accuracy (15 prompts x single seeds) and two-object both-correct rate (60 x two seeds)."""
+    """Single-object accuracy (15 prompts x single seeds); two-object both-correct rate in canonical and in swapped
+    order (the same 60 scenes named both ways) and three-object all-correct rate (60 prompts), each x two seeds."""
     pipe = load_pipeline(path)
-    singles, pairs = world.single_object_prompts(), world.two_object_prompts()
+    singles = world.single_object_prompts()
+    families = {"two_object": world.two_object_prompts("canonical"),
+                "two_object_swapped": world.two_object_prompts("swapped"),
+                "three_object": world.three_object_prompts()}
     rows, per_prompt = [], {}
     single_hits = []
     for seed in cfg.eval_single_seeds:
@@ -609,21 +675,7 @@ def evaluate_model(path: str | os.PathLike, cfg: ToyTrainConfig, grid_path: Path
             ok = evaluate(im, p)["correct"]
             single_hits.append(ok)
             per_prompt.setdefault(p, []).append(bool(ok))
-    two_hits, two_per_object = [], []
-    two_rows = []
-    for seed in cfg.eval_two_seeds:
-        imgs = generate(pipe, pairs, seed, cfg.eval_steps, cfg.eval_guidance)
-        two_rows.append(np.concatenate(list(imgs[:15]), axis=1))
-        for p, im in zip(pairs, imgs):
-            r = evaluate(im, p)
-            two_hits.append(r["both_correct"])
-            two_per_object.extend(r["per_object"])
-            per_prompt.setdefault(p, []).append(bool(r["both_correct"]))
-    if grid_path is not None:
-        from PIL import Image
-
-        Image.fromarray(np.concatenate(rows + two_rows, axis=0)).save(grid_path)
-    return {
+    out = {
         "sampler": f"DDIM {cfg.eval_steps} steps (eta 0), CFG {cfg.eval_guidance}, StableDiffusionPipeline, fp32 CPU",
         "noise": "torch.Generator('cpu').manual_seed(seed) per image: every prompt at a seed starts from one noise",
         "single_object_prompts": singles,
@@ -631,14 +683,34 @@ def evaluate_model(path: str | os.PathLike, cfg: ToyTrainConfig, grid_path: Path
         "single_object_accuracy": float(np.mean(single_hits)),
         "single_object_ci95": _binomial_ci95(single_hits),
         "single_object_n": len(single_hits),
-        "two_object_prompts": "world.two_object_prompts() (60, canonical order)",
-        "two_object_seeds": list(cfg.eval_two_seeds),
-        "two_object_both_correct": float(np.mean(two_hits)),
-        "two_object_both_correct_ci95": _binomial_ci95(two_hits),
-        "two_object_per_object_hit_rate": float(np.mean(two_per_object)),
-        "two_object_n": len(two_hits),
-        "per_prompt": per_prompt,
     }
+    for family, prompts in families.items():
+        hits, per_object = [], []
+        for seed in cfg.eval_two_seeds:
+            imgs = generate(pipe, prompts, seed, cfg.eval_steps, cfg.eval_guidance)
+            rows.append(np.concatenate(list(imgs[:15]), axis=1))
+            for p, im in zip(prompts, imgs):
+                r = evaluate(im, p)
+                hits.append(r["correct"])
+                per_object.extend(r["per_object"])
+                per_prompt.setdefault(p, []).append(bool(r["correct"]))
+        out[f"{family}_prompts"] = {
+            "two_object": "world.two_object_prompts('canonical') (60)",
+            "two_object_swapped": "world.two_object_prompts('swapped') (the same 60 scenes, objects named the other "
+                                  "way round)",
+            "three_object": "world.three_object_prompts() (60)"}[family]
+        out[f"{family}_seeds"] = list(cfg.eval_two_seeds)
+        out[f"{family}_all_correct"] = float(np.mean(hits))
+        out[f"{family}_all_correct_ci95"] = _binomial_ci95(hits)
+        out[f"{family}_per_object_hit_rate"] = float(np.mean(per_object))
+        out[f"{family}_n"] = len(hits)
+    out["two_object_both_correct"] = out["two_object_all_correct"]  # the historical name
+    if grid_path is not None:
+        from PIL import Image
+
+        Image.fromarray(np.concatenate(rows, axis=0)).save(grid_path)
+    out["per_prompt"] = per_prompt
+    return out
 
 
 def _binomial_ci95(hits: list) -> float:
@@ -655,8 +727,12 @@ def dir_size_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------------------------- main
 
 
-def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path | None = None) -> dict:
-    """Run all three stages, save, evaluate, and write the results JSON; returns the results dict."""
+def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path | None = None,
+          reuse_vae: Path | None = None, reuse_label: str | None = None) -> dict:
+    """Run every stage, save, evaluate, and write the results JSON; returns the results dict.
+
+    ``reuse_vae``: a toy model folder whose ``vae/`` is kept instead of training one (recorded in the results).
+    """
     from ..tokenizer import load_clip_tokenizer
 
     torch.set_num_threads(cfg.threads)
@@ -670,32 +746,58 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
         print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)
 
     tokenizer = load_clip_tokenizer()
-    images, captions = make_dataset(rng, cfg.n_scenes, cfg.p_two)
+    images, contents = make_dataset(rng, cfg.n_scenes, cfg.p_objects)
     log(f"rendered {len(images)} scenes")
     timings = {"render_s": round(time.time() - start, 1)}
 
     t = time.time()
-    vae, vae_curve, vae_steps = train_vae(cfg, images, cfg.vae_share * budget, gen, log)
+    if reuse_vae is not None:
+        # the autoencoder does not depend on captions: a retrain of the captioning side may keep a trained one
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(reuse_vae), subfolder="vae", torch_dtype=torch.float32,
+                                            local_files_only=True).to(torch.device(cfg.device))
+        vae.eval().requires_grad_(False)
+        vae_curve, vae_steps = [], 0
+        log(f"vae reused from {reuse_vae}")
+    else:
+        vae, vae_curve, vae_steps = train_vae(cfg, images, cfg.vae_share * budget, gen, log)
     timings["vae_s"] = round(time.time() - t, 1)
     vae_metrics = vae_check(vae, np.random.default_rng(cfg.heldout_seed))
     log(f"vae {vae_metrics}")
 
     t = time.time()
     clip_model, clip_curve, clip_steps = train_clip(
-        cfg, images, captions, tokenizer, cfg.clip_share * budget, gen, log
+        cfg, images, contents, tokenizer, cfg.clip_share * budget, gen, log
     )
     timings["clip_s"] = round(time.time() - t, 1)
     clip_metrics = clip_check(clip_model, tokenizer, np.random.default_rng(cfg.heldout_seed + 1))
     log(f"clip {clip_metrics}")
 
+    # the held-out scorer: other seed (initialisation, batches, data order) and other widths
+    t = time.time()
+    heldout_cfg = replace(cfg, seed=cfg.heldout_clip_seed, text_hidden=cfg.heldout_text_hidden,
+                          vision_hidden=cfg.heldout_vision_hidden)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.heldout_clip_seed)
+        heldout_clip, heldout_curve, heldout_steps = train_clip(
+            heldout_cfg, images, contents, tokenizer, cfg.heldout_clip_share * budget,
+            torch.Generator().manual_seed(cfg.heldout_clip_seed), log,
+            rng=np.random.default_rng(cfg.heldout_clip_seed + 1000))
+    timings["clip_heldout_s"] = round(time.time() - t, 1)
+    heldout_metrics = clip_check(heldout_clip, tokenizer, np.random.default_rng(cfg.heldout_seed + 1))
+    log(f"clip heldout {heldout_metrics}")
+
     t = time.time()
     raw = encode_latents(vae, images)
     scaling_factor = 1.0 / float(raw.std())
     latents = raw * scaling_factor
-    vocab = all_captions()
+    variants = [[random_phrase(o, rng, cfg.p_and_chain) for _ in range(cfg.caption_variants)] for o in contents]
+    vocab = sorted({v for vs in variants for v in vs})
     table = text_table(clip_model.text_model, tokenizer, vocab + [""])
     cap_id = {c: i for i, c in enumerate(vocab)}
-    cond_ids = torch.tensor([cap_id[c] for c in captions])
+    cond_ids = torch.tensor([[cap_id[v] for v in vs] for vs in variants])  # (N, V)
+    log(f"{len(vocab)} distinct captions for the UNet")
     timings["encode_s"] = round(time.time() - t, 1)
     log(f"encoded latents: std {float(raw.std()):.4f} -> scaling_factor {scaling_factor:.4f}")
 
@@ -705,8 +807,8 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
     timings["unet_s"] = round(time.time() - t, 1)
     train_wall = time.time() - start
 
-    unet, vae, clip_model = unet.cpu(), vae.cpu(), clip_model.cpu()
-    save_model(out, unet, vae, clip_model, scaling_factor)
+    unet, vae, clip_model, heldout_clip = unet.cpu(), vae.cpu(), clip_model.cpu(), heldout_clip.cpu()
+    save_model(out, unet, vae, clip_model, scaling_factor, heldout_clip)
     size = dir_size_bytes(out)
     log(f"saved to {out}: {size / 1e6:.2f} MB")
     t = time.time()
@@ -724,6 +826,7 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
         "vae": sum(p.numel() for p in vae.parameters()),
         "clip": sum(p.numel() for p in clip_model.parameters()),
         "text_encoder": sum(p.numel() for p in clip_model.text_model.parameters()),
+        "clip_heldout": sum(p.numel() for p in heldout_clip.parameters()),
     }
     results = {
         "config": asdict(cfg),
@@ -734,7 +837,8 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
             "heldout_vae_scenes_numpy_seed": cfg.heldout_seed,
             "heldout_clip_scenes_numpy_seed": cfg.heldout_seed + 1,
         },
-        "steps": {"vae": vae_steps, "clip": clip_steps, "unet": unet_steps},
+        "vae_reused_from": None if reuse_vae is None else (reuse_label or str(reuse_vae)),
+        "steps": {"vae": vae_steps, "clip": clip_steps, "clip_heldout": heldout_steps, "unet": unet_steps},
         "params": n_params,
         "threads": cfg.threads,
         "wall_time_s": {**timings, "train_total": round(train_wall, 1), "total": round(time.time() - start, 1)},
@@ -742,8 +846,10 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
         f"diffusers {diffusers.__version__}, transformers {transformers.__version__}",
         "vae_scaling_factor": scaling_factor,
         "model_size_bytes": size,
-        "curves": {"vae_loss": vae_curve, "clip_loss": clip_curve, "unet_loss": unet_curve, "every": cfg.log_every},
-        "metrics": {"vae": vae_metrics, "clip": clip_metrics, "generation": eval_metrics},
+        "curves": {"vae_loss": vae_curve, "clip_loss": clip_curve, "clip_heldout_loss": heldout_curve,
+                   "unet_loss": unet_curve, "every": cfg.log_every},
+        "metrics": {"vae": vae_metrics, "clip": clip_metrics, "clip_heldout": heldout_metrics,
+                    "generation": eval_metrics},
     }
     if results_path is not None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -767,6 +873,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-only", action="store_true", help="evaluate an existing --out folder and update --results")
     p.add_argument("--grid", type=Path, default=None, help="also save a PNG grid of the evaluation images")
     p.add_argument("--note", default="", help="with --eval-only: why the earlier figures were superseded")
+    p.add_argument("--reuse-vae", type=Path, default=None, metavar="TOY_DIR",
+                   help="keep the autoencoder of an earlier toy model (its vae/) instead of training one")
+    p.add_argument("--clip-check", type=Path, default=None, metavar="CLIP_DIR",
+                   help="only rank captions with the CLIP in CLIP_DIR on held-out renders, per error kind (JSON)")
     p.add_argument("--fresh-seeds", action="store_true",
                    help="with --eval-only: evaluate on seeds 3000-3007 (single) and 4000-4001 (two objects), never "
                         "used in training or in tuning the judge, into metrics.generation_fresh_seeds")
@@ -782,6 +892,16 @@ def main(argv: list[str] | None = None) -> None:
         clip_steps=args.clip_steps,
         unet_steps=args.unet_steps,
     )
+    if args.clip_check is not None:
+        from transformers import CLIPModel
+
+        from ..tokenizer import load_clip_tokenizer
+
+        torch.set_num_threads(cfg.threads)
+        model = CLIPModel.from_pretrained(str(args.clip_check), local_files_only=True).eval()
+        report = clip_check(model, load_clip_tokenizer(), np.random.default_rng(cfg.heldout_seed + 1))
+        print(json.dumps({"clip": str(args.clip_check), **report}, indent=1))
+        return
     if args.eval_only:
         torch.set_num_threads(cfg.threads)
         if args.fresh_seeds:
@@ -795,7 +915,8 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads(args.results.read_text())
         key = "generation_fresh_seeds" if args.fresh_seeds else "generation"
         earlier = results["metrics"].get(key)
-        figures = ("single_object_accuracy", "two_object_both_correct")
+        figures = ("single_object_accuracy", "two_object_both_correct", "two_object_swapped_all_correct",
+                   "three_object_all_correct")
         if earlier and all(earlier.get(k) == m[k] for k in figures):
             print(f"reproduced the committed {key} figures exactly ({args.results} unchanged)")
             return
@@ -805,7 +926,15 @@ def main(argv: list[str] | None = None) -> None:
         args.results.write_text(json.dumps(results, indent=1))
         print(f"updated {key} in {args.results}")
         return
-    train(cfg, args.out, args.results, args.grid)
+    reuse = args.reuse_vae
+    if reuse is not None and reuse.resolve() == args.out.resolve():  # the output folder is replaced: copy first
+        import tempfile
+
+        keep = Path(tempfile.mkdtemp(prefix="toy-vae-"))
+        shutil.copytree(reuse / "vae", keep / "vae")
+        reuse = keep
+    label = None if args.reuse_vae is None else f"{args.reuse_vae} (the toy model in place before this run)"
+    train(cfg, args.out, args.results, args.grid, reuse_vae=reuse, reuse_label=label)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""The toy world: a deterministic renderer of one or two flat shapes on a plain white background, with captions.
+"""The toy world: a deterministic renderer of one to three flat shapes on a plain white background, with captions.
 
 Images are 64x64 RGB by default. Colours are flat and far apart in hue; shapes are axis-aligned circles, squares
 and upward-pointing triangles whose bounding box is ``size`` pixels wide and tall. Edges are antialiased by 4x
 supersampling, and the judge (``date_edit.toy.judge``) is tested on exactly these images.
 
-Caption order: a caption lists its objects in the canonical order of ``COLOURS`` (then ``SHAPES``), whatever their
-position in the image, so a caption is a function of the scene's multiset of (colour, shape) and the 60 two-object
-evaluation prompts are exactly the captions of two-object scenes. ``parse_prompt`` accepts either order.
+Captions: ``caption`` lists a scene's objects in the canonical order of ``COLOURS`` (then ``SHAPES``), so it is a
+function of the scene's multiset of (colour, shape); ``phrase`` keeps a given order, the way a user types it
+("a blue square and a red circle" describes the same scene as "a red circle and a blue square"). Three objects read
+"a red circle, a blue square and a green triangle". The model is trained on captions in every order, and
+``parse_prompt`` accepts any order and either list grammar ("a, b and c" or "a and b and c").
 """
 
 from __future__ import annotations
@@ -105,28 +107,41 @@ def render(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
 
 
+EMPTY_CAPTION = "an empty white image"  # what the toy CLIP learns for a scene with no object (never a prompt)
+
+
 def caption(scene: Scene) -> str:
     """Caption ``scene`` canonically: ``"a red circle"``, ``"a red circle and a blue square"`` (COLOURS order)."""
     if not scene.objects:
         raise ValueError("an empty scene has no caption")
-    return " and ".join(f"a {o.colour} {o.shape}" for o in sorted(scene.objects, key=_sort_key))
+    return prompt_for([(o.colour, o.shape) for o in scene.objects])
+
+
+def phrase(objects: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
+    """``(colour, shape)`` pairs in the given order as English: ``a x``, ``a x and a y``, ``a x, a y and a z``."""
+    parts = [f"a {c} {s}" for c, s in objects]
+    if not parts:
+        raise ValueError("no objects to phrase")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def prompt_for(objects: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
-    """The canonical caption of a list of ``(colour, shape)`` pairs."""
-    return " and ".join(f"a {c} {s}" for c, s in sorted(objects, key=_sort_key))
+    """The canonical caption of a list of ``(colour, shape)`` pairs (COLOURS, then SHAPES order)."""
+    return phrase(sorted(objects, key=_sort_key))
 
 
 _OBJ_RE = re.compile(r"^(?:a|an|one)\s+(\w+)\s+(\w+)$")
+_LIST_SEP = re.compile(r"\s*,\s*(?:and\s+)?|\s+and\s+")
 
 
 def parse_prompt(prompt: str) -> list[tuple[str, str]]:
-    """``"a red circle and a blue square"`` -> ``[("red", "circle"), ("blue", "square")]``; ValueError otherwise."""
+    """``"a red circle and a blue square"`` -> ``[("red", "circle"), ("blue", "square")]``, in the prompt's order
+    (``"a, b and c"``, ``"a, b, and c"`` and ``"a and b and c"`` all read as lists); ValueError otherwise."""
     text = " ".join(prompt.strip().lower().rstrip(".").split())
     if not text:
         raise ValueError("empty prompt is not a toy-world prompt")
     out = []
-    for part in text.split(" and "):
+    for part in _LIST_SEP.split(text):
         m = _OBJ_RE.match(part.strip())
         if not m or m.group(1) not in COLOURS or m.group(2) not in SHAPES:
             raise ValueError(
@@ -142,12 +157,29 @@ def single_object_prompts() -> list[str]:
     return [f"a {c} {s}" for c in COLOURS for s in SHAPES]
 
 
-def two_object_prompts() -> list[str]:
-    """The 60 two-object evaluation prompts: two different colours AND two different shapes, unordered, canonical."""
+def two_object_prompts(order: str = "canonical") -> list[str]:
+    """The 60 two-object evaluation prompts: two different colours AND two different shapes, unordered.
+
+    ``order="canonical"`` lists the objects in COLOURS order (the historical set); ``"swapped"`` names the same 60
+    scenes the other way round ("a blue square and a red circle").
+    """
+    if order not in ("canonical", "swapped"):
+        raise ValueError(f"order must be 'canonical' or 'swapped', got {order!r}")
     out = []
     for c1, c2 in itertools.combinations(COLOURS, 2):
         for s1, s2 in itertools.permutations(SHAPES, 2):
-            out.append(prompt_for([(c1, s1), (c2, s2)]))
+            objs = [(c1, s1), (c2, s2)]
+            out.append(phrase(objs if order == "canonical" else objs[::-1]))
+    return out
+
+
+def three_object_prompts() -> list[str]:
+    """The 60 three-object evaluation prompts: three different colours and all three shapes, canonical order
+    (10 colour triples x 6 shape assignments)."""
+    out = []
+    for cs in itertools.combinations(COLOURS, 3):
+        for ss in itertools.permutations(SHAPES, 3):
+            out.append(prompt_for(list(zip(cs, ss))))
     return out
 
 
@@ -168,8 +200,8 @@ def random_scene(
 ) -> Scene:
     """A random scene of ``n_objects`` non-overlapping objects (integer centres/sizes); ``distinct``: all colours
     and all shapes differ (the two-object evaluation set's rule)."""
-    if n_objects < 1 or (distinct and n_objects > len(SHAPES)):
-        raise ValueError(f"n_objects must be 1..{len(SHAPES) if distinct else 'N'}, got {n_objects}")
+    if n_objects < 0 or (distinct and n_objects > len(SHAPES)):
+        raise ValueError(f"n_objects must be 0..{len(SHAPES) if distinct else 'N'}, got {n_objects}")
     for _ in range(max_tries):
         if distinct:
             colours = rng.choice(len(COLOURS), n_objects, replace=False)
