@@ -15,10 +15,12 @@ the resolved skip, DATE config and seed, model, dtype, size, resize, prompts, an
 steers) matches. A crash between the PNG and its results line therefore loses nothing.
 
 Safety. Outputs are written by :func:`date_edit.imaging.save_png` (temp file, fsync, rename; never
-the input); inputs are only read; ``OUT_DIR`` is pruned from the input walk, so it may sit inside
-``INPUT_DIR`` and outputs are never read back as inputs (``OUT_DIR`` equal to, or containing,
-``INPUT_DIR`` is refused); a lock file keeps two runs out of one ``OUT_DIR``; temp files a killed
-run left behind are removed at the next start; a torn last line of ``results.jsonl`` is dropped.
+the input; only inside the real path of ``OUT_DIR``, never through a link); inputs are only read, opened
+as regular files whose size is checked before a byte is read (:func:`date_edit.imaging.open_input`);
+``OUT_DIR`` is pruned from the input walk, so it may sit inside ``INPUT_DIR`` and outputs are never read
+back as inputs (``OUT_DIR`` equal to, or containing, ``INPUT_DIR`` is refused); a lock file keeps two
+runs out of one ``OUT_DIR`` (removed when the run ends); temp files a killed run left behind are removed at
+the next start; a torn last line of ``results.jsonl`` is dropped.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .limits import DEFAULT_MAX_PIXELS, check_seed  # DEFAULT_MAX_PIXELS: inputs with more pixels fail
+
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
     from .backbones import Backbone
     from .imaging import LoadedImage
@@ -57,7 +61,6 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 RESULTS_NAME = "results.jsonl"  # one record per item and run, in OUT_DIR
 LOCK_NAME = ".date-edit-batch.lock"  # held (flock) while a run writes to OUT_DIR
 METADATA_KEY = "date-edit"  # the PNG text chunk holding an output's record
-DEFAULT_MAX_PIXELS = 40_000_000
 EXIT_OK, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 # temp files of save_png (".<name>.<8 hex>.tmp") and of the results repair, left behind by a killed run
@@ -220,10 +223,13 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def sha256_file(path: PathLike) -> str:
-    """Content hash of a file (read in 1 MiB chunks)."""
+def sha256_file(path: PathLike, *, max_bytes: int | None = None) -> str:
+    """Content hash of a regular file (read in 1 MiB chunks), opened by :func:`date_edit.imaging.open_input`:
+    a device, pipe or socket, or a file over ``max_bytes`` (None: no limit), is an ``ImageError`` before any read."""
+    from .imaging import open_input
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_input(path, max_bytes=max_bytes) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -251,9 +257,10 @@ def coerce_option(name: str, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"{name} {value!r}: expected an integer")
         try:
-            return int(value) if isinstance(value, (int, float)) else int(text)
+            number = int(value) if isinstance(value, (int, float)) else int(text)
         except ValueError:
             raise ValueError(f"{name} {value!r}: expected an integer") from None
+        return check_seed(number, name=name) if name == "seed" else number
     if kind is float:
         try:
             number = float(value) if not isinstance(value, bool) else math.nan
@@ -900,7 +907,7 @@ class _Runner:
         self.scorer: Any = None
         self.batch_size = 1
         self.groups: dict[str, list[_Work]] = {}
-        self.hashes: dict[str, str | None] = {}
+        self.hashes: dict[str, str] = {}
         self.bar: Any = None
         self.interrupts = _Interrupts()
         self.log: ResultsLog | None = None
@@ -946,13 +953,14 @@ class _Runner:
 
     # -- the item pipeline
 
-    def input_hash(self, item: Item) -> str | None:
+    def input_hash(self, item: Item) -> str:
+        """The input's sha256, read only once it is known to be a regular file within the size limit (ImageError
+        otherwise, naming the file: a device such as /dev/zero, or a huge file, fails at once)."""
+        from .limits import max_input_bytes
+
         key = str(item.source)
         if key not in self.hashes:
-            try:
-                self.hashes[key] = sha256_file(item.source)
-            except (IsADirectoryError, FileNotFoundError, NotADirectoryError):
-                self.hashes[key] = None  # load_image names these better
+            self.hashes[key] = sha256_file(item.source, max_bytes=max_input_bytes(self.max_pixels))
         return self.hashes[key]
 
     def prepare(self, item: Item) -> _Work | None:
@@ -962,8 +970,13 @@ class _Runner:
             return None
         options = {**self.base_options, **item.options}
         ohash = options_hash(options)
+        from .imaging import ImageError
+
         try:
             ihash = self.input_hash(item)
+        except ImageError as e:
+            self.fail(item, reason(e), None, ohash)
+            return None
         except OSError as e:
             self.fail(item, f"cannot read {item.source}: {e.strerror or e}", None, ohash)
             return None
@@ -972,7 +985,7 @@ class _Runner:
                             "written inside --out: remove the link or choose another output name", ihash, ohash)
             return None
         state, previous = output_state(item.output)
-        fresh = (not self.force and state == "ours" and ihash is not None and previous.get("status") == "ok"
+        fresh = (not self.force and state == "ours" and previous.get("status") == "ok"
                  and previous.get("input_sha256") == ihash)
         if fresh and previous.get("options_hash") == ohash:
             self.skip(item, previous, ihash)
@@ -1015,7 +1028,7 @@ class _Runner:
         try:
             work.loaded = load_image(work.item.source, size=work.settings.size or bb.native_size,
                                      multiple=bb.size_multiple, resize=work.settings.resize,
-                                     max_pixels=self.max_pixels)
+                                     max_pixels=self.max_pixels, min_side=getattr(bb, "min_side", None))
         except ImageError as e:
             self.fail(work.item, reason(e), work.input_hash, work.options_hash)
             return

@@ -24,10 +24,12 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from .limits import DEFAULT_MAX_PIXELS, format_bytes, max_input_bytes
 
 if TYPE_CHECKING:  # torch loads on first use, so a batch rerun that only checks files never pays for it
     import torch
@@ -173,26 +175,71 @@ def _resize(im: Image.Image, size: tuple[int, int], mode: ResizeMode) -> tuple[I
     return resized, f"resized {w}x{h} -> {tw}x{th} ({detail})"
 
 
+def open_input(path: PathLike, *, max_bytes: int | None) -> BinaryIO:
+    """Open an input file read-only, as a regular file only, and check its size before reading a byte of it.
+
+    The file is opened first and the open file is checked (so a link swapped meanwhile changes nothing), without
+    blocking: a device (``/dev/zero``), a pipe or a socket is refused at once instead of being read forever.
+
+    Args:
+        path: the file; links are followed (an input may be a link to a photo).
+        max_bytes: refuse a larger file (see :func:`date_edit.limits.max_input_bytes`); None: no limit.
+
+    Raises:
+        ImageError: one line naming the file: missing, a directory, not a regular file, unreadable, or too large.
+    """
+    source = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(source, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageError(f"no such file: {source}") from None
+    except IsADirectoryError:  # where a folder cannot be opened at all
+        raise ImageError(f"{source} is a directory, not an image file; pass the path of an image inside it") from None
+    except OSError as e:
+        raise ImageError(f"cannot read {source}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{source} is a directory, not an image file; pass the path of an image inside it")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{source} is not a regular file (a device, pipe or socket); pass an image file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageError(f"{source} is {format_bytes(st.st_size)}, over the limit of {format_bytes(max_bytes)} "
+                             "for an input file; no photo is that large: downscale or re-encode it")
+        with contextlib.suppress(OSError, AttributeError):  # a regular file: reads do not need O_NONBLOCK
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def load_image(
     path: PathLike,
     *,
     size: int,
     multiple: int,
     resize: ResizeMode | str = "fit",
-    max_pixels: int | None = 40_000_000,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
 ) -> LoadedImage:
     """Read an image file as a (1, 3, H, W) float32 tensor in [0, 1], oriented, RGB and resized.
 
     Args:
-        path: any file Pillow can decode. Only read; never opened for writing.
+        path: any file Pillow can decode. Only read; never opened for writing; opened as a regular file only,
+            its size checked before reading (see :func:`open_input`).
         size: longer side of the output (see ``target_size``).
         multiple: output sides are multiples of this (8 for SD).
         resize: ``fit``, ``crop`` or ``stretch`` (see ``ResizeMode``).
-        max_pixels: refuse images with more than this many pixels before decoding them; None for Pillow's own limit.
+        max_pixels: refuse images with more than this many pixels before decoding them, and files larger than
+            :func:`date_edit.limits.max_input_bytes` of it before reading them; None for Pillow's own limit.
+        min_side: refuse a processed size with a side below this (a backbone's ``min_side``); None: no check.
 
     Raises:
-        ImageError: one line naming the file: missing, a directory, empty, not an image, truncated, too large,
-            too small (< 8x8 px), or in a colour mode that cannot become RGB.
+        ImageError: one line naming the file: missing, a directory, not a regular file, empty, not an image,
+            truncated, too large (pixels or bytes), too small (< 8x8 px, or processed below ``min_side``), or in
+            a colour mode that cannot become RGB.
     """
     mode = _resize_mode(resize)
     target_size(1, 1, size, multiple, mode)  # validate size and multiple before touching the file
@@ -200,23 +247,20 @@ def load_image(
         raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
 
     source = os.fspath(path)
-    p = Path(source)
-    if not p.exists():
-        raise ImageError(f"no such file: {source}")
-    if p.is_dir():
-        raise ImageError(f"{source} is a directory, not an image file; pass the path of an image inside it")
-    if not p.is_file():
-        raise ImageError(f"{source} is not a regular file (a device, pipe or socket); pass an image file")
-    try:
-        n_bytes = p.stat().st_size
-    except OSError as e:
-        raise ImageError(f"cannot read {source}: {e.strerror or e}") from e
-    if n_bytes == 0:
+    with open_input(source, max_bytes=max_input_bytes(max_pixels)) as f:
+        return _load_open_image(f, source, size=size, multiple=multiple, mode=mode, max_pixels=max_pixels,
+                                min_side=min_side)
+
+
+def _load_open_image(f: BinaryIO, source: str, *, size: int, multiple: int, mode: ResizeMode,
+                     max_pixels: int | None, min_side: int | None) -> LoadedImage:
+    """:func:`load_image` on an open regular file."""
+    if os.fstat(f.fileno()).st_size == 0:
         raise ImageError(f"{source} is empty (0 bytes); it is not an image, re-export or re-download it")
 
     notes: list[str] = []
     try:
-        with Image.open(p) as im:  # Image.open opens the file "rb": the source is never writable here
+        with Image.open(f) as im:  # f is open "rb": the source is never writable here
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageError(
@@ -245,6 +289,10 @@ def load_image(
         raise ImageError(
             f"{source} is too large for Pillow's decompression-bomb limit ({e}); downscale it first"
         ) from e
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{source} cannot be decoded as an image (not a format Pillow knows); check the file is a complete image"
+        ) from None
     except _DECODE_ERRORS as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageError(
@@ -255,6 +303,11 @@ def load_image(
     rgb, colour_notes = _to_rgb(oriented, source)
     notes.extend(colour_notes)
     out_size = target_size(*original_size, size, multiple, mode)
+    if min_side is not None and min(out_size) < min_side:
+        raise ImageError(
+            f"{source}: its processed size {out_size[0]}x{out_size[1]} has a side under {min_side} px, the least this "
+            "model runs at; use a larger size, or the crop resize mode for a very long or tall image"
+        )
     rgb, resize_note = _resize(rgb, out_size, mode)
     if resize_note:
         notes.append(resize_note)
