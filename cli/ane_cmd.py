@@ -8,13 +8,14 @@ import sys
 import click
 
 from .main import _date_options, _run
+from .options import device_option, seed_option
 
 
 @click.command()
 @click.option("--category", type=click.Choice(["animals", "animals_objects", "objects", "all"]), default="all",
               show_default=True, help="AnE prompt category (276 prompts in all).")
 @click.option("--seeds", type=int, default=64, show_default=True, help="Seeds per prompt (A&E used 64).")
-@click.option("--seed", type=int, default=0, show_default=True, help="First seed; seeds are seed..seed+N-1.")
+@seed_option("First seed; seeds are seed..seed+N-1.", default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="At most this many prompts per category.")
 @click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps.")
 @click.option("--cfg-target", "--guidance-scale", "cfg_target", type=float, default=7.5, show_default=True,
@@ -29,7 +30,7 @@ from .main import _date_options, _run
               help="Backbone (A&E used SD 1.4); tiny/toy for offline runs.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Model precision.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--out", "-o", type=click.Path(), default="outputs/ane", show_default=True,
               help="Folder for images, records.jsonl and metrics.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics JSON on stdout.")
@@ -42,6 +43,7 @@ def ane(**opts) -> None:
         from pathlib import Path
 
         from date_edit.backbones import load_backbone
+        from date_edit.limits import MAX_SEED
         from date_edit.multiconcept import TemplateTextEncoder, load_ane_prompts, load_captioner, run_ane
         from date_edit.pipeline import GenerateConfig
         from date_edit.scorers import build_scorer
@@ -50,6 +52,9 @@ def ane(**opts) -> None:
 
         if opts["seeds"] < 1:
             raise CliError("--seeds must be >= 1", 2)
+        if opts["seed"] + opts["seeds"] - 1 > MAX_SEED:
+            raise CliError(f"--seed {opts['seed']} with --seeds {opts['seeds']} runs past the last seed, {MAX_SEED}; "
+                           "choose a smaller --seed", 2)
         date = _date_config(opts)
         config = GenerateConfig(steps=opts["steps"], guidance_scale=opts["cfg_target"], seed=opts["seed"], date=date)
         model = opts["model"]

@@ -13,6 +13,7 @@ import sys
 import click
 
 from .main import _common_model_options, _date_options, _edit_options, _image_options
+from .options import checked, seed_option
 
 _OWN = ("out", "overwrite", "as_json", "quiet", "seed")  # edit's options that batch defines with its own meaning
 # options that do not change an output; every other option goes into the resume key (so a new one can only redo)
@@ -51,15 +52,16 @@ def _model_options(f):
 @click.option("--batch-size", type=int, default=None,
               help="Images per forward pass, among items of the same processed size and settings "
                    "(default: 4 on CUDA, 1 on CPU). After an out-of-memory error it halves.")
-@click.option("--max-pixels", type=int, default=40_000_000, show_default=True,
-              help="Inputs with more pixels fail (checked before decoding).")
+@click.option("--max-pixels", type=int, default=40_000_000, show_default=True, is_eager=True,
+              callback=checked("check_max_pixels"),
+              help="Inputs with more pixels fail (checked before decoding), and so do files over 16 bytes per pixel "
+                   "of it (610 MiB by default); --size must fit it too (size x size pixels).")
 @_edit_options
 @_date_options
 @_image_options
 @_model_options
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Inversion seed of every item (a manifest's seed column overrides it); an item's noise maps "
-                   "do not depend on the batch it runs in.")
+@seed_option("Inversion seed of every item, 0 to 2**64-1 (a manifest's seed column overrides it); an item's "
+             "noise maps do not depend on the batch it runs in.", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print each item's record on stdout as a JSON line.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 def batch(input_dir, **opts) -> None:
@@ -88,12 +90,13 @@ def _guarded(fn) -> None:
     import os
     import warnings
 
-    from .main import CliError, _run, _say, _show_warning
+    from .main import _SIGNALS, CliError, _run, _say, _show_warning
 
     warnings.showwarning = _show_warning
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        fn()
+        with _SIGNALS.installed():  # SIGTERM while planning: one line and 130, as SIGINT (the run has its own)
+            fn()
     except SystemExit:
         raise
     except CliError as exc:  # usage errors: answered without loading anything
@@ -121,8 +124,6 @@ def _body(input_dir, opts: dict) -> None:
         raise CliError("--prompt is required with INPUT_DIR (or use --manifest for per-image prompts)", EXIT_USAGE)
     if opts["batch_size"] is not None and opts["batch_size"] < 1:
         raise CliError("--batch-size must be >= 1", EXIT_USAGE)
-    if opts["max_pixels"] < 1:
-        raise CliError("--max-pixels must be >= 1", EXIT_USAGE)
     out = Path(opts["out"]).expanduser()
     try:
         if input_dir is not None:
@@ -143,7 +144,7 @@ def _body(input_dir, opts: dict) -> None:
     on_record = (lambda rec: click.echo(json.dumps(rec))) if opts["as_json"] else None
     try:
         summary = jobs.run_batch(
-            items, out, base_options=base, resolve=_resolver(), load_model=_model_loader(opts),
+            items, out, base_options=base, resolve=_resolver(opts["max_pixels"]), load_model=_model_loader(opts),
             make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
             max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
             say=lambda text: _say(text), on_record=on_record,
@@ -154,15 +155,18 @@ def _body(input_dir, opts: dict) -> None:
     sys.exit(summary.exit_code)
 
 
-def _resolver():
-    """Merged options -> ItemSettings, with the ``edit`` command's own config helpers."""
+def _resolver(max_pixels: int):
+    """Merged options -> ItemSettings, with the ``edit`` command's own config helpers; a manifest row's size is
+    held to ``max_pixels`` as --size is."""
 
     def resolve(options: dict):
         from date_edit.batch import ItemSettings
+        from date_edit.limits import check_size
         from date_edit.pipeline import EditConfig
 
         from .main import _check_schedule, _date_config, _scorer_spec
 
+        check_size(options["size"], max_pixels=max_pixels)
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
                             cfg_target=options["cfg_target"], seed=options["seed"], date=_date_config(options))
         _check_schedule(config.date, config.run_steps())

@@ -6,14 +6,21 @@ Thin: parse options, build configs, call one library function, write files. Heav
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import secrets
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import click
+
+from .options import checked, device_option, seed_option
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 MODEL_HELP = (
@@ -59,7 +66,7 @@ def _common_model_options(f):
                      help="For a single-file checkpoint offline: a diffusers SD folder (or hub id) with its configs."),
         click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
                      help="Model precision (latents, embeddings and DATE updates stay fp32)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        device_option(),
         click.option("--grad-checkpointing", type=click.Choice(["auto", "none", "vae", "unet", "all"]),
                      default="auto", show_default=True,
                      help="Recompute activations in DATE's backward pass to save GPU memory (auto: the VAE on "
@@ -75,7 +82,7 @@ def _common_model_options(f):
         click.option("--compile-mode", type=click.Choice(["auto", "default", "reduce-overhead", "max-autotune"]),
                      default="auto", show_default=True,
                      help="With --compile: auto is reduce-overhead (CUDA graphs) on CUDA, default on the CPU."),
-        click.option("--seed", type=int, default=None, help="Random seed (edit: 0, generate: 6, the official one)."),
+        seed_option("Random seed, 0 to 2**64-1 (edit: 0, generate: 6, the official one).", default=None),
         click.option("--out", "-o", type=click.Path(), default=None,
                      help="Output PNG path, or a folder for an automatic name (default ./outputs/)."),
         click.option("--overwrite", is_flag=True, help="Replace an existing output file (never the input)."),
@@ -121,9 +128,10 @@ def _date_options(f):
 
 def _image_options(f):
     for decorator in reversed([
-        click.option("--size", type=int, default=None,
+        click.option("--size", type=int, default=None, callback=checked("check_size"),
                      help="Longer side of the processed image in pixels (default: the model's native size, "
-                          "512 for SD 1.x; rounded to what the UNet accepts)."),
+                          "512 for SD 1.x; rounded to what the UNet accepts): at least 64, and size x size within "
+                          "40,000,000 pixels (batch: --max-pixels)."),
         click.option("--resize", type=click.Choice(["fit", "crop", "stretch"]), default="fit", show_default=True,
                      help="fit: keep aspect; crop: centre square; stretch: square, distorted."),
     ]):
@@ -185,8 +193,9 @@ def _scorer_spec(spec: str, model: str) -> str:
     return spec
 
 
-def _output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str]) -> Path:
-    """Resolve ``--out`` and check, before any work, that it can be written."""
+def _output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str], count: int = 1) -> Path:
+    """Resolve ``--out`` and check, before any work, that it can be written: a .png name, not the input, not there
+    yet (unless ``overwrite``), in a folder that exists or can be created and takes new files. Creates nothing."""
     if out is None:
         path = Path("outputs") / default_name
     else:
@@ -195,19 +204,90 @@ def _output_path(out: Optional[str], default_name: str, overwrite: bool, protect
             path = path / default_name
     if path.suffix.lower() != ".png":
         raise CliError(f"--out {out}: outputs are PNG files; use a name ending in .png or a folder", EXIT_USAGE)
-    for src in protect:
-        if Path(src).exists() and path.exists() and path.resolve() == Path(src).resolve():
-            raise CliError(f"--out {path} is the input image; the input is never overwritten", EXIT_USAGE)
-    if path.exists() and not overwrite:
-        raise CliError(f"{path} exists; pass --overwrite or choose another --out", EXIT_USAGE)
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create output folder {parent}: {exc.strerror or exc}") from None
-    if not os.access(parent, os.W_OK):
-        raise CliError(f"output folder {parent} is not writable; choose another --out")
+    targets = [path] if count == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+    for target in targets:
+        for src in protect:
+            if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
+                raise CliError(f"--out {target} is the input image; the input is never overwritten", EXIT_USAGE)
+        if target.is_dir():
+            raise CliError(f"--out {target} is a folder; give a file name ending in .png", EXIT_USAGE)
+        if os.path.lexists(target) and not overwrite:
+            raise CliError(f"{target} exists; pass --overwrite or choose another --out", EXIT_USAGE)
+    _check_can_create(path.parent, path.name)
     return path
+
+
+def _check_can_create(folder: Path, name: str) -> None:
+    """Fail (exit 2) unless a file can be made in ``folder``, or ``folder`` can be created: probed by creating and
+    removing a hidden file (or folder) in it, or in its nearest existing parent. Leaves nothing behind."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"--out: {existing} is not a folder, so {folder} cannot be created; choose another --out",
+                       EXIT_USAGE)
+    probe = existing / f".{name}.{secrets.token_hex(4)}.tmp"
+    try:
+        if existing == folder:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            os.unlink(probe)
+        else:
+            os.mkdir(probe, 0o700)
+            os.rmdir(probe)
+    except OSError as exc:
+        why = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left",
+               errno.EDQUOT: "over the disk quota"}.get(exc.errno, exc.strerror or str(exc))
+        what = "take new files" if existing == folder else f"take new folders, so {folder} cannot be created"
+        raise CliError(f"--out: {existing} does not {what} ({why}); choose a folder you can write to",
+                       EXIT_USAGE) from None
+
+
+class _Signals:
+    """SIGINT and SIGTERM both become KeyboardInterrupt (one line, exit 130); held back while outputs are
+    written, so a signal never leaves a half-written file."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: Optional[int] = None
+
+    def install(self) -> dict:
+        """Route SIGINT and SIGTERM here (main thread only); returns the handlers they had."""
+        previous = {}
+        self.pending = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._handle)
+        return previous
+
+    @contextlib.contextmanager
+    def installed(self):
+        """SIGINT and SIGTERM routed here inside the block; the previous handlers back after it (so running a
+        command in-process, e.g. under click's test runner, leaves the caller's handlers alone)."""
+        previous = self.install()
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.holding:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def held(self):
+        """Inside, a signal is only noted (``pending``); the caller decides what to do after."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+
+
+_SIGNALS = _Signals()
 
 
 def _progress(quiet: bool):
@@ -238,7 +318,8 @@ def _run(fn):
     warnings.showwarning = _show_warning
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return fn()
+        with _SIGNALS.installed():
+            return fn()
     except CliError as exc:
         _say(f"error: {exc}")
         sys.exit(exc.code)
@@ -295,16 +376,24 @@ def _write_outputs(result, path: Path, record: dict, overwrite: bool, protect: l
     if len(images) > 1:
         record["outputs"] = [str(p) for p in outputs]
     metadata = {"date-edit": json.dumps(record, default=str)}
-    for image, target in zip(images, outputs):
-        save_png(image, target, metadata=metadata, overwrite=overwrite, protect=protect)
-    json_path = path.parent / (path.name + ".json")
-    if as_json:
-        tmp = json_path.with_name("." + json_path.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        os.replace(tmp, json_path)
-        click.echo(json.dumps(record, default=str))
-    else:
-        _say(f"wrote {', '.join(str(p) for p in outputs)}")
+    with _SIGNALS.held():  # a signal now waits the milliseconds until every file is whole
+        for image, target in zip(images, outputs):
+            save_png(image, target, metadata=metadata, overwrite=overwrite, protect=protect)
+        json_path = path.parent / (path.name + ".json")
+        if as_json:
+            tmp = json_path.with_name(f".{json_path.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+                os.replace(tmp, json_path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            click.echo(json.dumps(record, default=str))
+        else:
+            _say(f"wrote {', '.join(str(p) for p in outputs)}")
+    if _SIGNALS.pending is not None:
+        _say("interrupted while writing; the outputs above are complete")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _record(command: str, result, backbone, opts: dict, scores: dict, extra: dict) -> dict:
@@ -357,7 +446,8 @@ def main() -> None:
 def _prepare_image(image: str, backbone, size: Optional[int], resize: str):
     from date_edit.imaging import load_image
 
-    loaded = load_image(image, size=size or backbone.native_size, multiple=backbone.size_multiple, resize=resize)
+    loaded = load_image(image, size=size or backbone.native_size, multiple=backbone.size_multiple, resize=resize,
+                        min_side=backbone.min_side)
     for note in loaded.notes:
         _say(f"note: {note}")
     w, h = loaded.processed_size
@@ -384,13 +474,15 @@ def edit(image: str, prompt: str, **opts) -> None:
 
     def body():
         from date_edit.imaging import default_output_name
-        from date_edit.pipeline import EditConfig, edit as run_edit
 
         seed = 0 if opts["seed"] is None else opts["seed"]
+        # --out first: it costs no import of torch, so an unwritable one is answered at once
+        path = _output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
+        from date_edit.pipeline import EditConfig, edit as run_edit
+
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
                             cfg_target=opts["cfg_target"], seed=seed, date=_date_config(opts))
         _check_schedule(config.date, config.run_steps())
-        path = _output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
         _precheck_image(image)
         backbone = _load(opts)
         loaded = _prepare_image(image, backbone, opts["size"], opts["resize"])
@@ -431,8 +523,10 @@ def _build_scorer(opts: dict, backbone, for_date: bool):
 @click.option("--steps", type=int, default=50, show_default=True, help="DDIM steps (eta 0).")
 @click.option("--cfg-target", "--guidance-scale", "cfg_target", type=float, default=7.5, show_default=True,
               help="CFG scale.")
-@click.option("--height", type=int, default=None, help="Image height (default: the model's native size).")
-@click.option("--width", type=int, default=None, help="Image width (default: the model's native size).")
+@click.option("--height", type=int, default=None, callback=checked("check_side"),
+              help="Image height (default: the model's native size; at least 64).")
+@click.option("--width", type=int, default=None, callback=checked("check_side"),
+              help="Image width (default: the model's native size; at least 64).")
 @click.option("--num-images", "-n", type=int, default=1, show_default=True, help="Images in one batch.")
 @_date_options
 @_common_model_options
@@ -441,15 +535,17 @@ def generate(prompt: str, **opts) -> None:
 
     def body():
         from date_edit.imaging import default_output_name
-        from date_edit.pipeline import GenerateConfig, generate as run_generate
 
         seed = 6 if opts["seed"] is None else opts["seed"]
         if opts["num_images"] < 1:
             raise CliError("--num-images must be >= 1", EXIT_USAGE)
+        path = _output_path(opts["out"], default_output_name(None, prompt, seed), opts["overwrite"], [],
+                            count=opts["num_images"])
+        from date_edit.pipeline import GenerateConfig, generate as run_generate
+
         config = GenerateConfig(steps=opts["steps"], guidance_scale=opts["cfg_target"], seed=seed,
                                 height=opts["height"], width=opts["width"], date=_date_config(opts))
         _check_schedule(config.date, config.steps)
-        path = _output_path(opts["out"], default_output_name(None, prompt, seed), opts["overwrite"], [])
         backbone = _load(opts)
         scorer = _build_scorer(opts, backbone, config.date is not None)
         result = run_generate(backbone, prompt, config=config, scorer=scorer, num_images=opts["num_images"],
@@ -474,15 +570,16 @@ def reconstruct(image: str, **opts) -> None:
     """Invert IMAGE and resample it with the source prompt: reports how exact the inversion is."""
 
     def body():
-        import torch
-
         from date_edit.imaging import default_output_name
-        from date_edit.pipeline import EditConfig, psnr_db, reconstruct as run_reconstruct
 
         seed = 0 if opts["seed"] is None else opts["seed"]
+        path = _output_path(opts["out"], default_output_name(image, "reconstruct", seed), opts["overwrite"], [image])
+        import torch
+
+        from date_edit.pipeline import EditConfig, psnr_db, reconstruct as run_reconstruct
+
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
                             cfg_target=opts["cfg_source"], seed=seed, date=None)
-        path = _output_path(opts["out"], default_output_name(image, "reconstruct", seed), opts["overwrite"], [image])
         _precheck_image(image)
         backbone = _load(opts)
         loaded = _prepare_image(image, backbone, opts["size"], opts["resize"])

@@ -11,6 +11,8 @@ from typing import Optional
 
 import click
 
+from .options import checked, device_option
+
 
 def _finite(value: float) -> Optional[float]:
     """JSON has no NaN/inf: those become null."""
@@ -79,13 +81,14 @@ def _longer_side(path: str) -> int:
 @click.option("--scorer", "-s", default="clip", show_default=True,
               help="A registered scorer (see `date-edit scorers`), NAME:VARIANT, or a weighted sum "
                    "'clip=1,imagereward=0.5'.")
-@click.option("--size", type=int, default=None,
-              help="Resize the longer side to this many pixels before scoring (default: score the image as stored).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--size", type=int, default=None, callback=checked("check_size"),
+              help="Resize the longer side to this many pixels before scoring (default: score the image as stored; "
+                   "at least 64, size x size within 40,000,000 pixels).")
+@device_option()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every image's score on stdout.")
 def score(images: tuple[str, ...], prompt: str, scorer: str, size: Optional[int], device: str, as_json: bool) -> None:
     """Score existing IMAGES against --prompt with a scorer (higher is better): one line per image."""
-    from .main import EXIT_USAGE, CliError, _run, _say
+    from .main import _run, _say
 
     def body() -> None:
         import torch
@@ -94,8 +97,6 @@ def score(images: tuple[str, ...], prompt: str, scorer: str, size: Optional[int]
         from date_edit.imaging import load_image
         from date_edit.scorers import build_scorer
 
-        if size is not None and size < 8:
-            raise CliError("--size must be at least 8 pixels", EXIT_USAGE)
         loaded = [load_image(path, size=size or _longer_side(path), multiple=1, resize="fit") for path in images]
         for item in loaded:
             for note in item.notes:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from .limits import check_device
 from .schedule import NoiseSchedule, v_to_eps
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -83,6 +84,15 @@ class Backbone:
         """Image sides must be multiples of this: VAE factor times the UNet's total downsampling."""
         downs = len(self.unet.config.down_block_types) - 1
         return self.vae_scale_factor * 2**downs
+
+    @property
+    def min_side(self) -> int:
+        """The smallest image side this backbone runs at: ``size_multiple``, or twice it when the UNet's deepest
+        group norms hold one channel per group (they then need more than one latent cell: 32 px for ``tiny``)."""
+        cfg = self.unet.config
+        channels = list(cfg.block_out_channels)
+        per_group = min(channels[-2:]) // max(1, int(getattr(cfg, "norm_num_groups", None) or 32))
+        return self.size_multiple * (1 if per_group > 1 else 2)
 
     @property
     def scaling_factor(self) -> float:
@@ -264,8 +274,15 @@ class PromptTruncatedWarning(UserWarning):
     """A prompt was longer than the text encoder's 77 tokens and was cut."""
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU, or a name that is no device, is a clear
+    error (:class:`BackboneError`) before any weights load."""
+    if isinstance(device, torch.device):
+        return device
+    try:
+        device = check_device(device)
+    except ValueError as e:
+        raise BackboneError(str(e)) from None
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -18,6 +18,7 @@ import torch
 from .backbones import Backbone
 from .date import DateConfig, DateHook, DateTrace, parse_update_steps
 from .inversion import Inversion, invert
+from .limits import check_dimensions, check_seed
 from .sampling import sample
 
 
@@ -43,6 +44,7 @@ class EditConfig:
         for name in ("cfg_source", "cfg_target"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"--{name.replace('_', '-')} must be a finite number")
+        check_seed(self.seed)
 
     def resolved_skip(self) -> int:
         """The skip as a step count (``"36%"`` of 100 steps -> 36; of 10 steps -> 3)."""
@@ -82,6 +84,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        check_seed(self.seed)
+        check_dimensions(self.height, self.width)
 
     def to_dict(self) -> dict:
         """JSON-ready resolved configuration."""
@@ -309,6 +313,7 @@ def generate(
     m = backbone.size_multiple
     if height % m or width % m:
         raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}")
+    check_dimensions(height, width)
     f = backbone.vae_scale_factor
     channels = backbone.unet.config.in_channels
     _reset_peak(device)
