@@ -151,7 +151,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, uncond, guidance, timesteps,
-               noise_maps) -> tuple[Optional[DateHook], list[int]]:
+               noise_maps, keep_directions: bool = False) -> tuple[Optional[DateHook], list[int]]:
     if date is None:
         return None, []
     indices = parse_update_steps(date.update_steps, len(timesteps))
@@ -164,7 +164,7 @@ def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, 
     decode = functools.partial(backbone.grad_decode, clamp=date.clamp_decoded)
     hook = DateHook(date, indices, denoiser=backbone, decode=decode, score=scorer, prompts=prompts,
                     uncond=uncond, guidance_scale=guidance, schedule=backbone.schedule, timesteps=timesteps,
-                    noise_maps=noise_maps)
+                    noise_maps=noise_maps, keep_directions=keep_directions)
     return hook, indices
 
 
@@ -303,8 +303,15 @@ def generate(
     scorer=None,
     num_images: int = 1,
     progress: Optional[Callable[[str, int, int], None]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    keep_directions: bool = False,
 ) -> Result:
-    """Text-to-image with DDIM (eta 0) from seeded noise, DATE updating the embedding (the paper's setting)."""
+    """Text-to-image with DDIM (eta 0) from seeded noise, DATE updating the embedding (the paper's setting).
+
+    ``seeds``: one initial-noise seed per image (overrides ``config.seed``), so an image does not depend on the
+    batch it was generated in; by default all images' noise comes from one generator seeded with ``config.seed``.
+    ``keep_directions``: record DATE's per-update moves in ``result.trace.directions`` (analyses).
+    """
     device = backbone.device
     prompts = [prompt] * num_images if isinstance(prompt, str) else list(prompt)
     b = len(prompts)
@@ -318,12 +325,22 @@ def generate(
     channels = backbone.unet.config.in_channels
     _reset_peak(device)
     t0 = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
-    x_t = torch.randn((b, channels, height // f, width // f), generator=generator, dtype=torch.float32).to(device)
+    shape = (channels, height // f, width // f)
+    if seeds is None:
+        generator = torch.Generator().manual_seed(config.seed)
+        x_t = torch.randn((b, *shape), generator=generator, dtype=torch.float32).to(device)
+    else:
+        if len(seeds) != b:
+            raise ValueError(f"seeds: got {len(seeds)} for {b} images; give one seed per image")
+        for s in seeds:
+            check_seed(s)
+        x_t = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
+                           for s in seeds]).to(device)
     timesteps = backbone.schedule.timesteps(config.steps)
     cond = backbone.encode_prompt(prompts)
     uncond = backbone.encode_prompt([""] * b)
-    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.guidance_scale, timesteps, None)
+    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.guidance_scale, timesteps, None,
+                         keep_directions)
     denoiser, loop_uncond, loop_w = backbone, uncond, config.guidance_scale
     if config.universal_guidance > 0:
         from .guidance import UniversalGuidance

@@ -262,3 +262,18 @@ def test_gradient_pass_preprocessing_is_the_references_bilinear_resize():
     assert metric.shape == ref.shape and not torch.allclose(metric, ref, atol=1e-2)
     with reference_grad_preprocessing(False):
         torch.testing.assert_close(clip_preprocess(x, 32), metric)
+
+
+def test_generate_with_per_image_seeds_does_not_depend_on_the_batch(tiny_backbone, tiny_scorer):
+    """seeds=[...]: each image's noise has its own seed, so a batched benchmark gives the images one-by-one runs
+    give (the DATE update is per sample too); keep_directions records each update's (B, L, D) move."""
+    cfg = GenerateConfig(steps=4, date=DateConfig(update_steps="0,2"))
+    both = generate(tiny_backbone, ["a red circle", "a blue square"], config=cfg, scorer=tiny_scorer,
+                    seeds=[11, 12], keep_directions=True)
+    alone = generate(tiny_backbone, ["a blue square"], config=cfg, scorer=tiny_scorer, seeds=[12])
+    torch.testing.assert_close(both.latents[1:], alone.latents, rtol=0, atol=1e-4)
+    assert len(both.trace.directions) == 2 and both.trace.directions[0].shape[0] == 2
+    norms = both.trace.directions[0].flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.full((2,), 0.5), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="one seed per image"):
+        generate(tiny_backbone, ["a", "b"], config=GenerateConfig(steps=2, date=None), seeds=[1])
