@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo toy-model toy-eval toy-date toy-edit bench-tiny lint clean
+.PHONY: install test demo toy-model toy-eval toy-date toy-gradient-pass toy-edit bench-tiny lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ toy-edit: $(STAMP)
 
 toy-date: $(STAMP)
 	$(BIN)/python benchmarks/toy_date.py
+
+toy-gradient-pass: $(STAMP)
+	$(BIN)/python benchmarks/toy_gradient_pass.py
 
 bench-tiny: $(STAMP)
 	$(BIN)/python benchmarks/cost.py --tiny
