@@ -331,15 +331,15 @@ def make_findings(tst: dict, edit: dict | None) -> dict:
              f"late ({tst['late_updates']}) - early ({tst['early_updates']}): correct "
              f"{_fmt(vs('date-late', 'date-early'))}",
          "reproduced": _verdict(vs("date-late", "date-early"), "positive")},
-        {"finding": "update directions of different steps of one run are nearly orthogonal (|cos| < 0.1 for most)",
+        {"finding": "update directions of different steps of one run are nearly orthogonal (abs(cos) < 0.1 for most)",
          "paper": "cos < 0.1 for most pairs", "measured":
-             f"|cos| < 0.1 for {d['steps_within_a_run']['share_abs_cos_below_0.1']:.0%} of "
-             f"{d['steps_within_a_run']['n_pairs']} pairs (mean |cos| {d['steps_within_a_run']['mean_abs_cos']})",
+             f"abs(cos) < 0.1 for {d['steps_within_a_run']['share_abs_cos_below_0.1']:.0%} of "
+             f"{d['steps_within_a_run']['n_pairs']} pairs (mean abs(cos) {d['steps_within_a_run']['mean_abs_cos']})",
          "reproduced": "yes" if d["steps_within_a_run"]["share_abs_cos_below_0.1"] > 0.5 else "no"},
         {"finding": "update directions of different seeds of one prompt are nearly orthogonal",
          "paper": "near-orthogonal", "measured":
-             f"|cos| < 0.1 for {d['seeds_of_a_prompt']['share_abs_cos_below_0.1']:.0%} of "
-             f"{d['seeds_of_a_prompt']['n_pairs']} pairs (mean |cos| {d['seeds_of_a_prompt']['mean_abs_cos']})",
+             f"abs(cos) < 0.1 for {d['seeds_of_a_prompt']['share_abs_cos_below_0.1']:.0%} of "
+             f"{d['seeds_of_a_prompt']['n_pairs']} pairs (mean abs(cos) {d['seeds_of_a_prompt']['mean_abs_cos']})",
          "reproduced": "yes" if d["seeds_of_a_prompt"]["share_abs_cos_below_0.1"] > 0.5 else "no"},
         {"finding": "the fixed embedding given DATE's extra compute as extra steps does not close the gap",
          "paper": "DATE > equal-compute fixed", "measured":

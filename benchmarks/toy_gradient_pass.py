@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
              "| minus reference: clip:toy | s/image |", "|---|---|---|---|---|---|---|"]
     for name, row in table.items():
         s = row["summary"]
-        lines.append(f"| {name} | {s['correct']['mean']:.3f} ± {s['correct']['ci95']:.3f} | "
+        ci = s["correct"]["ci95"]
+        lines.append(f"| {name} | {s['correct']['mean']:.3f}{f' ± {ci:.3f}' if ci is not None else ''} | "
                      f"{s['objective']['mean']:.4f} | {fmt(row.get('minus_fixed_correct'))} | "
                      f"{fmt(row.get('minus_reference_correct'))} | {fmt(row.get('minus_reference_objective'))} | "
                      f"{row['s_per_image']} |")

@@ -84,3 +84,21 @@ def test_items_and_metrics():
     assert ssim(x, x) == pytest.approx(1.0, abs=1e-5) and ssim(x, 1 - x) < 0.5
     table = summarize([{"method": "a", "clip": 0.2, "seconds": 1.0}, {"method": "a", "clip": 0.4, "seconds": 3.0}])
     assert table["a"]["clip"]["mean"] == pytest.approx(0.3) and table["a"]["clip"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_toy_gradient_pass_benchmark_runs_and_pairs_its_methods(tmp_path):
+    """make toy-gradient-pass on one prompt and one seed: every method judged, paired against fixed and against
+    the reference gradient pass, the Markdown table written (the full run is 480 pairs, 12 min)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = tmp_path / "tgp.json"
+    proc = subprocess.run([sys.executable, "benchmarks/toy_gradient_pass.py", "--limit", "1", "--seeds", "7000",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["pairs"] == 1 and len(report["methods"]) == 5
+    for name, row in report["methods"].items():
+        assert row["summary"]["correct"]["n"] == 1
+        if name.startswith("date,"):
+            assert row["minus_reference_correct"]["n"] == 1
+    assert "| fixed |" in out.with_suffix(".md").read_text()
