@@ -224,14 +224,16 @@ def chosen_indices(spec: str) -> list[int]:
     return parse_update_steps(spec, STEPS)
 
 
-def _fmt(d: dict | None) -> str:
+def fmt_diff(d: dict | None) -> str:
+    """A signed mean ± 95% CI (``mean_ci95``'s dict), or ``n/a``."""
     if not d or d.get("mean") is None:
         return "n/a"
     ci = d.get("ci95")
     return f"{d['mean']:+.3f} ± {ci:.3f}" if ci is not None else f"{d['mean']:+.3f}"
 
 
-def _rate(d: dict) -> str:
+def fmt_rate(d: dict) -> str:
+    """A rate ± 95% CI (no CI for a single value)."""
     return f"{d['mean']:.3f} ± {d['ci95']:.3f}" if d.get("ci95") is not None else f"{d['mean']:.3f}"
 
 
@@ -250,8 +252,8 @@ def write_reports(data: dict) -> None:
                   "|---|---|---|---|---|---|"]
         for name, row in val["rows"].items():
             s = row["summary"]
-            lines.append(f"| {name} | {_rate(s['all']['correct'])} | {_rate(s['two_object']['correct'])} | "
-                         f"{_rate(s['three_object']['correct'])} | {s['all']['heldout']['mean']:.4f} | "
+            lines.append(f"| {name} | {fmt_rate(s['all']['correct'])} | {fmt_rate(s['two_object']['correct'])} | "
+                         f"{fmt_rate(s['three_object']['correct'])} | {s['all']['heldout']['mean']:.4f} | "
                          f"{row['seconds']} |")
         c = val["chosen"]
         lines += ["", f"Chosen: rho_relative {c['rho_relative']}, update steps {c['update_steps']} ({c['rule']}).", ""]
@@ -265,12 +267,13 @@ def write_reports(data: dict) -> None:
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, row in tst["methods"].items():
             s = row["summary"]
-            diff = (f"{_fmt(row.get('minus_fixed_correct_two_object'))} / "
-                    f"{_fmt(row.get('minus_fixed_correct_three_object'))}" if name != "fixed" else "")
-            lines.append(f"| {name} | {_rate(s['all']['correct'])} | {_rate(s['two_object']['correct'])} | "
-                         f"{_rate(s['three_object']['correct'])} | {s['all']['heldout']['mean']:.4f} | "
+            diff = (f"{fmt_diff(row.get('minus_fixed_correct_two_object'))} / "
+                    f"{fmt_diff(row.get('minus_fixed_correct_three_object'))}" if name != "fixed" else "")
+            lines.append(f"| {name} | {fmt_rate(s['all']['correct'])} | {fmt_rate(s['two_object']['correct'])} | "
+                         f"{fmt_rate(s['three_object']['correct'])} | {s['all']['heldout']['mean']:.4f} | "
                          f"{s['all']['objective']['mean']:.4f} | {diff} | "
-                         f"{_fmt(row.get('minus_fixed_heldout')) if name != 'fixed' else ''} | {row['s_per_image']} |")
+                         f"{fmt_diff(row.get('minus_fixed_heldout')) if name != 'fixed' else ''} | "
+                         f"{row['s_per_image']} |")
     (RESULTS / "toy_date.md").write_text("\n".join(lines) + "\n")
     if tst:
         findings = make_findings(tst, data.get("edit"))
@@ -312,24 +315,25 @@ def make_findings(tst: dict, edit: dict | None) -> dict:
     rows = [
         {"finding": "a random direction of the same norm equals the fixed embedding",
          "paper": "random ~ fixed",
-         "measured": f"random - fixed: correct {_fmt(m['date-random']['minus_fixed_correct_all'])}",
+         "measured": f"random - fixed: correct {fmt_diff(m['date-random']['minus_fixed_correct_all'])}",
          "reproduced": _verdict(m["date-random"]["minus_fixed_correct_all"], "zero")},
         {"finding": "h on the noisy latent is worse than on x0_hat",
-         "paper": "x0_hat better", "measured": f"x0_hat - noisy: correct {_fmt(vs('date', 'date-noisy-objective'))}",
+         "paper": "x0_hat better",
+         "measured": f"x0_hat - noisy: correct {fmt_diff(vs('date', 'date-noisy-objective'))}",
          "reproduced": _verdict(vs("date", "date-noisy-objective"), "positive")},
         {"finding": "the unnormalised gradient is worse than the normalised one",
          "paper": "normalised better",
-         "measured": f"normalised - raw: correct {_fmt(vs('date', 'date-unnormalized'))}",
+         "measured": f"normalised - raw: correct {fmt_diff(vs('date', 'date-unnormalized'))}",
          "reproduced": _verdict(vs("date", "date-unnormalized"), "positive")},
         {"finding": "accumulate vs restart",
          "paper": "accumulate: better CLIP score", "measured":
-             f"accumulate - restart: correct {_fmt(vs('date', 'date-restart'))}, objective "
-             f"{_fmt(vs('date', 'date-restart', 'objective'))}",
+             f"accumulate - restart: correct {fmt_diff(vs('date', 'date-restart'))}, objective "
+             f"{fmt_diff(vs('date', 'date-restart', 'objective'))}",
          "reproduced": _verdict(vs("date", "date-restart", "objective"), "positive")},
         {"finding": "middle-to-late updates help more than early ones",
          "paper": "late > early", "measured":
              f"late ({tst['late_updates']}) - early ({tst['early_updates']}): correct "
-             f"{_fmt(vs('date-late', 'date-early'))}",
+             f"{fmt_diff(vs('date-late', 'date-early'))}",
          "reproduced": _verdict(vs("date-late", "date-early"), "positive")},
         {"finding": "update directions of different steps of one run are nearly orthogonal (abs(cos) < 0.1 for most)",
          "paper": "cos < 0.1 for most pairs", "measured":
@@ -343,7 +347,7 @@ def make_findings(tst: dict, edit: dict | None) -> dict:
          "reproduced": "yes" if d["seeds_of_a_prompt"]["share_abs_cos_below_0.1"] > 0.5 else "no"},
         {"finding": "the fixed embedding given DATE's extra compute as extra steps does not close the gap",
          "paper": "DATE > equal-compute fixed", "measured":
-             f"DATE - fixed at {tst['equal_compute_steps']} steps: correct {_fmt(vs('date', eq))}",
+             f"DATE - fixed at {tst['equal_compute_steps']} steps: correct {fmt_diff(vs('date', eq))}",
          "reproduced": _verdict(vs("date", eq), "positive")},
     ]
     if edit:
@@ -353,7 +357,7 @@ def make_findings(tst: dict, edit: dict | None) -> dict:
         rows.append({"finding": "DATE in editing (toy edit benchmark)", "paper": "DATE improves edits",
                      "measured": "see benchmarks/results/toy_edit.md (make toy-edit)", "reproduced": "see there"})
     gradient_pass = {
-        "clamped decode - reference (unclamped)": date and vs("date-clamped-decode", "date"),
+        "clamped decode - reference (unclamped)": vs("date-clamped-decode", "date"),
         "PIL preprocessing - reference (bilinear)": vs("date-pil-preprocess", "date"),
     }
     return {"findings": rows, "gradient_pass_departures_correct": gradient_pass,
@@ -410,7 +414,8 @@ def summarise_edit(edit: dict) -> dict | None:
              if r["method"] == "date" and (r["source"], r["target"], r["seed"]) in fixed]
     diff = _round(mean_ci95(diffs))
     return {"measured": f"DATE (rho {edit.get('settings', '').split('rho ')[-1]}) - fixed: right and in place "
-                        f"{_fmt(diff)} (n = {diff['n']})", "reproduced": _verdict(diff, "positive"), "paired": diff}
+                        f"{fmt_diff(diff)} (n = {diff['n']})",
+            "reproduced": _verdict(diff, "positive"), "paired": diff}
 
 
 if __name__ == "__main__":

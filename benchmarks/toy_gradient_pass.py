@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.toy_date import Bench, pairs_of, paired, summary  # noqa: E402
+from benchmarks.toy_date import Bench, fmt_diff, fmt_rate, pairs_of, paired, summary  # noqa: E402
 from date_edit.date import DateConfig  # noqa: E402
 from date_edit.toy import world  # noqa: E402
 
@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=1))
 
     def fmt(d: dict | None) -> str:
-        if not d or d.get("mean") is None:
-            return ""
-        return f"{d['mean']:+.3f} ± {d['ci95']:.3f}" if d.get("ci95") is not None else f"{d['mean']:+.3f}"
+        return fmt_diff(d) if d else ""
 
     lines = ["# Toy world: DATE's gradient pass, the reference's against the former departures", "",
              f"`{report['command']}`: {report['prompts']} x seeds {args.seeds} ({len(pairs)} pairs); "
@@ -80,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
              "| minus reference: clip:toy | s/image |", "|---|---|---|---|---|---|---|"]
     for name, row in table.items():
         s = row["summary"]
-        ci = s["correct"]["ci95"]
-        lines.append(f"| {name} | {s['correct']['mean']:.3f}{f' ± {ci:.3f}' if ci is not None else ''} | "
+        lines.append(f"| {name} | {fmt_rate(s['correct'])} | "
                      f"{s['objective']['mean']:.4f} | {fmt(row.get('minus_fixed_correct'))} | "
                      f"{fmt(row.get('minus_reference_correct'))} | {fmt(row.get('minus_reference_objective'))} | "
                      f"{row['s_per_image']} |")

@@ -398,6 +398,7 @@ def _write_outputs(result, path: Path, record: dict, overwrite: bool, protect: l
 
 def _record(command: str, result, backbone, opts: dict, scores: dict, extra: dict) -> dict:
     trace = result.trace
+    date_config = result.config.get("date") or {}  # None without DATE (--no-date, reconstruct)
     rec = {
         "command": command,
         "output": None,
@@ -408,9 +409,8 @@ def _record(command: str, result, backbone, opts: dict, scores: dict, extra: dic
         "steps": result.config.get("steps"),
         "skip": result.config.get("skip"),
         "update_steps": result.update_steps,
-        "rho": (opts.get("rho") if opts.get("rho") is not None or opts.get("rho_relative") is not None else 0.5)
-        if not opts.get("no_date") else None,
-        "rho_relative": opts.get("rho_relative") if not opts.get("no_date") else None,
+        "rho": date_config.get("rho"),  # the resolved radius (0.5 when neither --rho nor --rho-relative is given)
+        "rho_relative": date_config.get("rho_relative"),
         "update_mode": opts.get("update_mode") if not opts.get("no_date") else None,
         "scorer": opts.get("scorer_resolved"),
         "embedding_update_norms": result.embedding_update_norms,

@@ -6,8 +6,8 @@ resolved configuration so any output can be reproduced.
 
 from __future__ import annotations
 
-import math
 import functools
+import math
 import resource
 import time
 from dataclasses import asdict, dataclass, field

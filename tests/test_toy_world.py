@@ -64,6 +64,7 @@ def test_captions_in_any_order_and_three_objects():
     assert world.prompt_for(objs[:2]) == "a red circle and a blue square"
     three = world.phrase(objs)
     assert three == "a blue square, a red circle and a green triangle"
+    assert world.phrase(objs, and_chain=True) == "a blue square and a red circle and a green triangle"
     for text in (three, "a blue square, a red circle, and a green triangle",
                  "a blue square and a red circle and a green triangle"):
         assert world.parse_prompt(text) == objs

@@ -125,9 +125,7 @@ def random_phrase(objects: list[tuple[str, str]], rng: np.random.Generator, p_an
     if not objects:
         return world.EMPTY_CAPTION
     order = [objects[i] for i in rng.permutation(len(objects))]
-    if len(order) == 3 and rng.random() < p_and_chain:
-        return " and ".join(f"a {c} {s}" for c, s in order)
-    return world.phrase(order)
+    return world.phrase(order, and_chain=len(order) == 3 and rng.random() < p_and_chain)
 
 
 def all_phrases() -> list[str]:
@@ -138,7 +136,7 @@ def all_phrases() -> list[str]:
         for combo in itertools.product(objs, repeat=n):
             out.append(world.phrase(list(combo)))
             if n == 3:
-                out.append(" and ".join(f"a {c} {s}" for c, s in combo))
+                out.append(world.phrase(list(combo), and_chain=True))
     return out
 
 

@@ -117,12 +117,15 @@ def caption(scene: Scene) -> str:
     return prompt_for([(o.colour, o.shape) for o in scene.objects])
 
 
-def phrase(objects: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
-    """``(colour, shape)`` pairs in the given order as English: ``a x``, ``a x and a y``, ``a x, a y and a z``."""
+def phrase(objects: list[tuple[str, str]] | tuple[tuple[str, str], ...], and_chain: bool = False) -> str:
+    """``(colour, shape)`` pairs in the given order as English: ``a x``, ``a x and a y``, ``a x, a y and a z``
+    (``and_chain``: ``a x and a y and a z``)."""
     parts = [f"a {c} {s}" for c, s in objects]
     if not parts:
         raise ValueError("no objects to phrase")
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if and_chain or len(parts) == 1:
+        return " and ".join(parts)
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def prompt_for(objects: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
