@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
-
 _EXPORTS = {
     "load_backbone": "date_edit.backbones",
     "Backbone": "date_edit.backbones",
@@ -39,6 +37,10 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     """Import public names on first use, so ``import date_edit`` stays cheap."""
+    if name == "__version__":  # from the package metadata (pyproject.toml is the one place it is written)
+        from .choices import version
+
+        return version()
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'date_edit' has no attribute {name!r}")

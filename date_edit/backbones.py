@@ -5,42 +5,23 @@ The only core module that touches diffusers/transformers, and only inside functi
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
-from urllib.parse import urlparse
 
 import torch
 
+from .choices import CHECKPOINTING_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPE_NAMES  # noqa: F401
+from .components import SD_SCHEDULER_CONFIG, save_components, sd15_components, tiny_components  # noqa: F401
+from .errors import BackboneError, ConfigError  # noqa: F401  (BackboneError re-exported)
+from .hub import hub_reachable, seeded
 from .limits import check_device
 from .schedule import NoiseSchedule, v_to_eps
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TOY_DIR = Path(__file__).parent / "assets" / "toy"
-CHECKPOINTING_MODES = ("auto", "none", "vae", "unet", "all")
-COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SD_SCHEDULER_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-}
-
-
-class BackboneError(RuntimeError):
-    """A backbone could not be loaded; ``str(e)`` is one line naming the model and what to do."""
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 
 
 @dataclass
@@ -128,7 +109,7 @@ class Backbone:
             self.compiled_unet, self.compile_mode = None, None
             return
         if mode not in COMPILE_MODES:
-            raise ValueError(f"--compile-mode {mode!r}: use one of {', '.join(COMPILE_MODES)}")
+            raise ConfigError("compile_mode", f"{mode!r}: use one of {', '.join(COMPILE_MODES)}")
         if mode == "auto":
             mode = "reduce-overhead" if self.device.type == "cuda" else "default"
         self.compiled_unet = torch.compile(self.unet, mode=mode, dynamic=False)
@@ -192,7 +173,7 @@ class Backbone:
         """``auto`` (VAE on CUDA, none on CPU), ``none``, ``vae``, ``unet`` or ``all``: see
         :meth:`enable_gradient_checkpointing`. Plain sampling runs without gradients and is unaffected."""
         if mode not in CHECKPOINTING_MODES:
-            raise ValueError(f"--grad-checkpointing {mode!r}: use one of {', '.join(CHECKPOINTING_MODES)}")
+            raise ConfigError("grad_checkpointing", f"{mode!r}: use one of {', '.join(CHECKPOINTING_MODES)}")
         if mode == "auto":
             mode = "vae" if self.device.type == "cuda" else "none"
         self.enable_gradient_checkpointing(vae=mode in ("vae", "all"), unet=mode in ("unet", "all"))
@@ -209,6 +190,11 @@ class Backbone:
         out = self.grad_decoder.decode(latents.to(self.dtype)).sample.float() / 2.0 + 0.5
         return out.clamp(0.0, 1.0) if clamp else out
 
+    def modules(self) -> list[torch.nn.Module]:
+        """Every model the backbone holds (UNet, VAE, text encoder, and the gradient decoder when set): what a
+        change of device or dtype must move together."""
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.grad_decoder) if m is not None]
+
     def set_grad_decoder(self, spec: Optional[str]) -> None:
         """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd), ``tiny`` (random, tests),
         ``random-full`` (TAESD architecture, random: cost benchmarks) or a folder with an AutoencoderTiny."""
@@ -218,21 +204,21 @@ class Backbone:
         from diffusers import AutoencoderTiny
 
         if spec == "tiny":
-            with _seeded(0):
+            with seeded(0):
                 module = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
                                          decoder_block_out_channels=(8, 8, 8, 8),
                                          num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
         elif spec == "random-full":
-            with _seeded(0), torch.device(self.device):
+            with seeded(0, self.device):
                 module = AutoencoderTiny()
         else:
             source = "madebyollin/taesd" if spec == "taesd" else spec
             try:
                 module = AutoencoderTiny.from_pretrained(source, local_files_only=True)
             except (OSError, ValueError):
-                if Path(source).exists() or not _hub_reachable():
+                if Path(source).exists() or not hub_reachable():
                     raise BackboneError(
-                        f"approximate decoder {source!r} is not available: run `huggingface-cli download {source}` "
+                        f"approximate decoder {source!r} is not available: run `hf download {source}` "
                         "where there is network, or use --grad-decoder vae"
                     ) from None
                 module = AutoencoderTiny.from_pretrained(source)
@@ -286,7 +272,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        raise BackboneError("device cuda was asked for but no CUDA GPU is visible; use cpu or auto")
     return torch.device(device)
 
 
@@ -295,96 +281,15 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise BackboneError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+        raise ConfigError("dtype", f"{dtype!r} is unknown: use one of {', '.join(DTYPES)}")
     if dtype == "fp16" and device.type == "cpu":
-        raise BackboneError("--dtype fp16 needs a GPU; on the CPU use fp32 or bf16")
+        raise ConfigError("dtype", "fp16 needs a GPU; on the CPU use fp32 or bf16")
     return DTYPES[dtype]
 
 
 def _freeze(*modules: torch.nn.Module) -> None:
     for m in modules:
         m.eval().requires_grad_(False)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def tiny_components(seed: int = 0) -> dict:
-    """Random-weight tiny SD components (same diffusers/transformers classes), for tests and smoke runs."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .tokenizer import load_clip_tokenizer
-
-    with _seeded(seed):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(16, 16, 32, 32),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-            scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": load_clip_tokenizer(),
-        "scheduler": DDIMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if not k.startswith("_")}),
-    }
-
-
-def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
-    """Write components as a diffusers StableDiffusionPipeline folder (``model_index.json`` + subfolders)."""
-    import json
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
-             "requires_safety_checker": False}
-    libs = {"unet": "diffusers", "vae": "diffusers", "scheduler": "diffusers", "text_encoder": "transformers",
-            "tokenizer": "transformers"}
-    for name, lib in libs.items():
-        comp = components[name]
-        comp.save_pretrained(out / name)
-        index[name] = [lib, type(comp).__name__]
-    index["safety_checker"] = [None, None]
-    index["feature_extractor"] = [None, None]
-    (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    return out
 
 
 def _from_components(
@@ -415,18 +320,6 @@ def _from_components(
         random_weights=random_weights,
         scheduler_config=sched_cfg,
     )
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the model hub answers a TCP connect (so an offline run fails in seconds, not minutes)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _load_folder(path: str, *, local_only: bool) -> dict:
@@ -494,7 +387,7 @@ def _load_backbone(model: str, *, dtype, device: str, config: Optional[str]) -> 
         if is_file:
             if not path.is_file():
                 raise BackboneError(f"model file {model} does not exist")
-            local_only = config is None or Path(config).is_dir() or not _hub_reachable()
+            local_only = config is None or Path(config).is_dir() or not hub_reachable()
             comps = _load_single_file(str(path), config, local_only=local_only)
         elif looks_local:
             if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
@@ -507,10 +400,10 @@ def _load_backbone(model: str, *, dtype, device: str, config: Optional[str]) -> 
             try:
                 comps = _load_folder(model, local_only=True)
             except (OSError, ValueError):
-                if not _hub_reachable():
+                if not hub_reachable():
                     raise BackboneError(
                         f"model {model!r} is not cached and the hub cannot be reached: "
-                        f"run `huggingface-cli download {model}` where there is network, or pass a local folder "
+                        f"run `hf download {model}` where there is network, or pass a local folder "
                         "with --model PATH"
                     ) from None
                 comps = _load_folder(model, local_only=False)
@@ -521,44 +414,6 @@ def _load_backbone(model: str, *, dtype, device: str, config: Optional[str]) -> 
         hint = " (a single-file checkpoint offline needs --model-config DIR, a diffusers SD folder)" if is_file else ""
         raise BackboneError(f"could not load model {model!r}: {first[:200]}{hint}") from None
     return _from_components(model, comps, dt, dev)
-
-
-def sd15_components(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-    """The real-size SD 1.5 architecture with random weights (FLOPs and memory do not depend on the values).
-
-    Built directly on ``device`` (no CPU round trip) for benchmarks where the weights cannot be had.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .tokenizer import load_clip_tokenizer
-
-    with _seeded(seed), torch.device(device):
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-            scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                           num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                           bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-        )
-    if dtype != torch.float32:
-        for module in (unet, vae, text_encoder):
-            module.to(dtype)
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": load_clip_tokenizer(),
-        "scheduler": DDIMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if not k.startswith("_")}),
-    }
 
 
 def backbone_from_components(

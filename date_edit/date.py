@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .errors import ConfigError
 from .sampling import Denoiser, StepState
 from .scorers.preprocess import reference_grad_preprocessing
 from .schedule import NoiseSchedule, ddim_step, ddpm_step, tweedie_x0
@@ -74,20 +75,19 @@ class DateConfig:
     grad_preprocess: GradPreprocess = GradPreprocess.REFERENCE  # the scorer's preprocessing in the gradient pass
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", UpdateMode(self.mode))
-        object.__setattr__(self, "direction", Direction(self.direction))
-        object.__setattr__(self, "objective", Objective(self.objective))
-        object.__setattr__(self, "grad_preprocess", GradPreprocess(self.grad_preprocess))
+        for name, kind in (("mode", UpdateMode), ("direction", Direction), ("objective", Objective),
+                           ("grad_preprocess", GradPreprocess)):
+            object.__setattr__(self, name, _member(kind, getattr(self, name), name))
         if self.rho is not None and self.rho_relative is not None:
-            raise ValueError("rho and rho_relative are exclusive: give the radius one way")
+            raise ConfigError("rho_relative", "and rho are exclusive: give the radius one way")
         if self.rho is None and self.rho_relative is None:
             object.__setattr__(self, "rho", 0.5)
         for name in ("rho", "rho_relative"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+                raise ConfigError(name, f"must be a finite number >= 0, got {value}")
         if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+            raise ConfigError("iterations", f"must be >= 1, got {self.iterations}")
         parse_update_steps(self.update_steps, None)  # syntax check only; range checked per run
 
     @property
@@ -107,6 +107,30 @@ class DateConfig:
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
 
 
+_ABLATIONS = {
+    "none": {},
+    "random-direction": {"direction": "random"},  # a random unit direction instead of the gradient
+    "noisy-objective": {"objective": "xt"},  # score the noisy next latent instead of x0_hat
+    "unnormalized": {"normalize": False},  # c + rho * g instead of c + rho * g / ||g||
+    "clamped-decode": {"clamp_decoded": True},  # decode(x0_hat) clamped to [0, 1] in the gradient pass
+    "pil-preprocess": {"grad_preprocess": "pil"},  # the scorer's PIL-faithful preprocessing in the gradient pass
+}
+
+
+def ablation_changes(ablation: str) -> dict:
+    """The :class:`DateConfig` fields a benchmark ablation (one of :data:`date_edit.choices.ABLATIONS`) sets."""
+    if ablation not in _ABLATIONS:
+        raise ConfigError("ablation", f"{ablation!r} is unknown: use one of {', '.join(_ABLATIONS)}")
+    return dict(_ABLATIONS[ablation])
+
+
+def _member(kind: type[enum.Enum], value, param: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(param, f"{value!r}: use one of {', '.join(m.value for m in kind)}") from None
+
+
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 
 
@@ -116,7 +140,7 @@ def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
     ``"0,10,20"`` explicit indices; ``"20-40"`` an inclusive range (items may mix: ``"0,20-25"``);
     ``"every:10"`` every 10th step from 0; ``"10%"`` that fraction of the steps, evenly spaced from 0
     (10% of 50 -> 0, 10, 20, 30, 40, as in the official code); ``"none"`` or ``""`` no update.
-    With ``num_steps`` None only the syntax is checked. Raises ValueError with a one-line message.
+    With ``num_steps`` None only the syntax is checked. Raises :class:`~date_edit.errors.ConfigError` (one line).
     """
     text = str(spec).strip().lower().replace(" ", "")
     if text in ("", "none"):
@@ -124,15 +148,15 @@ def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
     if text.startswith("every:"):
         k = _int(text[6:], spec)
         if k < 1:
-            raise ValueError(f"--update-steps {spec!r}: every:K needs K >= 1")
+            raise ConfigError("update_steps", f"{spec!r}: every:K needs K >= 1")
         return [] if num_steps is None else list(range(0, num_steps, k))
     if text.endswith("%"):
         try:
             frac = float(text[:-1]) / 100.0
         except ValueError:
-            raise ValueError(f"--update-steps {spec!r}: a fraction looks like 10%") from None
+            raise ConfigError("update_steps", f"{spec!r}: a fraction looks like 10%") from None
         if not 0.0 < frac <= 1.0:
-            raise ValueError(f"--update-steps {spec!r}: the fraction must be in (0%, 100%]")
+            raise ConfigError("update_steps", f"{spec!r}: the fraction must be in (0%, 100%]")
         if num_steps is None:
             return []
         count = max(1, round(frac * num_steps))
@@ -143,15 +167,15 @@ def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
         if match:
             lo, hi = int(match.group(1)), int(match.group(2))
             if hi < lo:
-                raise ValueError(f"--update-steps {spec!r}: range {item} runs backwards")
+                raise ConfigError("update_steps", f"{spec!r}: range {item} runs backwards")
             indices.update(range(lo, hi + 1))
         else:
             indices.add(_int(item, spec))
     result = sorted(indices)
     if num_steps is not None and result and (result[0] < 0 or result[-1] >= num_steps):
         bad = [i for i in result if not 0 <= i < num_steps]
-        raise ValueError(
-            f"--update-steps {spec!r}: step {bad[0]} is outside 0..{num_steps - 1} (this run has {num_steps} steps)"
+        raise ConfigError(
+            "update_steps", f"{spec!r}: step {bad[0]} is outside 0..{num_steps - 1} (this run has {num_steps} steps)"
         )
     return result
 
@@ -160,8 +184,8 @@ def _int(text: str, spec: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(
-            f"--update-steps {spec!r}: expected indices like 0,10,20, a range 20-40, every:10 or 10%"
+        raise ConfigError(
+            "update_steps", f"{spec!r}: expected indices like 0,10,20, a range 20-40, every:10 or 10%"
         ) from None
 
 

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .errors import ConfigError
 from .sampling import Denoiser, guided_eps
 from .schedule import NoiseSchedule, ddpm_step, noise_map_for
 
@@ -32,7 +33,7 @@ class Inversion:
         """``(x_start, timesteps, noise_maps)`` to edit from step ``skip`` (0 = from pure noise level)."""
         n = len(self.timesteps)
         if not 0 <= skip < n:
-            raise ValueError(f"skip must be between 0 and {n - 1} for {n} steps, got {skip}")
+            raise ConfigError("skip", f"must be between 0 and {n - 1} for {n} steps, got {skip}")
         return self.x_ts[skip], self.timesteps[skip:], self.noise_maps[skip:]
 
 

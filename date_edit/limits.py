@@ -1,13 +1,16 @@
 """What the editor accepts: processed sizes, pixel budgets, input file sizes, seeds and device names.
 
 Imports nothing heavy (no numpy, PIL or torch), so the CLI checks its options with these functions before it
-loads anything. Every check raises ``ValueError`` with one line naming the parameter; the CLI names the flag.
+loads anything. Every check raises :class:`~date_edit.errors.ConfigError` (a ``ValueError``) with one line
+naming the parameter (``name``); the CLI passes its flag as ``name``.
 """
 
 from __future__ import annotations
 
 import math
 import re
+
+from .errors import ConfigError
 
 MIN_SIZE = 64  # smallest longer side (pixels) a processed image may ask for: every built-in backbone runs at it
 DEFAULT_MAX_PIXELS = 40_000_000  # pixel budget of an input image and of a processed image
@@ -28,9 +31,9 @@ def max_side(max_pixels: int) -> int:
 
 
 def check_max_pixels(max_pixels: int | None, *, name: str = "max_pixels") -> int | None:
-    """``max_pixels`` if it is None or a positive integer; ValueError otherwise."""
+    """``max_pixels`` if it is None or a positive integer; ConfigError otherwise."""
     if max_pixels is not None and (not _is_int(max_pixels) or max_pixels < 1):
-        raise ValueError(f"{name} must be a positive integer, got {max_pixels!r}")
+        raise ConfigError(name, f"must be a positive integer, got {max_pixels!r}")
     return max_pixels
 
 
@@ -38,18 +41,18 @@ def check_size(size: int | None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     """Validate the longer side of a processed image: None (the model's native size), or an integer from
     :data:`MIN_SIZE` up to what fits the pixel budget (a ``size`` x ``size`` image, ``max_pixels`` pixels at most).
 
-    Returns ``size``. Raises ValueError naming ``name`` and the limit.
+    Returns ``size``. Raises ConfigError naming ``name`` and the limit.
     """
     if size is None:
         return None
     if not _is_int(size):
-        raise ValueError(f"{name} must be an integer number of pixels, got {size!r}")
+        raise ConfigError(name, f"must be an integer number of pixels, got {size!r}")
     if size < MIN_SIZE:
-        raise ValueError(f"{name} {size} is too small: the smallest processed size is {MIN_SIZE} px "
+        raise ConfigError(name, f"{size} is too small: the smallest processed size is {MIN_SIZE} px "
                          "(omit it for the model's native size)")
     check_max_pixels(max_pixels)
     if max_pixels is not None and size * size > max_pixels:
-        raise ValueError(f"{name} {size} is too large: up to {size}x{size} = {size * size:,} pixels, over the "
+        raise ConfigError(name, f"{size} is too large: up to {size}x{size} = {size * size:,} pixels, over the "
                          f"limit of {max_pixels:,}; use at most {max_side(max_pixels)}")
     return size
 
@@ -61,12 +64,12 @@ def check_side(side: int | None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     if side is None:
         return None
     if not _is_int(side):
-        raise ValueError(f"{name} must be an integer number of pixels, got {side!r}")
+        raise ConfigError(name, f"must be an integer number of pixels, got {side!r}")
     if side < MIN_SIZE:
-        raise ValueError(f"{name} {side} is too small: the smallest is {MIN_SIZE} px (omit it for the native size)")
+        raise ConfigError(name, f"{side} is too small: the smallest is {MIN_SIZE} px (omit it for the native size)")
     check_max_pixels(max_pixels)
     if max_pixels is not None and side * MIN_SIZE > max_pixels:
-        raise ValueError(f"{name} {side} is too large: even {side}x{MIN_SIZE} is over the limit of {max_pixels:,} "
+        raise ConfigError(name, f"{side} is too large: even {side}x{MIN_SIZE} is over the limit of {max_pixels:,} "
                          f"pixels; use at most {max_pixels // MIN_SIZE}")
     return side
 
@@ -81,8 +84,8 @@ def check_dimensions(height: int | None, width: int | None, *, max_pixels: int |
         return
     pixels = (height or MIN_SIZE) * (width or MIN_SIZE)
     if pixels > max_pixels:
-        raise ValueError(f"width {width or '?'} x height {height or '?'} is too large: at least {pixels:,} pixels, "
-                         f"over the limit of {max_pixels:,}")
+        raise ConfigError(None, f"width {width or '?'} x height {height or '?'} is too large: at least "
+                                f"{pixels:,} pixels, over the limit of {max_pixels:,}")
 
 
 def check_seed(seed: int | None, *, name: str = "seed") -> int | None:
@@ -90,9 +93,9 @@ def check_seed(seed: int | None, *, name: str = "seed") -> int | None:
     if seed is None:
         return None
     if not _is_int(seed):
-        raise ValueError(f"{name} must be an integer, got {seed!r}")
+        raise ConfigError(name, f"must be an integer, got {seed!r}")
     if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"{name} {seed} is out of range: seeds are integers from 0 to 2**64-1 = {MAX_SEED}")
+        raise ConfigError(name, f"{seed} is out of range: seeds are integers from 0 to 2**64-1 = {MAX_SEED}")
     return seed
 
 
@@ -100,7 +103,7 @@ def check_device(device: str, *, name: str = "device") -> str:
     """Validate a device name: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (whether it exists is checked
     when a model is put on it)."""
     if not isinstance(device, str) or not DEVICE_RE.match(device.strip().lower()):
-        raise ValueError(f"{name} {device!r} is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
+        raise ConfigError(name, f"{device!r} is not a device: use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
     return device.strip().lower()
 
 

@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 
 import torch
 
-ANE_CATEGORIES = ("animals", "animals_objects", "objects")
+from .choices import ANE_CATEGORIES
+from .errors import ConfigError
+
 ANE_PATH = Path(__file__).parent / "assets" / "data" / "ane_prompts.json"
 
 IMAGENET_TEMPLATES = (
@@ -51,7 +53,7 @@ def load_ane_prompts(category: str = "all") -> dict[str, list[str]]:
     if category == "all":
         return {c: list(data[c]) for c in ANE_CATEGORIES}
     if category not in ANE_CATEGORIES:
-        raise ValueError(f"unknown --category {category!r}: use {', '.join(ANE_CATEGORIES)} or all")
+        raise ConfigError("category", f"{category!r} is unknown: use {', '.join(ANE_CATEGORIES)} or all")
     return {category: list(data[category])}
 
 

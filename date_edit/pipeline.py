@@ -17,9 +17,21 @@ import torch
 
 from .backbones import Backbone
 from .date import DateConfig, DateHook, DateTrace, parse_update_steps
+from .errors import ConfigError
 from .inversion import Inversion, invert
 from .limits import check_dimensions, check_seed
 from .sampling import sample
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
+
+
+def _check_finite(config, *names: str) -> None:
+    for name in names:
+        if not math.isfinite(getattr(config, name)):
+            raise ConfigError(name, f"must be a finite number, got {getattr(config, name)}")
 
 
 @dataclass(frozen=True)
@@ -34,17 +46,14 @@ class EditConfig:
     date: Optional[DateConfig] = field(default_factory=DateConfig)  # None: fixed embedding (no DATE)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        _check_steps(self.steps)
         skip = self.resolved_skip()
         if not 0 <= skip < self.steps:
-            raise ValueError(
-                f"--skip {self.skip} must leave at least one of the {self.steps} steps (0..{self.steps - 1})"
+            raise ConfigError(
+                "skip", f"{self.skip} must leave at least one of the {self.steps} steps (0..{self.steps - 1})"
             )
-        for name in ("cfg_source", "cfg_target"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number")
-        check_seed(self.seed)
+        _check_finite(self, "cfg_source", "cfg_target")
+        check_seed(self.seed, name="seed")
 
     def resolved_skip(self) -> int:
         """The skip as a step count (``"36%"`` of 100 steps -> 36; of 10 steps -> 3)."""
@@ -54,7 +63,7 @@ class EditConfig:
                 return int(float(text[:-1]) / 100.0 * self.steps)
             return int(text)
         except ValueError:
-            raise ValueError(f"--skip {self.skip!r}: give a step count (36) or a percentage (36%)") from None
+            raise ConfigError("skip", f"{self.skip!r}: give a step count (36) or a percentage (36%)") from None
 
     def run_steps(self) -> int:
         """How many sampler steps the edit runs (``steps - skip``)."""
@@ -82,9 +91,12 @@ class GenerateConfig:
     universal_guidance_steps: str = "every:1"  # steps it acts on (same syntax as DATE's update steps)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        check_seed(self.seed)
+        _check_steps(self.steps)
+        _check_finite(self, "guidance_scale", "universal_guidance")
+        if self.universal_guidance < 0:
+            raise ConfigError("universal_guidance", f"must be >= 0, got {self.universal_guidance}")
+        parse_update_steps(self.universal_guidance_steps, None)
+        check_seed(self.seed, name="seed")
         check_dimensions(self.height, self.width)
 
     def to_dict(self) -> dict:
@@ -150,6 +162,46 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+class _Clock:
+    """Wall-clock phases of one run, each read after the device has finished its work (CUDA is asynchronous);
+    resets the peak-memory counter when it starts."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        _reset_peak(device)
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        """End ``phase`` now (after a device sync)."""
+        _sync(self.device)
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def timings(self, trace: Optional[DateTrace]) -> dict:
+        """``total_s``, ``inversion_s``, ``sampling_s`` (decoding included) and ``date_s`` (within sampling)."""
+        return {"total_s": self.last - self.start, "inversion_s": self.phases.get("inversion_s", 0.0),
+                "sampling_s": self.phases.get("sampling_s", 0.0), "date_s": trace.seconds if trace else 0.0}
+
+
+def _phase(progress: Optional[Callable[[str, int, int], None]], name: str) -> Optional[Callable[[int, int], None]]:
+    """``progress`` bound to one phase name, or None."""
+    return (lambda i, n: progress(name, i, n)) if progress else None
+
+
+def _decoded_result(backbone: Backbone, latents: torch.Tensor, clock: _Clock, *, prompts: list[str],
+                    hook: Optional[DateHook], config: dict, **extra) -> Result:
+    """Decode the final latents, close the sampling phase, and gather the :class:`Result`."""
+    with torch.no_grad():
+        images = backbone.decode(latents)
+    clock.lap("sampling_s")
+    trace = hook.trace if hook else None
+    return Result(images=images.cpu(), latents=latents.cpu(), prompts=prompts,
+                  update_steps=list(trace.update_steps) if trace else [], trace=trace,
+                  timings=clock.timings(trace), peak_memory_mb=peak_memory_mb(clock.device), config=config, **extra)
+
+
 def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, uncond, guidance, timesteps,
                noise_maps, keep_directions: bool = False) -> tuple[Optional[DateHook], list[int]]:
     if date is None:
@@ -158,9 +210,9 @@ def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, 
     if not indices:
         return None, []
     if scorer is None:
-        raise ValueError("DATE needs a scorer: pass one, or disable DATE")
+        raise ConfigError("scorer", "is missing: DATE needs one; pass a scorer, or disable DATE")
     if not getattr(scorer, "differentiable", False):
-        raise ValueError(f"scorer {scorer.name!r} is not differentiable, so it cannot be a DATE objective")
+        raise ConfigError("scorer", f"{scorer.name!r} is not differentiable, so it cannot be a DATE objective")
     decode = functools.partial(backbone.grad_decode, clamp=date.clamp_decoded)
     hook = DateHook(date, indices, denoiser=backbone, decode=decode, score=scorer, prompts=prompts,
                     uncond=uncond, guidance_scale=guidance, schedule=backbone.schedule, timesteps=timesteps,
@@ -230,34 +282,21 @@ def edit(
     prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
     if len(prompts) != b:
         raise ValueError(f"{b} images but {len(prompts)} prompts")
-    _reset_peak(device)
-    t0 = time.perf_counter()
+    clock = _Clock(device)
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
                                  cfg_source=config.cfg_source, seed=config.seed if seeds is None else list(seeds),
-                                 progress=(lambda i, n: progress("invert", i, n)) if progress else None)
-    _sync(device)
-    t1 = time.perf_counter()
+                                 progress=_phase(progress, "invert"))
+    clock.lap("inversion_s")
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
     cond = backbone.encode_prompt(prompts)
     uncond = backbone.encode_prompt([""] * b)
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.cfg_target, timesteps, noise_maps)
     latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
                      guidance_scale=config.cfg_target, noise_maps=noise_maps, cond_hook=hook,
-                     progress=(lambda i, n: progress("edit", i, n)) if progress else None)
-    with torch.no_grad():
-        images = backbone.decode(latents)
-    _sync(device)
-    t2 = time.perf_counter()
-    trace = hook.trace if hook else None
-    return Result(
-        images=images.cpu(), latents=latents.cpu(), prompts=prompts,
-        update_steps=list(trace.update_steps) if trace else [], trace=trace,
-        timings={"total_s": t2 - t0, "inversion_s": t1 - t0, "sampling_s": t2 - t1,
-                 "date_s": trace.seconds if trace else 0.0},
-        peak_memory_mb=peak_memory_mb(device), config=config.to_dict(), inversion=inversion,
-        source_latents=inversion.x0.cpu(),
-    )
+                     progress=_phase(progress, "edit"))
+    return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
+                           inversion=inversion, source_latents=inversion.x0.cpu())
 
 
 def reconstruct(
@@ -271,28 +310,18 @@ def reconstruct(
     """Invert, then resample with the source prompt and its CFG and no DATE: the exactness check."""
     b = pixels.shape[0]
     sources = [source_prompt] * b
-    device = backbone.device
-    _reset_peak(device)
-    t0 = time.perf_counter()
+    clock = _Clock(backbone.device)
     inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
-                             cfg_source=config.cfg_source, seed=config.seed,
-                             progress=(lambda i, n: progress("invert", i, n)) if progress else None)
-    t1 = time.perf_counter()
+                             cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"))
+    clock.lap("inversion_s")  # synchronised: CUDA work of the inversion is counted here, not in sampling
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
     cond, uncond = _source_conditions(backbone, sources)
     latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
                      guidance_scale=config.cfg_source, noise_maps=noise_maps,
-                     progress=(lambda i, n: progress("reconstruct", i, n)) if progress else None)
-    with torch.no_grad():
-        images = backbone.decode(latents)
-    _sync(device)
-    t2 = time.perf_counter()
+                     progress=_phase(progress, "reconstruct"))
     cfg = config.to_dict() | {"cfg_target": config.cfg_source, "date": None}
-    return Result(
-        images=images.cpu(), latents=latents.cpu(), prompts=sources, update_steps=[], trace=None,
-        timings={"total_s": t2 - t0, "inversion_s": t1 - t0, "sampling_s": t2 - t1, "date_s": 0.0},
-        peak_memory_mb=peak_memory_mb(device), config=cfg, inversion=inversion, source_latents=inversion.x0.cpu(),
-    )
+    return _decoded_result(backbone, latents, clock, prompts=sources, hook=None, config=cfg, inversion=inversion,
+                           source_latents=inversion.x0.cpu())
 
 
 def generate(
@@ -319,19 +348,18 @@ def generate(
     width = config.width or backbone.native_size
     m = backbone.size_multiple
     if height % m or width % m:
-        raise ValueError(f"height and width must be multiples of {m} for this model, got {width}x{height}")
+        raise ConfigError("height", f"and width must be multiples of {m} for this model, got {width}x{height}")
     check_dimensions(height, width)
     f = backbone.vae_scale_factor
     channels = backbone.unet.config.in_channels
-    _reset_peak(device)
-    t0 = time.perf_counter()
+    clock = _Clock(device)
     shape = (channels, height // f, width // f)
     if seeds is None:
         generator = torch.Generator().manual_seed(config.seed)
         x_t = torch.randn((b, *shape), generator=generator, dtype=torch.float32).to(device)
     else:
         if len(seeds) != b:
-            raise ValueError(f"seeds: got {len(seeds)} for {b} images; give one seed per image")
+            raise ConfigError("seeds", f"got {len(seeds)} for {b} images; give one seed per image")
         for s in seeds:
             check_seed(s)
         x_t = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
@@ -346,27 +374,16 @@ def generate(
         from .guidance import UniversalGuidance
 
         if scorer is None:
-            raise ValueError("Universal Guidance needs a scorer")
+            raise ConfigError("scorer", "is missing: Universal Guidance needs one")
         steps = set(parse_update_steps(config.universal_guidance_steps, len(timesteps)))
         denoiser = UniversalGuidance(backbone, uncond=uncond, guidance_scale=config.guidance_scale,
                                      decode=backbone.decode, score=scorer, prompts=prompts,
                                      schedule=backbone.schedule, strength=config.universal_guidance, steps=steps)
         loop_uncond, loop_w = None, 1.0
     latents = sample(denoiser, x_t, timesteps, backbone.schedule, cond=cond, uncond=loop_uncond,
-                     guidance_scale=loop_w, cond_hook=hook,
-                     progress=(lambda i, n: progress("generate", i, n)) if progress else None)
-    with torch.no_grad():
-        images = backbone.decode(latents)
-    _sync(device)
-    t1 = time.perf_counter()
-    trace = hook.trace if hook else None
-    return Result(
-        images=images.cpu(), latents=latents.cpu(), prompts=prompts,
-        update_steps=list(trace.update_steps) if trace else [], trace=trace,
-        timings={"total_s": t1 - t0, "inversion_s": 0.0, "sampling_s": t1 - t0,
-                 "date_s": trace.seconds if trace else 0.0},
-        peak_memory_mb=peak_memory_mb(device), config=config.to_dict() | {"height": height, "width": width},
-    )
+                     guidance_scale=loop_w, cond_hook=hook, progress=_phase(progress, "generate"))
+    return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
+                           config=config.to_dict() | {"height": height, "width": width})
 
 
 def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:

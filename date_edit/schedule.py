@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class NoiseSchedule:
@@ -62,7 +64,7 @@ class NoiseSchedule:
         """The ``num_steps`` timesteps from high to low (SD, leading, offset 1, 50 steps: 981, 961, ..., 1)."""
         n = self.num_train_timesteps
         if not 1 <= num_steps <= n:
-            raise ValueError(f"steps must be between 1 and {n}, got {num_steps}")
+            raise ConfigError("steps", f"must be between 1 and {n}, got {num_steps}")
         if self.timestep_spacing == "leading":
             ratio = n // num_steps
             ts = [i * ratio + self.steps_offset for i in range(num_steps)]

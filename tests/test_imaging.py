@@ -374,7 +374,7 @@ def test_save_png_refuses_existing_without_overwrite(tmp_path):
     target.write_bytes(b"old")
     with pytest.raises(OutputError) as err:
         save_png(Image.new("RGB", (8, 8)), target)
-    assert str(err.value) == f"{target} exists; pass --overwrite or choose another --out"
+    assert str(err.value) == f"{target} exists (overwrite was not asked for); choose another output path"
     assert target.read_bytes() == b"old"
     save_png(Image.new("RGB", (8, 8)), target, overwrite=True)
     assert target.read_bytes().startswith(b"\x89PNG")

@@ -420,7 +420,7 @@ def test_score_command_unreadable_image_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ("imagereward", "huggingface-cli download THUDM/ImageReward ImageReward.pt med_config.json"),
+    ("imagereward", "hf download THUDM/ImageReward ImageReward.pt med_config.json"),
     ("aesthetic", "sac%2Blogos%2Bava1-l14-linearMSE.pth"),
     ("pickscore", "yuvalkirstain/PickScore_v1"),
     ("clip:openclip/ViT-g-14/laion2b_s12b_b42k", "open_clip.create_model('ViT-g-14', pretrained='laion2b_s12b_b42k')"),

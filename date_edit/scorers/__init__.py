@@ -8,6 +8,9 @@ or a weighted sum ``clip=1,imagereward:tiny=0.5``. Third-party packages add scor
 from __future__ import annotations
 
 from .base import Scorer, ScorerError
-from .registry import available_scorers, build_scorer, parse_scorer_spec, register_scorer
+from .registry import available_scorers, build_scorer, offline_scorer_spec, parse_scorer_spec, register_scorer
 
-__all__ = ["Scorer", "ScorerError", "available_scorers", "build_scorer", "parse_scorer_spec", "register_scorer"]
+__all__ = [
+    "Scorer", "ScorerError", "available_scorers", "build_scorer", "offline_scorer_spec", "parse_scorer_spec",
+    "register_scorer",
+]

@@ -17,10 +17,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..hub import hub_reachable, seeded
 from .base import ScorerError
 from .clip import DEFAULT_CLIP
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-from .registry import ScorerInfo, parse_scorer_spec, register_scorer
+from .base import ScorerInfo
+from .spec import parse_scorer_spec
 
 WEIGHTS_NAME = "sac+logos+ava1-l14-linearMSE.pth"
 WEIGHTS_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac%2Blogos%2Bava1-l14-linearMSE.pth"
@@ -134,8 +136,7 @@ def tiny_aesthetic(seed: int = 2) -> AestheticScorer:
 
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               image_size=32, patch_size=8, projection_dim=32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         vision = CLIPVisionModelWithProjection(config)
         mlp = AestheticMLP(32)
         for layer in mlp.layers:  # variance-preserving, so the score varies visibly with the image
@@ -147,18 +148,16 @@ def tiny_aesthetic(seed: int = 2) -> AestheticScorer:
 def _clip_vision(source: str = DEFAULT_CLIP) -> nn.Module:
     from transformers import CLIPVisionModelWithProjection
 
-    from ..backbones import _hub_reachable
-
     try:
         try:
             return CLIPVisionModelWithProjection.from_pretrained(source, local_files_only=True)
         except OSError:
-            if not _hub_reachable():
+            if not hub_reachable():
                 raise
             return CLIPVisionModelWithProjection.from_pretrained(source)
     except (OSError, ValueError):
         raise ScorerError(f"the aesthetic predictor needs CLIP ViT-L/14 ({source}), which is not cached and the hub "
-                          f"cannot be reached: run `huggingface-cli download {source}` where there is network, "
+                          f"cannot be reached: run `hf download {source}` where there is network, "
                           "or use aesthetic:tiny offline") from None
 
 
@@ -195,6 +194,7 @@ def _cached() -> Optional[bool]:
         return None
 
 
-register_scorer(ScorerInfo(name="aesthetic", factory=load_aesthetic, differentiable=True,
-                           backend="LAION aesthetic MLP on transformers CLIP ViT-L/14",
-                           default_weights=f"{WEIGHTS_NAME} + {DEFAULT_CLIP}", cached=_cached))
+# what `date-edit scorers` lists; the registry registers it (this module imports nothing from the registry)
+INFO = ScorerInfo(name="aesthetic", factory=load_aesthetic, differentiable=True,
+                  backend="LAION aesthetic MLP on transformers CLIP ViT-L/14",
+                  default_weights=f"{WEIGHTS_NAME} + {DEFAULT_CLIP}", cached=_cached)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
-
-class ScorerError(ValueError):
-    """A scorer could not be resolved or built; the message says what to change."""
+from ..errors import ScorerError  # noqa: F401  (re-exported: defined with the other library errors)
 
 
 @runtime_checkable
@@ -32,3 +31,15 @@ class Scorer(Protocol):
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor: ...
 
     def to(self, device: torch.device | str) -> "Scorer": ...
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """What ``date-edit scorers`` lists about a registered scorer."""
+
+    name: str
+    factory: Callable[..., Scorer]  # (variant: str | None, device, dtype) -> Scorer
+    differentiable: bool
+    backend: str
+    default_weights: str
+    cached: Callable[[], Optional[bool]] = lambda: None  # whether the default weights are already local

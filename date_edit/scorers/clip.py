@@ -8,68 +8,17 @@ backend (:mod:`.openclip`): ``clip:openclip/<model>/<pretrained tag>`` and ``cli
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
+from ..hub import hub_reachable, seeded
 from .base import ScorerError
-from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-from .registry import ScorerInfo, register_scorer
+from .cosine import CosineScorer  # noqa: F401  (the base; re-exported)
+from .preprocess import CLIP_MEAN, CLIP_STD
+from .base import ScorerInfo
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-
-
-class CosineScorer:
-    """Base of CLIP-like scorers: cosine of L2-normalised image and (cached) text embeddings.
-
-    Subclasses set ``model``, ``tokenizer``, ``name``, ``image_size``, ``mean``, ``std`` and implement
-    ``_encode_text(prompts) -> (B, P)`` and ``_encode_image(pixels) -> (B, P)`` (pixels already preprocessed).
-    """
-
-    differentiable = True
-    model: torch.nn.Module
-    image_size: int
-    mean: tuple
-    std: tuple
-
-    @property
-    def device(self) -> torch.device:
-        """The model's device."""
-        return next(self.model.parameters()).device
-
-    def to(self, device) -> "CosineScorer":
-        """Move the model (and drop cached text features)."""
-        self.model.to(device)
-        self._text_cache.clear()
-        return self
-
-    @torch.no_grad()
-    def text_features(self, prompts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised text embeddings ``(B, P)``; cached per prompt tuple."""
-        key = tuple(prompts)
-        if key not in self._text_cache:
-            feats = self._encode_text(list(prompts)).float()
-            self._text_cache[key] = feats / feats.norm(dim=-1, keepdim=True)
-        return self._text_cache[key]
-
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image embeddings ``(B, P)`` of ``(B, 3, H, W)`` images in [0, 1]; differentiable."""
-        pixels = clip_preprocess(images.to(self.device), self.image_size, self.mean, self.std)
-        dtype = next(self.model.parameters()).dtype
-        feats = self._encode_image(pixels.to(dtype)).float()
-        return feats / feats.norm(dim=-1, keepdim=True)
-
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Cosine similarity per image, ``(B,)`` in [-1, 1]."""
-        if len(prompts) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
-        return (self.image_features(images) * self.text_features(prompts)).sum(dim=-1)
-
-    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
 
 class ClipScorer(CosineScorer):
@@ -112,8 +61,7 @@ def tiny_clip_model(seed: int = 0):
                 max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                   patch_size=8)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
 
 
@@ -144,7 +92,6 @@ def load_clip(variant: Optional[str] = None, *, device=torch.device("cpu"), dtyp
 def _from_pretrained(source: str, name: str, device, dtype, tokenizer_path: Optional[str] = None) -> ClipScorer:
     from transformers import CLIPModel, CLIPTokenizer
 
-    from ..backbones import _hub_reachable
     from ..tokenizer import check_tokenizer
 
     local = Path(source).expanduser().is_dir()
@@ -153,7 +100,7 @@ def _from_pretrained(source: str, name: str, device, dtype, tokenizer_path: Opti
             model = CLIPModel.from_pretrained(source, local_files_only=True)
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path or source, local_files_only=True)
         except OSError:
-            if local or not _hub_reachable():
+            if local or not hub_reachable():
                 raise
             model = CLIPModel.from_pretrained(source)
             tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path or source)
@@ -162,7 +109,7 @@ def _from_pretrained(source: str, name: str, device, dtype, tokenizer_path: Opti
             raise ScorerError(f"could not load CLIP from {source}: {str(exc).splitlines()[0][:200]}") from None
         raise ScorerError(
             f"CLIP weights {source!r} are not cached and the hub cannot be reached: run "
-            f"`huggingface-cli download {source}` where there is network, or use clip:tiny offline"
+            f"`hf download {source}` where there is network, or use clip:tiny offline"
         ) from None
     check_tokenizer(tokenizer)
     image_size = int(model.config.vision_config.image_size)
@@ -185,8 +132,9 @@ def _cached() -> Optional[bool]:
         return None
 
 
-register_scorer(ScorerInfo(name="clip", factory=load_clip, differentiable=True, backend="transformers CLIPModel",
-                           default_weights=DEFAULT_CLIP, cached=_cached))
+# what `date-edit scorers` lists; the registry registers it (this module imports nothing from the registry)
+INFO = ScorerInfo(name="clip", factory=load_clip, differentiable=True, backend="transformers CLIPModel",
+                  default_weights=DEFAULT_CLIP, cached=_cached)
 
 
 def clip_vit_l14_random(seed: int = 0, device: str | torch.device = "cpu") -> ClipScorer:
@@ -200,7 +148,6 @@ def clip_vit_l14_random(seed: int = 0, device: str | torch.device = "cpu") -> Cl
                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                   image_size=224, patch_size=14, hidden_act="quick_gelu")
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
+    with seeded(seed, device):
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=768))
     return ClipScorer(model, load_clip_tokenizer(), name="clip:vit-l-14-random", image_size=224)

@@ -15,9 +15,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..hub import hub_reachable
 from .base import ScorerError
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
-from .registry import ScorerInfo, register_scorer
+from .base import ScorerInfo
 
 DEFAULT_WEIGHTS = "ImageReward-v1.0"
 HUB_REPO = "THUDM/ImageReward"
@@ -193,17 +194,15 @@ def _bert_vocab(root: Path) -> Optional[str]:
 def _missing_weights_error(root: Path) -> ScorerError:
     return ScorerError(
         f"ImageReward-v1.0 weights are not in {root} and the hub cannot be reached: where there is network run "
-        f"`huggingface-cli download {HUB_REPO} ImageReward.pt med_config.json --local-dir {root}` and "
-        "`huggingface-cli download bert-base-uncased vocab.txt`, or use imagereward:tiny offline"
+        f"`hf download {HUB_REPO} ImageReward.pt med_config.json --local-dir {root}` and "
+        "`hf download bert-base-uncased vocab.txt`, or use imagereward:tiny offline"
     )
 
 
 def _download_default(root: Path) -> None:
     from huggingface_hub import hf_hub_download
 
-    from ..backbones import _hub_reachable
-
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _hub_reachable():
+    if not hub_reachable():
         raise _missing_weights_error(root)
     for filename in ("ImageReward.pt", "med_config.json"):
         if not (root / filename).is_file():
@@ -230,7 +229,7 @@ def _load_real(checkpoint: Optional[Path]) -> torch.nn.Module:
             raise ScorerError(f"no med_config.json beside {checkpoint} nor in {imagereward_cache_dir()}")
     vocab = _bert_vocab(root)
     if vocab is None:
-        raise ScorerError("the bert-base-uncased tokenizer is not cached: run `huggingface-cli download "
+        raise ScorerError("the bert-base-uncased tokenizer is not cached: run `hf download "
                           "bert-base-uncased vocab.txt` where there is network, or put vocab.txt beside the "
                           "checkpoint")
     return load_imagereward_checkpoint(checkpoint, med_config, vocab)
@@ -266,7 +265,8 @@ def _cached() -> Optional[bool]:
     return files and _bert_vocab(root) is not None
 
 
-register_scorer(ScorerInfo(name="imagereward", factory=load_imagereward, differentiable=True,
-                           backend="image-reward 1.5 BLIP (score_gard)",
-                           default_weights=f"{HUB_REPO} ImageReward.pt + med_config.json, bert-base-uncased vocab",
-                           cached=_cached))
+# what `date-edit scorers` lists; the registry registers it (this module imports nothing from the registry)
+INFO = ScorerInfo(name="imagereward", factory=load_imagereward, differentiable=True,
+                  backend="image-reward 1.5 BLIP (score_gard)",
+                  default_weights=f"{HUB_REPO} ImageReward.pt + med_config.json, bert-base-uncased vocab",
+                  cached=_cached)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .registry import ScorerInfo, register_scorer
+from .base import ScorerInfo
 
 
 def load_min_concept(variant: Optional[str] = None, *, device=torch.device("cpu"), dtype=torch.float32):
@@ -21,6 +21,7 @@ def load_min_concept(variant: Optional[str] = None, *, device=torch.device("cpu"
     return MinConceptScorer(clip, name="min-concept" + (f":{variant}" if variant else ""))
 
 
-register_scorer(ScorerInfo(name="min-concept", factory=load_min_concept, differentiable=True,
-                           backend="transformers CLIPModel (min over ' and '/' with ' concepts)",
-                           default_weights="openai/clip-vit-large-patch14"))
+# what `date-edit scorers` lists; the registry registers it (this module imports nothing from the registry)
+INFO = ScorerInfo(name="min-concept", factory=load_min_concept, differentiable=True,
+                  backend="transformers CLIPModel (min over ' and '/' with ' concepts)",
+                  default_weights="openai/clip-vit-large-patch14")

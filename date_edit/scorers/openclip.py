@@ -12,8 +12,9 @@ from typing import Optional
 
 import torch
 
+from ..hub import hub_reachable, seeded
 from .base import ScorerError
-from .clip import CosineScorer
+from .cosine import CosineScorer
 
 EVAL_MODEL = ("ViT-g-14", "laion2b_s12b_b42k")  # DATE's CLIP-score metric (raw cosine)
 TINY_CONFIG = Path(__file__).resolve().parent / "assets" / "openclip" / "date-edit-openclip-tiny.json"
@@ -92,8 +93,7 @@ def load_openclip(
     name = f"clip:{variant}"
     if variant == "openclip-tiny":
         model_name = tiny_model_name()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        with seeded(0):
             model = open_clip.create_model(model_name, pretrained=None)
         tokenizer = open_clip.get_tokenizer(model_name)
         return OpenClipScorer(model.to(device, dtype), tokenizer, name=name)
@@ -108,9 +108,7 @@ def load_openclip(
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
         raise ScorerError(f"open_clip has no pretrained tag {tag!r} for {model_name} (known: {tags})")
     if _weights_cached(model_name, tag) is False:
-        from ..backbones import _hub_reachable
-
-        if not _hub_reachable():
+        if not hub_reachable():
             raise ScorerError(
                 f"open_clip weights {model_name}/{tag} are not cached and the hub cannot be reached: where there is "
                 f"network run `python -c \"import open_clip; open_clip.create_model('{model_name}', "

@@ -13,9 +13,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..hub import hub_reachable
 from .base import ScorerError
 from .clip import ClipScorer, tiny_clip_model
-from .registry import ScorerInfo, register_scorer
+from .base import ScorerInfo
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -85,14 +86,12 @@ def load_pickscore(
 def _load(source: str, processor_source: str, local: bool):
     from transformers import AutoProcessor, CLIPModel
 
-    from ..backbones import _hub_reachable
-
     try:
         try:
             model = CLIPModel.from_pretrained(source, local_files_only=True)
             processor = AutoProcessor.from_pretrained(processor_source, local_files_only=True)
         except OSError:
-            if local or not _hub_reachable():
+            if local or not hub_reachable():
                 raise
             model = CLIPModel.from_pretrained(source)
             processor = AutoProcessor.from_pretrained(processor_source)
@@ -101,7 +100,7 @@ def _load(source: str, processor_source: str, local: bool):
             raise ScorerError(f"could not load PickScore from {source}: {str(exc).splitlines()[0][:200]}") from None
         raise ScorerError(
             f"PickScore weights ({source}) or its processor ({processor_source}) are not cached and the hub cannot be "
-            f"reached: where there is network run `huggingface-cli download {source}` and `huggingface-cli download "
+            f"reached: where there is network run `hf download {source}` and `hf download "
             f"{processor_source} preprocessor_config.json tokenizer.json tokenizer_config.json vocab.json merges.txt "
             "special_tokens_map.json`, or use pickscore:tiny offline"
         ) from None
@@ -119,6 +118,7 @@ def _cached() -> Optional[bool]:
         return None
 
 
-register_scorer(ScorerInfo(name="pickscore", factory=load_pickscore, differentiable=True,
-                           backend="transformers CLIPModel (PickScore)",
-                           default_weights=f"{DEFAULT_MODEL} + {DEFAULT_PROCESSOR} processor", cached=_cached))
+# what `date-edit scorers` lists; the registry registers it (this module imports nothing from the registry)
+INFO = ScorerInfo(name="pickscore", factory=load_pickscore, differentiable=True,
+                  backend="transformers CLIPModel (PickScore)",
+                  default_weights=f"{DEFAULT_MODEL} + {DEFAULT_PROCESSOR} processor", cached=_cached)

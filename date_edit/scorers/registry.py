@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Optional, Sequence
+from typing import Sequence
 
 import torch
 
-from .base import Scorer, ScorerError
+from .base import Scorer, ScorerError, ScorerInfo
+from .spec import offline_scorer_spec, parse_scorer_spec  # noqa: F401  (re-exported)
 
 ENTRY_POINT_GROUP = "date_edit.scorers"
-
-
-@dataclass(frozen=True)
-class ScorerInfo:
-    """What ``date-edit scorers`` lists about a registered scorer."""
-
-    name: str
-    factory: Callable[..., Scorer]  # (variant: str | None, device, dtype) -> Scorer
-    differentiable: bool
-    backend: str
-    default_weights: str
-    cached: Callable[[], Optional[bool]] = lambda: None  # whether the default weights are already local
 
 
 _REGISTRY: dict[str, ScorerInfo] = {}
@@ -35,15 +21,21 @@ def register_scorer(info: ScorerInfo) -> None:
     _REGISTRY[info.name] = info
 
 
+BUILTIN_MODULES = ("clip", "imagereward", "pickscore", "aesthetic", "minconcept")  # each defines INFO
+
+
 def _load_builtins() -> None:
-    if "clip" not in _REGISTRY:
-        from . import clip  # noqa: F401  (registers itself)
-    for module in ("imagereward", "pickscore", "aesthetic", "minconcept"):
+    """Register the built-in scorers: each module describes itself in ``INFO`` and imports nothing from here."""
+    import importlib
+
+    for module in BUILTIN_MODULES:
         try:
-            __import__(f"{__package__}.{module}")
+            info = importlib.import_module(f"{__package__}.{module}").INFO
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.{module}":
                 raise
+            continue
+        _REGISTRY.setdefault(info.name, info)
 
 
 def _load_entry_points() -> None:
@@ -72,30 +64,6 @@ def available_scorers() -> dict[str, ScorerInfo]:
     _load_builtins()
     _load_entry_points()
     return dict(_REGISTRY)
-
-
-_TERM = re.compile(r"^([A-Za-z0-9_.\-]+)(?::(.+?))?(?:=(.+))?$")
-
-
-def parse_scorer_spec(spec: str) -> list[tuple[str, Optional[str], float]]:
-    """``"clip=1,imagereward:tiny=0.5"`` -> ``[("clip", None, 1.0), ("imagereward", "tiny", 0.5)]``."""
-    terms = []
-    text = spec.strip()
-    if not text:
-        raise ScorerError("empty --scorer: name one, e.g. clip or clip=1,imagereward=0.5")
-    for part in text.split(","):
-        match = _TERM.match(part.strip())
-        if not match:
-            raise ScorerError(f"cannot read scorer {part!r}: use name, name:variant or name=weight")
-        name, variant, weight = match.group(1), match.group(2), match.group(3)
-        try:
-            w = 1.0 if weight is None else float(weight)
-        except ValueError:
-            raise ScorerError(f"scorer weight {weight!r} in {part!r} is not a number") from None
-        if not math.isfinite(w):
-            raise ScorerError(f"scorer weight in {part!r} must be finite")
-        terms.append((name.lower(), variant, w))
-    return terms
 
 
 class WeightedScorer:

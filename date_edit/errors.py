@@ -1,0 +1,63 @@
+"""The errors the library raises on purpose, in one light module (no torch), so that a caller can tell them
+from bugs without importing the heavy modules that raise them.
+
+Every one is a :class:`DateEditError` whose ``str()`` is one line saying what is wrong and what to do.
+A ``ValueError`` or ``RuntimeError`` that is *not* one of these is a bug (ours or a library's), not bad input.
+
+* :class:`ConfigError` -- a parameter value the library cannot use; it names the *parameter*
+  (``update_steps``), and a front end may name its own flag instead (the CLI says ``--update-steps``).
+* :class:`ImageError`, :class:`OutputError` -- an input image or an output path that cannot be used.
+* :class:`ScorerError` -- a scorer spec that cannot be resolved or built.
+* :class:`BatchError` -- a batch job that cannot run as asked (folder, manifest, output folder).
+* :class:`BackboneError` -- a model that cannot be loaded (a runtime failure, not a usage error).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class DateEditError(Exception):
+    """Base of every error the library raises on purpose; ``str(e)`` is one line."""
+
+    #: whether the caller asked for something unusable (a front end's usage error) rather than a runtime failure
+    usage = True
+
+
+class ConfigError(DateEditError, ValueError):
+    """A parameter value the library cannot use.
+
+    ``ConfigError("update_steps", "'0,200': step 200 is past the last step (99)")`` reads
+    ``update_steps '0,200': ...``; :attr:`param` names the parameter so that a front end can name its own
+    option instead (:meth:`message_for`).
+    """
+
+    def __init__(self, param: Optional[str], problem: str) -> None:
+        self.param, self.problem = param, problem
+        super().__init__(problem if param is None else f"{param} {problem}")
+
+    def message_for(self, name: Optional[str]) -> str:
+        """The message with ``name`` (e.g. a CLI flag) in place of the parameter name."""
+        return self.problem if name is None else f"{name} {self.problem}"
+
+
+class ImageError(DateEditError, ValueError):
+    """An input image cannot be used; ``str(e)`` is ONE line saying what is wrong and what to do."""
+
+
+class OutputError(DateEditError, ValueError):
+    """An output path cannot be written; ``str(e)`` is one line."""
+
+
+class ScorerError(DateEditError, ValueError):
+    """A scorer could not be resolved or built; the message says what to change."""
+
+
+class BatchError(DateEditError, ValueError):
+    """The job cannot run as asked (folder, manifest, output folder); one line. The CLI exits 2."""
+
+
+class BackboneError(DateEditError, RuntimeError):
+    """A backbone could not be loaded; ``str(e)`` is one line naming the model and what to do."""
+
+    usage = False

@@ -1,0 +1,45 @@
+"""The Hugging Face hub as this project meets it: is it reachable, and random weights made reproducibly where
+real ones cannot be had. Light: the standard library at import (torch loads in :func:`seeded`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import Iterator
+from urllib.parse import urlparse
+
+OFFLINE_VALUES = ("1", "true", "yes")
+
+
+def offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no network."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in OFFLINE_VALUES
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connect (so an offline run fails in seconds, not minutes); False when
+    :func:`offline`. ``HF_ENDPOINT`` names another hub."""
+    if offline():
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device=None) -> Iterator[None]:
+    """Inside, torch's CPU generator is seeded with ``seed`` (and, with ``device``, new tensors are made there);
+    the caller's random state is restored after. For building random-weight models reproducibly."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if device is None:
+            yield
+        else:
+            with torch.device(device):
+                yield

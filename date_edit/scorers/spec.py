@@ -1,0 +1,57 @@
+"""Scorer specs: ``name[:variant][=weight]`` terms joined by commas, parsed, and resolved for the offline
+backbones. Pure text: the registry builds what a spec names."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional
+
+from .base import ScorerError
+
+_TERM = re.compile(r"^([A-Za-z0-9_.\-]+)(?::(.+?))?(?:=(.+))?$")
+
+
+def parse_scorer_spec(spec: str) -> list[tuple[str, Optional[str], float]]:
+    """``"clip=1,imagereward:tiny=0.5"`` -> ``[("clip", None, 1.0), ("imagereward", "tiny", 0.5)]``."""
+    terms = []
+    text = spec.strip()
+    if not text:
+        raise ScorerError("empty scorer spec: name one, e.g. clip or clip=1,imagereward=0.5")
+    for part in text.split(","):
+        match = _TERM.match(part.strip())
+        if not match:
+            raise ScorerError(f"cannot read scorer {part!r}: use name, name:variant or name=weight")
+        name, variant, weight = match.group(1), match.group(2), match.group(3)
+        try:
+            w = 1.0 if weight is None else float(weight)
+        except ValueError:
+            raise ScorerError(f"scorer weight {weight!r} in {part!r} is not a number") from None
+        if not math.isfinite(w):
+            raise ScorerError(f"scorer weight in {part!r} must be finite")
+        terms.append((name.lower(), variant, w))
+    return terms
+
+
+# scorers with weights trained in the shipped toy world (the rest have only random-weight ``tiny`` variants there)
+_TOY_VARIANTS = {"clip": "toy", "min-concept": "toy"}
+
+
+def offline_scorer_spec(spec: str, model: str) -> str:
+    """What a scorer named without a variant means with an offline backbone (``tiny`` or ``toy``).
+
+    With ``toy``, ``clip`` and ``min-concept`` mean the toy world's own CLIP (``clip:toy``); with ``tiny``, and
+    for scorers without toy-world weights, the random-weight ``:tiny`` variant (offline: a smoke test, not a
+    measurement). Terms that name a variant are kept; any other ``model`` returns ``spec`` unchanged. The CLI
+    and the benchmark harness both resolve specs here, so ``--model toy --scorer min-concept`` means the same
+    objective in both. Example: ``offline_scorer_spec("min-concept,imagereward=0.5", "toy")`` is
+    ``"min-concept:toy=1,imagereward:tiny=0.5"``.
+    """
+    if model not in ("tiny", "toy"):
+        return spec
+    terms = []
+    for name, variant, weight in parse_scorer_spec(spec):
+        if variant is None:
+            variant = _TOY_VARIANTS.get(name, "tiny") if model == "toy" else "tiny"
+        terms.append(f"{name}:{variant}={weight:g}")
+    return ",".join(terms)
