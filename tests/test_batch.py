@@ -26,16 +26,11 @@ from date_edit.pipeline import EditConfig, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = shutil.which("date-edit", path=str(Path(sys.executable).parent)) or "date-edit"
-# until `batch` is registered in cli/main.py, run the command object directly (main first: it owns the options)
-SHIM = ("import sys, date_edit_cli.main; from date_edit_cli.batch_cmd import batch; "
-        "batch.main(args=sys.argv[1:], prog_name='date-edit batch')")
 FAST = ("--model", "tiny", "--steps", 4, "--size", 64)
 
 
 def batch_command() -> list[str]:
-    from date_edit_cli.main import main
-
-    return [EXE, "batch"] if "batch" in main.commands else [sys.executable, "-c", SHIM]
+    return [EXE, "batch"]
 
 
 def run_cli(*args, cwd, timeout=240):
@@ -255,7 +250,7 @@ def test_plan_manifest_csv_jsonl_overrides_and_bad_rows(tmp_path):
     assert a.output == out / "img" / "cat_a-tiger_s3.png" and b.output == out / "img" / "cat_a-lion_s0.png"
     assert c.output == out / "custom" / "dog.png"
     assert d.error and "seed 'x'" in d.error and d.output is None
-    assert e.error and "inside --out" in e.error
+    assert e.error and "inside the output folder" in e.error
     bad_header = tmp_path / "bad.csv"
     bad_header.write_text("image,prompt,colour\nimg/cat.png,a,red\n")
     with pytest.raises(jobs.BatchError, match="colour"):
@@ -295,6 +290,31 @@ def test_results_repair_and_temp_cleanup(tmp_path):
     assert json.loads(results.read_text().splitlines()[-1]) == {"nan": None, "p": "x"}
 
 
+# ------------------------------------------------------------------------------- the per-item decision
+
+
+def test_decide_is_the_whole_resume_rule():
+    """The pure decision: up to date only when the output is ours, ok, of this input content, and its options (or
+    resolved settings) match; a foreign file fails unless forced; a link out of --out always fails."""
+    ok = {"status": "ok", "input_sha256": "in", "options_hash": "opts", "config_hash": "cfg"}
+    facts = dict(input_hash="in", options_hash="opts", state="ours", previous=ok, force=False)
+    assert jobs.decide(**facts).action == "skip"
+    assert jobs.decide(**{**facts, "force": True}).action == "resolve"
+    assert jobs.decide(**{**facts, "force": True}, config_hash="cfg") == jobs.Decision("edit", overwrite=True)
+    changed = {**facts, "options_hash": "other"}
+    assert jobs.decide(**changed).action == "resolve"  # the options differ as given: resolve and compare settings
+    assert jobs.decide(**changed, config_hash="cfg").action == "skip"  # ... which resolve to the same settings
+    assert jobs.decide(**changed, config_hash="new") == jobs.Decision("edit", overwrite=True)
+    assert jobs.decide(**{**facts, "input_hash": "edited"}, config_hash="cfg").action == "edit"
+    assert jobs.decide(**{**facts, "previous": {**ok, "status": "failed"}}, config_hash="cfg").action == "edit"
+    assert jobs.decide(**{**facts, "state": "absent", "previous": None}, config_hash="c") == jobs.Decision("edit")
+    foreign = {**facts, "state": "foreign", "previous": None, "output": "out/a.png"}
+    assert jobs.decide(**foreign).action == "fail" and "--force" in jobs.decide(**foreign).reason
+    assert jobs.decide(**{**foreign, "force": True}, config_hash="c") == jobs.Decision("edit", overwrite=True)
+    outside = jobs.decide(**facts, inside=False, output="out/x/a.png", out_dir="out")
+    assert outside.action == "fail" and "symlink" in outside.reason
+
+
 # ------------------------------------------------------------------------- runner, against a fake backbone
 
 
@@ -309,6 +329,9 @@ class FakeBackbone:
 
     def describe(self) -> dict:
         return {"name": self.name, "dtype": str(self.dtype)}
+
+    def modules(self) -> list:
+        return [self.unet, self.vae, self.text_encoder]
 
 
 BASE = {"model": "fake", "steps": 4, "skip": "36%", "seed": 0, "no_date": True, "size": None, "resize": "fit",
