@@ -7,12 +7,15 @@ import sys
 
 import click
 
-from .main import _date_options, _run
-from .options import device_option, seed_option
+from date_edit.choices import ANE_CATEGORIES, DTYPE_NAMES
+
+from . import common
+from .options import date_options, device_option, seed_option
+from .running import EXIT_USAGE, CliError, progress, run_command, say
 
 
 @click.command()
-@click.option("--category", type=click.Choice(["animals", "animals_objects", "objects", "all"]), default="all",
+@click.option("--category", type=click.Choice([*ANE_CATEGORIES, "all"]), default="all",
               show_default=True, help="AnE prompt category (276 prompts in all).")
 @click.option("--seeds", type=int, default=64, show_default=True, help="Seeds per prompt (A&E used 64).")
 @seed_option("First seed; seeds are seed..seed+N-1.", default=0, show_default=True)
@@ -25,10 +28,10 @@ from .options import device_option, seed_option
 @click.option("--captioner", default="blip", show_default=True,
               help="BLIP captioner for text-text similarity: blip, blip:tiny, a folder, or none "
                    "(skipped with a note when its weights are not cached).")
-@_date_options
+@date_options
 @click.option("--model", "-m", default="CompVis/stable-diffusion-v1-4", show_default=True,
               help="Backbone (A&E used SD 1.4); tiny/toy for offline runs.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True,
               help="Model precision.")
 @device_option()
 @click.option("--out", "-o", type=click.Path(), default="outputs/ane", show_default=True,
@@ -48,14 +51,12 @@ def ane(**opts) -> None:
         from date_edit.pipeline import GenerateConfig
         from date_edit.scorers import build_scorer
 
-        from .main import CliError, _date_config, _progress, _say, _scorer_spec
-
         if opts["seeds"] < 1:
-            raise CliError("--seeds must be >= 1", 2)
+            raise CliError("--seeds must be >= 1", EXIT_USAGE)
         if opts["seed"] + opts["seeds"] - 1 > MAX_SEED:
             raise CliError(f"--seed {opts['seed']} with --seeds {opts['seeds']} runs past the last seed, {MAX_SEED}; "
-                           "choose a smaller --seed", 2)
-        date = _date_config(opts)
+                           "choose a smaller --seed", EXIT_USAGE)
+        date = common.date_config(opts)
         config = GenerateConfig(steps=opts["steps"], guidance_scale=opts["cfg_target"], seed=opts["seed"], date=date)
         model = opts["model"]
         prompts = _prompts(model, opts["category"], load_ane_prompts)
@@ -63,10 +64,10 @@ def ane(**opts) -> None:
             prompts = {k: v[: opts["limit"]] for k, v in prompts.items()}
         backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"])
         if backbone.random_weights:
-            _say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
+            say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
         scorer = None
         if date is not None:
-            scorer = build_scorer(_scorer_spec(opts["scorer"], model), device=backbone.device,
+            scorer = build_scorer(common.scorer_spec(opts["scorer"], model), device=backbone.device,
                                   require_differentiable=True)
         metric_spec = {"tiny": "clip:tiny", "toy": "clip:toy"}.get(model, opts["metric_clip"])
         encoder = TemplateTextEncoder(build_scorer(metric_spec, device=backbone.device))
@@ -75,13 +76,13 @@ def ane(**opts) -> None:
             cap_spec = "none"
         captioner = load_captioner(cap_spec, device=backbone.device)
         if captioner is None and cap_spec not in ("none", ""):
-            _say(f"note: captioner {cap_spec!r} is not cached; text-text similarity skipped "
-                 "(huggingface-cli download Salesforce/blip-image-captioning-base)")
+            say(f"note: captioner {cap_spec!r} is not cached; text-text similarity skipped "
+                "(hf download Salesforce/blip-image-captioning-base)")
         judge = _toy_judge() if model == "toy" else None
         seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
         out = Path(opts["out"])
         summary = run_ane(backbone, prompts, seeds, config=config, scorer=scorer, encoder=encoder,
-                          captioner=captioner, out_dir=out, judge=judge, progress=_progress(opts["quiet"]))
+                          captioner=captioner, out_dir=out, judge=judge, progress=progress(opts["quiet"]))
         report = {"command": "ane", "model": model, "category": opts["category"], "seeds": seeds,
                   "prompts": sum(len(v) for v in prompts.values()), "method": "fixed" if date is None else "date",
                   "date": date.to_dict() if date else None, "scorer": scorer.name if scorer else None,
@@ -95,9 +96,9 @@ def ane(**opts) -> None:
                 parts = [f"{m} {v['mean']:.4f}" + (f" ± {v['ci95']:.4f}" if v["ci95"] else "")
                          for m, v in metrics.items() if v["mean"] is not None and m != "seconds"]
                 click.echo(f"{group}: " + ", ".join(parts), err=True)
-            _say(f"wrote {out / 'metrics.json'}")
+            say(f"wrote {out / 'metrics.json'}")
 
-    _run(body)
+    run_command(body)
 
 
 def _prompts(model: str, category: str, load_ane_prompts) -> dict:

@@ -1,8 +1,8 @@
 """``date-edit batch``: edit a folder (one prompt for all) or a manifest (a prompt and options per image), resumably.
 
-Thin: plan the items (:mod:`date_edit.batch`), turn options into configs with the ``edit`` command's helpers,
-and hand both to :func:`date_edit.batch.run_batch`. Only click-level modules are imported here; the option
-decorators come from :mod:`.main` (click only), which registers this command at its end.
+Thin: plan the items (:mod:`date_edit.batch`), turn options into configs with the helpers ``edit`` uses
+(:mod:`.common`), and hand both to :func:`date_edit.batch.run_batch`. Only click-level modules are imported here,
+so a rerun with nothing to do never loads torch.
 """
 
 from __future__ import annotations
@@ -12,22 +12,14 @@ import sys
 
 import click
 
-from .main import _common_model_options, _date_options, _edit_options, _image_options
-from .options import checked, seed_option
+from . import common
+from .options import checked, date_options, edit_options, image_options, model_options, seed_option
+from .running import EXIT_USAGE, CliError, run_command, say
 
 _OWN = ("out", "overwrite", "as_json", "quiet", "seed")  # edit's options that batch defines with its own meaning
 # options that do not change an output; every other option goes into the resume key (so a new one can only redo)
 _NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max_pixels", "as_json", "quiet",
                "device", "grad_checkpointing", "compile_unet", "compile_mode")
-
-
-def _model_options(f):
-    """``edit``'s model options (--model, --dtype, --device, ...: whatever main.py declares), minus ``_OWN``."""
-    probe = _common_model_options(lambda: None)
-    for param in probe.__click_params__:  # click's own list, in decorator order
-        if param.name not in _OWN:
-            f.__click_params__ = [*getattr(f, "__click_params__", []), param]
-    return f
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,10 +48,10 @@ def _model_options(f):
               callback=checked("check_max_pixels"),
               help="Inputs with more pixels fail (checked before decoding), and so do files over 16 bytes per pixel "
                    "of it (610 MiB by default); --size must fit it too (size x size pixels).")
-@_edit_options
-@_date_options
-@_image_options
-@_model_options
+@edit_options
+@date_options
+@image_options
+@model_options(exclude=_OWN)
 @seed_option("Inversion seed of every item, 0 to 2**64-1 (a manifest's seed column overrides it); an item's "
              "noise maps do not depend on the batch it runs in.", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print each item's record on stdout as a JSON line.")
@@ -81,42 +73,13 @@ def batch(input_dir, **opts) -> None:
     2 usage error (options, folder, manifest); 1 the model could not be loaded;
     130 interrupted by SIGINT/SIGTERM (rerun the same command to finish).
     """
-    _guarded(lambda: _body(input_dir, opts))
-
-
-def _guarded(fn) -> None:
-    """Run ``fn`` under ``edit``'s error handling, importing it (and torch, which it needs) only on an error,
-    so that a rerun with nothing to edit never loads torch."""
-    import os
-    import warnings
-
-    from .main import _SIGNALS, CliError, _run, _say, _show_warning
-
-    warnings.showwarning = _show_warning
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        with _SIGNALS.installed():  # SIGTERM while planning: one line and 130, as SIGINT (the run has its own)
-            fn()
-    except SystemExit:
-        raise
-    except CliError as exc:  # usage errors: answered without loading anything
-        _say(f"error: {exc}")
-        sys.exit(exc.code)
-    except BaseException as exc:  # noqa: BLE001 - handed to _run, which turns it into one line and an exit code
-        error = exc
-
-        def reraise():
-            raise error
-
-        _run(reraise)
+    run_command(lambda: _body(input_dir, opts))  # SIGTERM while planning: one line and 130 (the run has its own)
 
 
 def _body(input_dir, opts: dict) -> None:
     from pathlib import Path
 
     from date_edit import batch as jobs
-
-    from .main import EXIT_USAGE, CliError, _say
 
     if (input_dir is None) == (opts["manifest"] is None):
         raise CliError("give INPUT_DIR (with --prompt) or --manifest FILE, not both", EXIT_USAGE)
@@ -147,11 +110,11 @@ def _body(input_dir, opts: dict) -> None:
             items, out, base_options=base, resolve=_resolver(opts["max_pixels"]), load_model=_model_loader(opts),
             make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
             max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
-            say=lambda text: _say(text), on_record=on_record,
+            say=say, on_record=on_record,
         )
     except jobs.BatchError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    _say(summary.line())
+    say(summary.line())
     sys.exit(summary.exit_code)
 
 
@@ -164,16 +127,14 @@ def _resolver(max_pixels: int):
         from date_edit.limits import check_size
         from date_edit.pipeline import EditConfig
 
-        from .main import _check_schedule, _date_config, _scorer_spec
-
         check_size(options["size"], max_pixels=max_pixels)
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
-                            cfg_target=options["cfg_target"], seed=options["seed"], date=_date_config(options))
-        _check_schedule(config.date, config.run_steps())
+                            cfg_target=options["cfg_target"], seed=options["seed"], date=common.date_config(options))
+        common.check_schedule(config.date, config.run_steps())
         return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
                             model=options["model"], model_config=options["model_config"], dtype=options["dtype"],
                             size=options["size"], resize=options["resize"],
-                            scorer=_scorer_spec(options["scorer"], options["model"]), options=options)
+                            scorer=common.scorer_spec(options["scorer"], options["model"]), options=options)
 
     return resolve
 
@@ -182,21 +143,17 @@ def _model_loader(opts: dict):
     """``(needs_date) -> (backbone, scorer)``: the model and scorer, loaded once, when the first item needs them."""
 
     def load(needs_date: bool):
-        from .main import _build_scorer, _load
-
-        backbone = _load(opts)
-        return backbone, _build_scorer(opts, backbone, needs_date)
+        backbone = common.load_model(opts)
+        return backbone, common.build_scorer(opts, backbone, needs_date)
 
     return load
 
 
 def _make_record(result, settings, loaded, backbone, scorer) -> dict:
     """The record ``date-edit edit --json`` makes, for one item."""
-    from .main import _record, _score_images
-
     options = dict(settings.options, scorer_resolved=settings.scorer)
-    scores = _score_images(scorer, result.images, result.prompts)
+    scores = common.score_images(scorer, result.images, result.prompts)
     extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
              "processed_size": list(loaded.processed_size), "cfg_source": settings.config.cfg_source,
              "cfg_target": settings.config.cfg_target}
-    return _record("edit", result, backbone, options, scores, extra)
+    return common.record("edit", result, backbone, options, scores, extra)

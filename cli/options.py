@@ -1,13 +1,16 @@
-"""Option helpers shared by the commands, checked where click parses them: imports only click (the checks'
-module, :mod:`date_edit.limits`, imports nothing heavy and only when a value is given).
+"""The options the commands share, checked where click parses them.
 
-Its own module so that every command module can import it without importing :mod:`.main` (which registers
-the command modules at its end).
+Imports click and :mod:`date_edit.choices` only (the checks' module, :mod:`date_edit.limits`, is light too and
+loads only when a value is given), so every command module can import it, and ``--help`` loads no torch.
 """
 
 from __future__ import annotations
 
 import click
+
+from date_edit.choices import (
+    ABLATIONS, CHECKPOINTING_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPE_NAMES, RESIZE_MODES, UPDATE_MODES,
+)
 
 
 def checked(check_name: str):
@@ -41,3 +44,113 @@ def device_option(**kwargs):
 def seed_option(text: str, **kwargs):
     """``--seed`` with help ``text``, checked at parse time (0 .. 2**64-1, what torch.Generator takes)."""
     return click.option("--seed", type=int, callback=checked("check_seed"), help=text, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- option groups
+
+MODEL_HELP = (
+    f"Backbone: a hub id (default {DEFAULT_MODEL}), a local diffusers folder, a .safetensors/.ckpt file, "
+    "'toy' (the shipped toy world) or 'tiny' (random weights: noise, for tests)."
+)
+
+
+def _apply(f, options: list):
+    for decorator in reversed(options):
+        f = decorator(f)
+    return f
+
+
+def model_options(exclude: tuple[str, ...] = ()):
+    """The model, precision, device, seed and output options of edit/generate/reconstruct, less those named in
+    ``exclude`` (parameter names: batch defines ``out``, ``seed``, ... with its own meaning)."""
+    options = {
+        "model": click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP),
+        "model_config": click.option(
+            "--model-config", default=None, metavar="DIR",
+            help="For a single-file checkpoint offline: a diffusers SD folder (or hub id) with its configs."),
+        "dtype": click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True,
+                              help="Model precision (latents, embeddings and DATE updates stay fp32)."),
+        "device": device_option(),
+        "grad_checkpointing": click.option(
+            "--grad-checkpointing", type=click.Choice(CHECKPOINTING_MODES), default="auto", show_default=True,
+            help="Recompute activations in DATE's backward pass to save GPU memory (auto: the VAE on CUDA, nothing "
+                 "on CPU). Plain sampling is unaffected."),
+        "grad_decoder": click.option(
+            "--grad-decoder", default="vae", show_default=True,
+            help="Decoder of DATE's gradient pass only: vae (exact) or taesd (madebyollin/taesd, an approximate "
+                 "tiny autoencoder: faster, less memory; opt-in, effect not yet validated on real weights). The "
+                 "output image is always decoded by the VAE."),
+        "compile_unet": click.option(
+            "--compile", "compile_unet", is_flag=True,
+            help="torch.compile the UNet for the passes without gradients (CUDA graphs on a GPU). The first call "
+                 "per shape compiles (a minute or more, reported as compile_s); worth it for many images in one "
+                 "process (batch)."),
+        "compile_mode": click.option(
+            "--compile-mode", type=click.Choice(COMPILE_MODES), default="auto", show_default=True,
+            help="With --compile: auto is reduce-overhead (CUDA graphs) on CUDA, default on the CPU."),
+        "seed": seed_option("Random seed, 0 to 2**64-1 (edit: 0, generate: 6, the official one).", default=None),
+        "out": click.option("--out", "-o", type=click.Path(), default=None,
+                            help="Output PNG path, or a folder for an automatic name (default ./outputs/)."),
+        "overwrite": click.option("--overwrite", is_flag=True,
+                                  help="Replace an existing output file (never the input)."),
+        "as_json": click.option("--json", "as_json", is_flag=True,
+                                help="Print one JSON record on stdout (also saved as <output>.json)."),
+        "quiet": click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    }
+    unknown = set(exclude) - set(options)
+    if unknown:
+        raise ValueError(f"model_options: no options named {sorted(unknown)}")
+    return lambda f: _apply(f, [o for name, o in options.items() if name not in exclude])
+
+
+def date_options(f):
+    """DATE's options: on/off, radius, schedule, update mode, iterations, objective, ablations."""
+    return _apply(f, [
+        click.option("--no-date", is_flag=True, help="Fixed text embedding: plain sampling, no DATE updates."),
+        click.option("--rho", type=float, default=None,
+                     help="DATE radius: each update moves the embedding by rho (Frobenius norm)  [default: 0.5]."),
+        click.option("--rho-relative", type=float, default=None,
+                     help="DATE radius relative to the prompt's own embedding: each update moves sample b by "
+                          "R * ||c_org[b]||_F, a scale that carries across text encoders (exclusive with --rho)."),
+        click.option("--update-steps", default="every:10", show_default=True,
+                     help="Sampler steps that update: '0,10,20', a range '20-40', 'every:10', a fraction '10%', "
+                          "or 'none'. Indices count the steps actually run (after --skip for edits)."),
+        click.option("--update-mode", type=click.Choice(UPDATE_MODES), default="accumulate", show_default=True,
+                     help="accumulate: start each update from the last one; restart: from the original embedding."),
+        click.option("--grad-iters", type=int, default=1, show_default=True,
+                     help="Gradient iterations per update step."),
+        click.option("--scorer", "-s", default="clip", show_default=True,
+                     help="DATE objective and reported score: clip (ViT-L/14), clip:tiny, clip:toy, clip:<id>, "
+                          "other registered scorers (`date-edit scorers`), or a weighted sum 'clip=1,imagereward=0.5'."
+                          " With --model toy, clip and min-concept mean the toy world's CLIP; with --model tiny (and "
+                          "toy, for the rest) a name means its random-weight ':tiny' variant."),
+        click.option("--ablation", type=click.Choice(ABLATIONS), default="none", show_default=True,
+                     help="Benchmark ablations: a random direction of the same norm; the score of the noisy next "
+                          "latent instead of x0_hat; the raw gradient c + rho*g; decode(x0_hat) clamped to [0, 1] "
+                          "in the gradient pass (the reference does not clamp); the scorer's PIL-faithful "
+                          "preprocessing in the gradient pass (the reference resizes bilinearly, unrounded)."),
+    ])
+
+
+def image_options(f):
+    """How an input image is brought to the model's size."""
+    return _apply(f, [
+        click.option("--size", type=int, default=None, callback=checked("check_size"),
+                     help="Longer side of the processed image in pixels (default: the model's native size, "
+                          "512 for SD 1.x; rounded to what the UNet accepts): at least 64, and size x size within "
+                          "40,000,000 pixels (batch: --max-pixels)."),
+        click.option("--resize", type=click.Choice(RESIZE_MODES), default="fit", show_default=True,
+                     help="fit: keep aspect; crop: centre square; stretch: square, distorted."),
+    ])
+
+
+def edit_options(f):
+    """The edit's schedule: source prompt, steps, skip, the two CFG scales."""
+    return _apply(f, [
+        click.option("--source-prompt", default="", help="Prompt describing the input image (default empty)."),
+        click.option("--steps", type=int, default=100, show_default=True, help="DDPM steps of the schedule."),
+        click.option("--skip", default="36%", show_default=True,
+                     help="Steps skipped before editing: a count, or a percentage of --steps (36%% of 100 = 36)."),
+        click.option("--cfg-source", type=float, default=3.5, show_default=True, help="CFG scale of the inversion."),
+        click.option("--cfg-target", type=float, default=15.0, show_default=True, help="CFG scale of the edit."),
+    ])

@@ -12,6 +12,7 @@ from typing import Optional
 import click
 
 from .options import checked, device_option
+from .running import run_command, say
 
 
 def _finite(value: float) -> Optional[float]:
@@ -41,8 +42,6 @@ def scorers(as_json: bool) -> None:
     Use one as --scorer NAME, NAME:VARIANT (e.g. clip:tiny, imagereward:tiny) or a weighted sum
     'clip=1,imagereward=0.5'. Every built-in scorer has a ':tiny' variant with random weights (offline, for tests).
     """
-    from .main import _run
-
     def body() -> None:
         from date_edit.scorers import available_scorers
 
@@ -61,7 +60,7 @@ def scorers(as_json: bool) -> None:
         for row in table:
             click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  " + str(row[-1]))
 
-    _run(body)
+    run_command(body)
 
 
 def _longer_side(path: str) -> int:
@@ -88,8 +87,6 @@ def _longer_side(path: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every image's score on stdout.")
 def score(images: tuple[str, ...], prompt: str, scorer: str, size: Optional[int], device: str, as_json: bool) -> None:
     """Score existing IMAGES against --prompt with a scorer (higher is better): one line per image."""
-    from .main import _run, _say
-
     def body() -> None:
         import torch
 
@@ -100,7 +97,7 @@ def score(images: tuple[str, ...], prompt: str, scorer: str, size: Optional[int]
         loaded = [load_image(path, size=size or _longer_side(path), multiple=1, resize="fit") for path in images]
         for item in loaded:
             for note in item.notes:
-                _say(f"note: {item.source_path}: {note}")
+                say(f"note: {item.source_path}: {note}")
         target = resolve_device(device)
         built = build_scorer(scorer, device=target)
         parts = dict(getattr(built, "components", lambda: {})())
@@ -112,7 +109,7 @@ def score(images: tuple[str, ...], prompt: str, scorer: str, size: Optional[int]
                 record = {"image": item.source_path, "score": _finite(value),
                           "processed_size": list(item.processed_size)}
                 if record["score"] is None:
-                    _say(f"warning: {item.source_path}: the score is not finite ({value})")
+                    say(f"warning: {item.source_path}: the score is not finite ({value})")
                 if len(parts) > 1:
                     record["components"] = {name: _finite(float(s(pixels, [prompt]).float()[0]))
                                             for name, s in parts.items()}
@@ -127,4 +124,4 @@ def score(images: tuple[str, ...], prompt: str, scorer: str, size: Optional[int]
                             for name, v in record.get("components", {}).items())
             click.echo(f"{value}\t{record['image']}{extra}")
 
-    _run(body)
+    run_command(body)

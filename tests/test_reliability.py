@@ -230,7 +230,7 @@ def test_a_signal_during_the_write_waits_until_the_files_are_whole(tmp_path, mon
 
     from date_edit import imaging
     from date_edit.pipeline import Result
-    from date_edit_cli import main as cli_main
+    from date_edit_cli import common, running
 
     real_save = imaging.save_png
 
@@ -240,13 +240,13 @@ def test_a_signal_during_the_write_waits_until_the_files_are_whole(tmp_path, mon
 
     monkeypatch.setattr(imaging, "save_png", save_and_signal)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.setattr(cli_main, "_SIGNALS", cli_main._Signals())
-    cli_main._SIGNALS.install()
+    monkeypatch.setattr(running, "SIGNALS", running.Signals())
+    running.SIGNALS.install()
     result = Result(images=torch.rand(1, 3, 16, 16), latents=torch.zeros(1, 4, 2, 2), prompts=["p"], update_steps=[],
                     trace=None, timings={}, peak_memory_mb=0.0, config={})
     try:
         with pytest.raises(SystemExit) as exit_info:
-            cli_main._write_outputs(result, tmp_path / "x.png", {"command": "edit"}, False, [], True)
+            common.write_outputs(result, tmp_path / "x.png", {"command": "edit"}, False, [], True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,0 +1,224 @@
+"""What the commands share between parsing and writing: configs from options, the output path check, model and
+scorer loading, the JSON record and the atomic write of outputs.
+
+Imports click and the standard library at module level; the library (torch) loads inside the functions, when a
+command gets that far. Imports nothing from :mod:`.main`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from date_edit.errors import ConfigError
+
+from . import running
+from .running import EXIT_INTERRUPTED, EXIT_USAGE, CliError, say
+
+
+def date_config(opts: dict):
+    """The :class:`~date_edit.date.DateConfig` the DATE options ask for, or None with ``--no-date``."""
+    from date_edit.date import DateConfig, ablation_changes
+
+    if opts["no_date"]:
+        return None
+    if opts.get("rho") is not None and opts.get("rho_relative") is not None:
+        raise ConfigError(None, "--rho and --rho-relative are exclusive: give the DATE radius one way")
+    return DateConfig(rho=opts["rho"], rho_relative=opts.get("rho_relative"), update_steps=opts["update_steps"],
+                      mode=opts["update_mode"], iterations=opts["grad_iters"], **ablation_changes(opts["ablation"]))
+
+
+def check_schedule(date, run_steps: int) -> None:
+    """Fail early (before loading a model) when an update step lies outside the run."""
+    if date is not None:
+        from date_edit.date import parse_update_steps
+
+        parse_update_steps(date.update_steps, run_steps)
+
+
+def scorer_spec(spec: str, model: str) -> str:
+    """The scorer spec as resolved for ``model`` (offline backbones use their own scorers)."""
+    from date_edit.scorers.registry import offline_scorer_spec
+
+    return offline_scorer_spec(spec, model)
+
+
+def output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str], count: int = 1) -> Path:
+    """Resolve ``--out`` and check, before any work, that it can be written: a .png name, not the input, not there
+    yet (unless ``overwrite``), in a folder that exists or can be created and takes new files. Creates nothing."""
+    if out is None:
+        path = Path("outputs") / default_name
+    else:
+        path = Path(out).expanduser()
+        if path.is_dir() or out.endswith(("/", os.sep)):
+            path = path / default_name
+    if path.suffix.lower() != ".png":
+        raise CliError(f"--out {out}: outputs are PNG files; use a name ending in .png or a folder", EXIT_USAGE)
+    targets = [path] if count == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+    for target in targets:
+        for src in protect:
+            if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
+                raise CliError(f"--out {target} is the input image; the input is never overwritten", EXIT_USAGE)
+        if target.is_dir():
+            raise CliError(f"--out {target} is a folder; give a file name ending in .png", EXIT_USAGE)
+        if os.path.lexists(target) and not overwrite:
+            raise CliError(f"{target} exists; pass --overwrite or choose another --out", EXIT_USAGE)
+    check_can_create(path.parent, path.name)
+    return path
+
+
+_ERRNO_WORDS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.EROFS: "a read-only file system", errno.ENOSPC: "no space left",
+                errno.EDQUOT: "over the disk quota"}
+
+
+def check_can_create(folder: Path, name: str) -> None:
+    """Fail (exit 2) unless a file can be made in ``folder``, or ``folder`` can be created: probed by creating and
+    removing a hidden file (or folder) in it, or in its nearest existing parent. Leaves nothing behind."""
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CliError(f"--out: {existing} is not a folder, so {folder} cannot be created; choose another --out",
+                       EXIT_USAGE)
+    probe = existing / f".{name}.{secrets.token_hex(4)}.tmp"
+    try:
+        if existing == folder:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            os.unlink(probe)
+        else:
+            os.mkdir(probe, 0o700)
+            os.rmdir(probe)
+    except OSError as exc:
+        why = _ERRNO_WORDS.get(exc.errno, exc.strerror or str(exc))
+        what = "take new files" if existing == folder else f"take new folders, so {folder} cannot be created"
+        raise CliError(f"--out: {existing} does not {what} ({why}); choose a folder you can write to",
+                       EXIT_USAGE) from None
+
+
+def load_model(opts: dict):
+    """The backbone the model options name."""
+    from date_edit.backbones import load_backbone
+
+    backbone = load_backbone(opts["model"], dtype=opts["dtype"], device=opts["device"], config=opts["model_config"],
+                             grad_checkpointing=opts["grad_checkpointing"], grad_decoder=opts["grad_decoder"],
+                             compile=opts["compile_mode"] if opts.get("compile_unet") else None)
+    if backbone.random_weights:
+        say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
+    return backbone
+
+
+def build_scorer(opts: dict, backbone, for_date: bool):
+    """The scorer ``--scorer`` names, resolved for the model; records the resolved spec in ``opts``."""
+    from date_edit.scorers import build_scorer as build
+
+    spec = scorer_spec(opts["scorer"], opts["model"])
+    opts["scorer_resolved"] = spec
+    if for_date:
+        from date_edit.scorers.aesthetic import warn_if_aesthetic_alone
+
+        warn_if_aesthetic_alone(spec)
+    return build(spec, device=backbone.device, require_differentiable=for_date)
+
+
+def score_images(scorer, images, prompts) -> dict:
+    """Each scorer's mean value on the output images (components of a weighted sum separately)."""
+    import torch
+
+    if scorer is None:
+        return {}
+    parts = dict(getattr(scorer, "components", lambda: {})())
+    parts.setdefault(scorer.name, scorer)
+    with torch.no_grad():
+        return {name: float(s(images, prompts).float().mean()) for name, s in parts.items()}
+
+
+def prepare_image(image: str, backbone, size: Optional[int], resize: str):
+    """Load ``image`` at the model's size, saying what was done to it."""
+    from date_edit.imaging import load_image
+
+    loaded = load_image(image, size=size or backbone.native_size, multiple=backbone.size_multiple, resize=resize,
+                        min_side=backbone.min_side)
+    for note in loaded.notes:
+        say(f"note: {note}")
+    w, h = loaded.processed_size
+    say(f"processed size {w}x{h} (from {loaded.original_size[0]}x{loaded.original_size[1]})")
+    return loaded
+
+
+def precheck_image(image: str) -> None:
+    """Fail on an unreadable input before any model is loaded."""
+    from date_edit.imaging import load_image
+
+    load_image(image, size=64, multiple=8, resize="stretch")
+
+
+def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: list[str], as_json: bool) -> None:
+    """Save the images (and with ``as_json`` the record beside them), whole or not at all: a signal waits."""
+    from date_edit.imaging import save_png, to_pil
+
+    images = to_pil(result.images)
+    record["output"] = str(path)
+    outputs = [path] if len(images) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}")
+                                               for i in range(len(images))]
+    if len(images) > 1:
+        record["outputs"] = [str(p) for p in outputs]
+    metadata = {"date-edit": json.dumps(record, default=str)}
+    signals = running.SIGNALS
+    with signals.held():  # a signal now waits the milliseconds until every file is whole
+        for image, target in zip(images, outputs):
+            save_png(image, target, metadata=metadata, overwrite=overwrite, protect=protect)
+        json_path = path.parent / (path.name + ".json")
+        if as_json:
+            tmp = json_path.with_name(f".{json_path.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+                os.replace(tmp, json_path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+            click.echo(json.dumps(record, default=str))
+        else:
+            say(f"wrote {', '.join(str(p) for p in outputs)}")
+    if signals.pending is not None:
+        say("interrupted while writing; the outputs above are complete")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict) -> dict:
+    """The JSON record of one run (what ``--json`` prints and the PNG carries)."""
+    trace = result.trace
+    date = result.config.get("date") or {}  # None without DATE (--no-date, reconstruct)
+    rec = {
+        "command": command,
+        "output": None,
+        "model": backbone.name,
+        "backbone": backbone.describe(),
+        "prompt": result.prompts[0] if len(result.prompts) == 1 else result.prompts,
+        "seed": result.config.get("seed"),
+        "steps": result.config.get("steps"),
+        "skip": result.config.get("skip"),
+        "update_steps": result.update_steps,
+        "rho": date.get("rho"),  # the resolved radius (0.5 when neither --rho nor --rho-relative is given)
+        "rho_relative": date.get("rho_relative"),
+        "update_mode": opts.get("update_mode") if not opts.get("no_date") else None,
+        "scorer": opts.get("scorer_resolved"),
+        "embedding_update_norms": result.embedding_update_norms,
+        "embedding_drift": result.embedding_drift,
+        "date_scores": list(trace.scores) if trace else [],
+        "scores": scores,
+        "timings": result.timings,
+        "peak_memory_mb": result.peak_memory_mb,
+        "memory_kind": "cuda_max_allocated" if backbone.device.type == "cuda" else "process_max_rss",
+        "config": result.config,
+    }
+    rec.update(extra)
+    return rec
