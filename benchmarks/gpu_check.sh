@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# The device check: real-size SD 1.5 architecture (random weights) on one CUDA GPU.
-# Needs diffusers (and the CLIP tokenizer files) carried in .gpu/ where the GPU machine has no network:
-#   .gpu/wheels/*.whl  (pip download --no-deps diffusers==0.42.1 importlib_metadata zipp)
+# The device checks: the real-size SD 1.5 architecture (random weights) on one CUDA GPU.
+#
+#   bash benchmarks/gpu_check.sh [STAGE ...]      (default: base)
+#
+# Stages (each writes cost-<card>.json/.md under $OUT/<stage>; budgets in seconds via the named variables):
+#   base        fp16 batches 1, 4, 8 (edit and generate, 10/20/100% updates), fp32/bf16 at batch 1
+#               (BUDGET_FP16=170, BUDGET_OTHER=80)
+#   objectives  fp16 with the CUDA default VAE checkpointing, CLIP + ImageReward (its real architecture,
+#               random weights), the TAESD gradient decoder, batch 8, per-phase breakdown (BUDGET_OBJECTIVES=100)
+#   compile     torch.compile (reduce-overhead, CUDA graphs) of the no-grad passes, eager vs compiled, plain vs
+#               DATE 10/20/100% at batch 1 (BUDGET_COMPILE=300), and batch 8 fp16 10% memory (BUDGET_B8=120)
+#   all         every stage above
+#
+# Where the GPU machine has no network, carry in .gpu/:
+#   .gpu/wheels/*.whl  (pip download --no-deps diffusers==0.42.1 importlib_metadata zipp [image-reward's wheels])
 #   .gpu/cache/clip-tokenizer/  (a copy of ~/.cache/date-edit/clip-tokenizer)
-# Writes cost-<card>.json/.md for fp16 (batches 1, 4, 8, edit and generate) and fp32/bf16 (batch 1) under $OUT.
 set -uo pipefail
 OUT=${OUT:-benchmarks/results}
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(base)
+[ "${STAGES[0]}" = all ] && STAGES=(base objectives compile)
 if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -13,8 +27,22 @@ fi
 export DATE_EDIT_CACHE=$PWD/.gpu/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
-mkdir -p "$OUT/fp16" "$OUT/other"
-python3 benchmarks/cost.py --dtypes fp16 --batches 1,4,8 --fractions 10,20,100 --large-batch-fractions 10 \
-  --edit --checkpointing --repeats 2 --warmup 1 --budget-s ${BUDGET_FP16:-170} --out "$OUT/fp16" 2>&1 | grep -v "^{"
-python3 benchmarks/cost.py --dtypes fp32,bf16 --batches 1 --fractions 10,100 --no-diffusers \
-  --repeats 2 --warmup 1 --budget-s ${BUDGET_OTHER:-80} --out "$OUT/other" 2>&1 | grep -v "^{"
+cost() { python3 benchmarks/cost.py "$@" 2>&1 | grep -v "^{"; }
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    base)
+      cost --dtypes fp16 --batches 1,4,8 --fractions 10,20,100 --large-batch-fractions 10 --edit --checkpointing \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_FP16:-170}" --out "$OUT/fp16"
+      cost --dtypes fp32,bf16 --batches 1 --fractions 10,100 --no-diffusers \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_OTHER:-80}" --out "$OUT/other" ;;
+    objectives)
+      cost --dtypes fp16 --batches 1,8 --fractions 10 --imagereward --ckpt-default --taesd --breakdown --no-diffusers \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_OBJECTIVES:-100}" --out "$OUT/run2" ;;
+    compile)
+      cost --dtypes fp16 --batches 1 --fractions 10,20,100 --ckpt-default --compile \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_COMPILE:-300}" --out "$OUT/run3"
+      cost --dtypes fp16 --batches 8 --fractions 10 --ckpt-default --no-diffusers \
+        --repeats 1 --warmup 1 --budget-s "${BUDGET_B8:-120}" --out "$OUT/run3-b8" ;;
+    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile or all" >&2; exit 2 ;;
+  esac
+done

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import html
 import json
-import math
 import os
 import re
 import time
@@ -24,8 +23,12 @@ from typing import Optional
 
 import torch
 
+from date_edit.choices import DEFAULT_MODEL
 from date_edit.date import DateConfig
+from date_edit.errors import ConfigError, DateEditError
 from date_edit.multiconcept import mean_ci95
+from date_edit.pipeline import psnr_db as psnr
+from date_edit.scorers import offline_scorer_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -62,7 +65,7 @@ def parse_method(text: str, default_updates: str = "10%") -> Method:
     """``date-clip@rho=1.0@updates=20%`` -> Method (unknown names and keys are one-line errors)."""
     base, *overrides = text.strip().split("@")
     if base not in BASE_METHODS:
-        raise ValueError(f"unknown method {base!r}: known are {', '.join(BASE_METHODS)}")
+        raise ConfigError(None, f"unknown method {base!r}: known are {', '.join(BASE_METHODS)}")
     date_kw, scorer, ug = BASE_METHODS[base]
     date_kw = dict(date_kw) if date_kw is not None else None
     factor = 1.0
@@ -79,7 +82,7 @@ def parse_method(text: str, default_updates: str = "10%") -> Method:
         elif key == "steps-factor":
             factor = float(value)
         else:
-            raise ValueError(f"method {text!r}: cannot set {key!r} here")
+            raise ConfigError(None, f"method {text!r}: cannot set {key!r} here")
     date = None
     if date_kw is not None:
         date = DateConfig(**({"update_steps": default_updates} | date_kw))
@@ -96,19 +99,6 @@ def expand_sweep(methods: list[str], sweep: Optional[str]) -> list[str]:
         if BASE_METHODS.get(m.split("@")[0], (None,))[0] is not None:
             out += [f"{m}@{key}={v}" for v in values.split(",") if f"{m}@{key}={v}" not in out]
     return out
-
-
-def scorer_spec(spec: str, model: str) -> str:
-    """Map generic scorer names to the offline variants for ``tiny``/``toy`` backbones."""
-    if model not in ("tiny", "toy"):
-        return spec
-    terms = []
-    for term in spec.split(","):
-        name, _, weight = term.partition("=")
-        if ":" not in name:
-            name = f"{name}:{'toy' if model == 'toy' and name in ('clip', 'min-concept') else 'tiny'}"
-        terms.append(name + (f"={weight}" if weight else ""))
-    return ",".join(terms)
 
 
 # ---------------------------------------------------------------------------------------------- suites
@@ -145,7 +135,7 @@ def load_items(suite: str, limit: Optional[int], category: str = "all") -> list[
         items = [Item(id=e["id"], prompt=e["target"], group="edit", image=str(ROOT / e["image"]),
                       source_prompt=e["source"]) for e in spec["items"]]
     else:
-        raise ValueError(f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
+        raise ConfigError(None, f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
     return items[:limit] if limit else items
 
 
@@ -204,12 +194,6 @@ class Metrics:
             return out
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR (dB) of images in [0, 1]."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
     """Mean SSIM (Wang et al. 2004) of ``(B, 3, H, W)`` images in [0, 1], Gaussian window, per channel."""
     c1, c2 = 0.01**2, 0.03**2
@@ -251,8 +235,8 @@ def _check_same_model(out: Path, model: str, backbone, resuming: bool) -> None:
     if resuming and meta_path.is_file():
         earlier = json.loads(meta_path.read_text())
         if earlier.get("fingerprint") != fingerprint:
-            raise ValueError(f"{out} holds records of another model ({earlier.get('model')}, weights "
-                             f"{earlier.get('fingerprint')}); delete it or pass --out to start a new run")
+            raise ConfigError(None, f"{out} holds records of another model ({earlier.get('model')}, weights "
+                                    f"{earlier.get('fingerprint')}); delete it or pass --out to start a new run")
     meta_path.write_text(json.dumps({"model": model, "fingerprint": fingerprint}) + "\n")
 
 
@@ -282,7 +266,7 @@ def run(args) -> Path:
         for method in methods:
             scorer = None
             if method.scorer:
-                spec = scorer_spec(method.scorer, args.model)
+                spec = offline_scorer_spec(method.scorer, args.model)
                 if spec not in scorers:
                     scorers[spec] = build_scorer(spec, device=backbone.device, require_differentiable=True)
                 scorer = scorers[spec]
@@ -347,7 +331,7 @@ def compute_fid(out: Path, methods: list[Method], reference: str, device) -> dic
         print("note: FID skipped: `pip install pytorch-fid` (its InceptionV3 weights download once on first use)")
         return {}
     if not Path(reference).exists():
-        raise ValueError(f"--fid-ref {reference}: no such file or folder")
+        raise ConfigError("fid_ref", f"{reference}: no such file or folder")
     result = {}
     for method in methods:
         folder = out / "images" / _slug(method.label)
@@ -539,8 +523,8 @@ def main(argv=None) -> int:
     r.add_argument("--steps", type=int, default=None, help="steps (default 50; edit 100)")
     r.add_argument("--guidance", type=float, default=7.5, help="CFG scale of generation")
     r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
-    r.add_argument("--model", default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-                   help="backbone (toy/tiny offline)")
+    r.add_argument("--model", default=None,
+                   help=f"backbone (toy/tiny offline; default: toy for --suite toy, else {DEFAULT_MODEL})")
     r.add_argument("--dtype", default="fp32")
     r.add_argument("--device", default="auto")
     r.add_argument("--eval-clip", default=None, help="CLIP of the metrics (coco5k default: open_clip ViT-g-14)")
@@ -548,10 +532,12 @@ def main(argv=None) -> int:
     r.add_argument("--out", default=None, help="run folder (default benchmarks/runs/<suite>)")
     r.add_argument("--fid-ref", default=None, help="FID reference: a folder of images or pytorch-fid .npz stats")
     args = p.parse_args(argv)
+    if getattr(args, "model", "") is None:  # the toy suite's prompts only make sense to the toy model
+        args.model = "toy" if args.suite == "toy" else DEFAULT_MODEL
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         out = run(args)
-    except (ValueError, RuntimeError) as exc:
+    except DateEditError as exc:  # bad input or an unavailable model; anything else is a bug: its traceback shows
         print(f"benchmarks: error: {str(exc).splitlines()[0]}")
         return 2
     print((out / "summary.md").read_text())
