@@ -77,14 +77,14 @@ class ToyTrainConfig:
     clip_batch: int = 96
     clip_steps: int = 2000
     clip_lr: float = 1e-3
-    clip_share: float = 0.12
+    clip_share: float = 0.15
     clip_negatives: int = 2  # hard negatives per image and step (text-tower cost grows with them)
     clip_p_empty: float = 0.04  # share of CLIP training images with no object (caption world.EMPTY_CAPTION)
     # The held-out CLIP: the evaluator beside the judge, never an objective
     heldout_clip_seed: int = 1
     heldout_text_hidden: int = 48
     heldout_vision_hidden: int = 96
-    heldout_clip_share: float = 0.05
+    heldout_clip_share: float = 0.07
     # UNet
     unet_channels: tuple[int, ...] = (32, 64, 112)
     unet_batch: int = 64
