@@ -27,10 +27,8 @@ SD_SCHEDULER_CONFIG = {
 
 def tiny_components(seed: int = 0) -> dict:
     """Random-weight tiny SD components (same diffusers/transformers classes), for tests and smoke runs."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .tokenizer import load_clip_tokenizer
 
     with seeded(seed):
         unet = UNet2DConditionModel(
@@ -45,18 +43,7 @@ def tiny_components(seed: int = 0) -> dict:
             attention_head_dim=8,
             norm_num_groups=32,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(16, 16, 32, 32),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-            scaling_factor=0.18215,
-        )
+        vae = sd_vae((16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=8)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=49408,
@@ -70,13 +57,7 @@ def tiny_components(seed: int = 0) -> dict:
                 pad_token_id=49407,
             )
         )
-    return {
-        "unet": unet,
-        "vae": vae,
-        "text_encoder": text_encoder,
-        "tokenizer": load_clip_tokenizer(),
-        "scheduler": DDIMScheduler(**{k: v for k, v in SD_SCHEDULER_CONFIG.items() if not k.startswith("_")}),
-    }
+    return _component_set(unet, vae, text_encoder)
 
 
 def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
@@ -104,27 +85,39 @@ def sd15_components(seed: int = 0, device: str | torch.device = "cpu", dtype: to
 
     Built directly on ``device`` (no CPU round trip) for benchmarks where the weights cannot be had.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .tokenizer import load_clip_tokenizer
 
     with seeded(seed, device):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-            scaling_factor=0.18215,
-        )
+        vae = sd_vae((128, 256, 512, 512), layers_per_block=2, sample_size=512, norm_num_groups=32)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
         )
+    return _component_set(unet, vae, text_encoder, dtype)
+
+
+def sd_vae(block_out_channels: tuple[int, ...], *, layers_per_block: int, sample_size: int, norm_num_groups: int):
+    """An SD-style ``AutoencoderKL`` (4 latent channels, one downsampling per level but the last, SD's scaling
+    factor) of the given widths, with random weights."""
+    from diffusers import AutoencoderKL
+
+    n = len(block_out_channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=block_out_channels,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         layers_per_block=layers_per_block, latent_channels=4, norm_num_groups=norm_num_groups,
+                         sample_size=sample_size, scaling_factor=0.18215)
+
+
+def _component_set(unet, vae, text_encoder, dtype: torch.dtype = torch.float32) -> dict:
+    """The dict of components an SD pipeline folder holds: the three models (cast to ``dtype``), the CLIP
+    tokenizer and the SD 1.x DDIM scheduler."""
+    from diffusers import DDIMScheduler
+
+    from .tokenizer import load_clip_tokenizer
+
     if dtype != torch.float32:
         for module in (unet, vae, text_encoder):
             module.to(dtype)
