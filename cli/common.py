@@ -107,10 +107,13 @@ def check_can_create(folder: Path, name: str) -> None:
 def load_model(opts: dict):
     """The backbone the model options name."""
     from date_edit.backbones import load_backbone
+    from date_edit.hub import library_progress_bars
 
-    backbone = load_backbone(opts["model"], dtype=opts["dtype"], device=opts["device"], config=opts["model_config"],
-                             grad_checkpointing=opts["grad_checkpointing"], grad_decoder=opts["grad_decoder"],
-                             compile=opts["compile_mode"] if opts.get("compile_unet") else None)
+    with library_progress_bars(_bars_wanted(opts)):
+        backbone = load_backbone(opts["model"], dtype=opts["dtype"], device=opts["device"],
+                                 config=opts["model_config"], grad_checkpointing=opts["grad_checkpointing"],
+                                 grad_decoder=opts["grad_decoder"],
+                                 compile=opts["compile_mode"] if opts.get("compile_unet") else None)
     if backbone.random_weights:
         say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
     return backbone
@@ -126,7 +129,15 @@ def build_scorer(opts: dict, backbone, for_date: bool):
         from date_edit.scorers.aesthetic import warn_if_aesthetic_alone
 
         warn_if_aesthetic_alone(spec)
-    return build(spec, device=backbone.device, require_differentiable=for_date)
+    from date_edit.hub import library_progress_bars
+
+    with library_progress_bars(_bars_wanted(opts)):
+        return build(spec, device=backbone.device, require_differentiable=for_date)
+
+
+def _bars_wanted(opts: dict) -> bool:
+    """Library progress bars (weights loading, downloads) only on a terminal and without ``--quiet``."""
+    return sys.stderr.isatty() and not opts.get("quiet")
 
 
 def score_images(scorer, images, prompts) -> dict:

@@ -43,3 +43,21 @@ def seeded(seed: int, device=None) -> Iterator[None]:
         else:
             with torch.device(device):
                 yield
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Inside, transformers' and diffusers' own progress bars (weight loading, downloads) are on or off as asked;
+    their previous state is restored after. A command run with ``--quiet``, or with stderr not a terminal, turns
+    them off so that its stderr holds only its own lines."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = [(lib, lib.is_progress_bar_enabled()) for lib in (transformers_logging, diffusers_logging)]
+    for lib, _ in before:
+        (lib.enable_progress_bar if enabled else lib.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        for lib, was in before:
+            (lib.enable_progress_bar if was else lib.disable_progress_bar)()

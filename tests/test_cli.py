@@ -195,6 +195,9 @@ def test_toy_recolouring_edit_keeps_the_object_in_place(tmp_path):
     before = sha(sample)
     out = run(sample, "a blue circle", "--model", "toy", "--out", tmp_path / "blue.png", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+    # stderr is not a terminal here: only the command's own lines, no library progress bars
+    assert "Loading weights" not in out.stderr and all(line.startswith("date-edit: ")
+                                                       for line in out.stderr.splitlines()), out.stderr
     assert sha(sample) == before
     source = evaluate(np.asarray(Image.open(sample).convert("RGB")), "a red circle")["objects"][0].box
     verdict = evaluate(np.asarray(Image.open(tmp_path / "blue.png").convert("RGB")), "a blue circle")
