@@ -19,9 +19,7 @@ from typing import Optional
 
 import click
 
-from date_edit.errors import ConfigError, DateEditError
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from date_edit.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, DateEditError  # noqa: F401
 DEBUG_ENV = "DATE_EDIT_DEBUG"  # set to 1: an unexpected error prints its traceback instead of saving it
 
 # library parameter -> the flag that sets it, where the two are not simply --the-name-with-dashes
@@ -42,9 +40,21 @@ def say(message: str) -> None:
     click.echo(f"date-edit: {message}", err=True)
 
 
+def _is_ours(category: type, filename: str) -> bool:
+    """A warning about the user's run: raised by date-edit's own code, or of a warning class it defines."""
+    import date_edit
+
+    roots = {os.path.dirname(os.path.abspath(date_edit.__file__)), os.path.dirname(os.path.abspath(__file__))}
+    path = os.path.abspath(filename or "")
+    return (getattr(category, "__module__", "").startswith("date_edit")
+            or any(path.startswith(root + os.sep) for root in roots))
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` replacement: the first line of the warning, no source location."""
-    say(f"warning: {str(message).splitlines()[0]}")
+    """``warnings.showwarning`` replacement: the first line of a warning about the user's run (one date-edit
+    raises), no source location; the libraries' own warnings (deprecations and the like) are not shown."""
+    if _is_ours(category, filename):
+        say(f"warning: {str(message).splitlines()[0]}")
 
 
 def flag_for(param: Optional[str]) -> Optional[str]:

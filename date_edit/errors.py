@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from typing import Optional
 
+# the process exit statuses of the CLI, here so that the batch summary and the CLI use the same numbers
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
 
 class DateEditError(Exception):
     """Base of every error the library raises on purpose; ``str(e)`` is one line."""

@@ -35,7 +35,7 @@ from .items import (  # noqa: F401
 )
 from .plan import check_out_dir, plan_folder, plan_manifest, stays_inside, walk_inputs  # noqa: F401
 from .results import (  # noqa: F401
-    ResultsLog, _locked, clean_temp_files, dumps_record, output_state, read_results, repair_results,
+    ResultsLog, _locked, clean_temp_files, dumps_record, output_state, repair_results,
 )
 from .decision import Decision, decide  # noqa: F401
 from .run import as_float32, basic_record, is_out_of_memory, reason, run_batch  # noqa: F401

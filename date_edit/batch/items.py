@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..choices import ABLATIONS, DTYPE_NAMES, RESIZE_MODES, UPDATE_MODES
-from ..errors import ConfigError
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError  # noqa: F401
 from ..limits import check_seed
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
@@ -28,7 +28,6 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 RESULTS_NAME = "results.jsonl"  # one record per item and run, in OUT_DIR
 LOCK_NAME = ".date-edit-batch.lock"  # held (flock) while a run writes to OUT_DIR
 METADATA_KEY = "date-edit"  # the PNG text chunk holding an output's record
-EXIT_OK, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 # temp files of save_png (".<name>.<8 hex>.tmp") and of the results repair, left behind by a killed run
 _TEMP_RE = re.compile(r"^\..+\.(png|json|jsonl)\.[0-9a-f]{8}\.tmp$")

@@ -98,21 +98,6 @@ def repair_results(path: PathLike) -> int:
     return dropped
 
 
-def read_results(path: PathLike) -> list[dict]:
-    """The records of a results file, skipping any line that does not parse."""
-    records = []
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError):
-            obj = json.loads(line)
-            if isinstance(obj, dict):
-                records.append(obj)
-    return records
-
-
 class ResultsLog:
     """``results.jsonl``, append-only: one JSON object per line, each written whole, flushed and fsynced."""
 

@@ -746,6 +746,84 @@ def dir_size_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------------------------- main
 
 
+def _autoencoder(cfg, images, reuse_vae: Path | None, budget_s: float, gen, log):
+    """The autoencoder: trained, or (``reuse_vae``, a toy model folder) kept from an earlier model, since it does
+    not depend on captions. Returns (vae, curve, steps)."""
+    if reuse_vae is None:
+        return train_vae(cfg, images, budget_s, gen, log)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(reuse_vae), subfolder="vae", torch_dtype=torch.float32,
+                                        local_files_only=True).to(torch.device(cfg.device))
+    vae.eval().requires_grad_(False)
+    log(f"vae reused from {reuse_vae}")
+    return vae, [], 0
+
+
+def _unet_data(cfg, vae, clip_model, tokenizer, images, contents, rng, log):
+    """The UNet's training data: scaled latents, the scaling factor, per scene ``caption_variants`` caption ids
+    (random object orders) and the table of their text embeddings (the empty caption last)."""
+    raw = encode_latents(vae, images)
+    scaling_factor = 1.0 / float(raw.std())
+    variants = [[random_phrase(o, rng, cfg.p_and_chain) for _ in range(cfg.caption_variants)] for o in contents]
+    vocab = sorted({v for vs in variants for v in vs})
+    table = text_table(clip_model.text_model, tokenizer, vocab + [""])
+    cap_id = {c: i for i, c in enumerate(vocab)}
+    cond_ids = torch.tensor([[cap_id[v] for v in vs] for vs in variants])  # (N, V)
+    log(f"{len(vocab)} distinct captions for the UNet")
+    log(f"encoded latents: std {float(raw.std()):.4f} -> scaling_factor {scaling_factor:.4f}")
+    return raw * scaling_factor, scaling_factor, cond_ids, table
+
+
+def train_heldout_clip(cfg, images, contents, tokenizer, budget_s, log):
+    """The held-out scorer: a CLIP of other seed (initialisation, batches, data order) and other widths, trained
+    like the objective; the caller's random state is left alone. Returns (model, curve, steps)."""
+    heldout_cfg = replace(cfg, seed=cfg.heldout_clip_seed, text_hidden=cfg.heldout_text_hidden,
+                          vision_hidden=cfg.heldout_vision_hidden)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.heldout_clip_seed)
+        return train_clip(heldout_cfg, images, contents, tokenizer, budget_s,
+                          torch.Generator().manual_seed(cfg.heldout_clip_seed), log,
+                          rng=np.random.default_rng(cfg.heldout_clip_seed + 1000))
+
+
+def _results(cfg: ToyTrainConfig, *, reuse_vae, reuse_label, models, steps, timings, scaling_factor, size, curves,
+             metrics) -> dict:
+    """The results JSON of a training run (config, seeds, steps, parameter counts, wall times, curves, metrics)."""
+    import diffusers
+    import transformers
+
+    unet, vae, clip_model, heldout_clip = models
+    n_params = {
+        "unet": sum(p.numel() for p in unet.parameters()),
+        "vae": sum(p.numel() for p in vae.parameters()),
+        "clip": sum(p.numel() for p in clip_model.parameters()),
+        "text_encoder": sum(p.numel() for p in clip_model.text_model.parameters()),
+        "clip_heldout": sum(p.numel() for p in heldout_clip.parameters()),
+    }
+    return {
+        "config": asdict(cfg),
+        "seeds": {
+            "training": cfg.seed,
+            "note": "numpy default_rng(seed) renders the training scenes; torch manual_seed(seed) initialises; a "
+            "torch.Generator(seed) draws batches, noise and timesteps",
+            "heldout_vae_scenes_numpy_seed": cfg.heldout_seed,
+            "heldout_clip_scenes_numpy_seed": cfg.heldout_seed + 1,
+        },
+        "vae_reused_from": None if reuse_vae is None else (reuse_label or str(reuse_vae)),
+        "steps": steps,
+        "params": n_params,
+        "threads": cfg.threads,
+        "wall_time_s": timings,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}",
+        "vae_scaling_factor": scaling_factor,
+        "model_size_bytes": size,
+        "curves": curves,
+        "metrics": metrics,
+    }
+
+
 def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path | None = None,
           reuse_vae: Path | None = None, reuse_label: str | None = None) -> dict:
     """Run every stage, save, evaluate, and write the results JSON; returns the results dict.
@@ -770,17 +848,7 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
     timings = {"render_s": round(time.time() - start, 1)}
 
     t = time.time()
-    if reuse_vae is not None:
-        # the autoencoder does not depend on captions: a retrain of the captioning side may keep a trained one
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(str(reuse_vae), subfolder="vae", torch_dtype=torch.float32,
-                                            local_files_only=True).to(torch.device(cfg.device))
-        vae.eval().requires_grad_(False)
-        vae_curve, vae_steps = [], 0
-        log(f"vae reused from {reuse_vae}")
-    else:
-        vae, vae_curve, vae_steps = train_vae(cfg, images, cfg.vae_share * budget, gen, log)
+    vae, vae_curve, vae_steps = _autoencoder(cfg, images, reuse_vae, cfg.vae_share * budget, gen, log)
     timings["vae_s"] = round(time.time() - t, 1)
     vae_metrics = vae_check(vae, np.random.default_rng(cfg.heldout_seed))
     log(f"vae {vae_metrics}")
@@ -793,32 +861,16 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
     clip_metrics = clip_check(clip_model, tokenizer, np.random.default_rng(cfg.heldout_seed + 1))
     log(f"clip {clip_metrics}")
 
-    # the held-out scorer: other seed (initialisation, batches, data order) and other widths
     t = time.time()
-    heldout_cfg = replace(cfg, seed=cfg.heldout_clip_seed, text_hidden=cfg.heldout_text_hidden,
-                          vision_hidden=cfg.heldout_vision_hidden)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.heldout_clip_seed)
-        heldout_clip, heldout_curve, heldout_steps = train_clip(
-            heldout_cfg, images, contents, tokenizer, cfg.heldout_clip_share * budget,
-            torch.Generator().manual_seed(cfg.heldout_clip_seed), log,
-            rng=np.random.default_rng(cfg.heldout_clip_seed + 1000))
+    heldout_clip, heldout_curve, heldout_steps = train_heldout_clip(cfg, images, contents, tokenizer,
+                                                                    cfg.heldout_clip_share * budget, log)
     timings["clip_heldout_s"] = round(time.time() - t, 1)
     heldout_metrics = clip_check(heldout_clip, tokenizer, np.random.default_rng(cfg.heldout_seed + 1))
     log(f"clip heldout {heldout_metrics}")
 
     t = time.time()
-    raw = encode_latents(vae, images)
-    scaling_factor = 1.0 / float(raw.std())
-    latents = raw * scaling_factor
-    variants = [[random_phrase(o, rng, cfg.p_and_chain) for _ in range(cfg.caption_variants)] for o in contents]
-    vocab = sorted({v for vs in variants for v in vs})
-    table = text_table(clip_model.text_model, tokenizer, vocab + [""])
-    cap_id = {c: i for i, c in enumerate(vocab)}
-    cond_ids = torch.tensor([[cap_id[v] for v in vs] for vs in variants])  # (N, V)
-    log(f"{len(vocab)} distinct captions for the UNet")
+    latents, scaling_factor, cond_ids, table = _unet_data(cfg, vae, clip_model, tokenizer, images, contents, rng, log)
     timings["encode_s"] = round(time.time() - t, 1)
-    log(f"encoded latents: std {float(raw.std()):.4f} -> scaling_factor {scaling_factor:.4f}")
 
     t = time.time()
     unet_budget = budget - (time.time() - start) - cfg.eval_reserve_s
@@ -837,39 +889,16 @@ def train(cfg: ToyTrainConfig, out: Path, results_path: Path | None, grid: Path 
         f"single-object accuracy {eval_metrics['single_object_accuracy']:.3f}, "
         f"two-object both-correct {eval_metrics['two_object_both_correct']:.3f}"
     )
-    import diffusers
-    import transformers
-
-    n_params = {
-        "unet": sum(p.numel() for p in unet.parameters()),
-        "vae": sum(p.numel() for p in vae.parameters()),
-        "clip": sum(p.numel() for p in clip_model.parameters()),
-        "text_encoder": sum(p.numel() for p in clip_model.text_model.parameters()),
-        "clip_heldout": sum(p.numel() for p in heldout_clip.parameters()),
-    }
-    results = {
-        "config": asdict(cfg),
-        "seeds": {
-            "training": cfg.seed,
-            "note": "numpy default_rng(seed) renders the training scenes; torch manual_seed(seed) initialises; a "
-            "torch.Generator(seed) draws batches, noise and timesteps",
-            "heldout_vae_scenes_numpy_seed": cfg.heldout_seed,
-            "heldout_clip_scenes_numpy_seed": cfg.heldout_seed + 1,
-        },
-        "vae_reused_from": None if reuse_vae is None else (reuse_label or str(reuse_vae)),
-        "steps": {"vae": vae_steps, "clip": clip_steps, "clip_heldout": heldout_steps, "unet": unet_steps},
-        "params": n_params,
-        "threads": cfg.threads,
-        "wall_time_s": {**timings, "train_total": round(train_wall, 1), "total": round(time.time() - start, 1)},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}, transformers {transformers.__version__}",
-        "vae_scaling_factor": scaling_factor,
-        "model_size_bytes": size,
-        "curves": {"vae_loss": vae_curve, "clip_loss": clip_curve, "clip_heldout_loss": heldout_curve,
-                   "unet_loss": unet_curve, "every": cfg.log_every},
-        "metrics": {"vae": vae_metrics, "clip": clip_metrics, "clip_heldout": heldout_metrics,
-                    "generation": eval_metrics},
-    }
+    results = _results(cfg, reuse_vae=reuse_vae, reuse_label=reuse_label,
+                       models=(unet, vae, clip_model, heldout_clip),
+                       steps={"vae": vae_steps, "clip": clip_steps, "clip_heldout": heldout_steps, "unet": unet_steps},
+                       timings={**timings, "train_total": round(train_wall, 1),
+                                "total": round(time.time() - start, 1)},
+                       scaling_factor=scaling_factor, size=size,
+                       curves={"vae_loss": vae_curve, "clip_loss": clip_curve, "clip_heldout_loss": heldout_curve,
+                               "unet_loss": unet_curve, "every": cfg.log_every},
+                       metrics={"vae": vae_metrics, "clip": clip_metrics, "clip_heldout": heldout_metrics,
+                                "generation": eval_metrics})
     if results_path is not None:
         results_path.parent.mkdir(parents=True, exist_ok=True)
         results_path.write_text(json.dumps(results, indent=1))
