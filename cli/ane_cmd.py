@@ -62,7 +62,10 @@ def ane(**opts) -> None:
         prompts = _prompts(model, opts["category"], load_ane_prompts)
         if opts["limit"] is not None:
             prompts = {k: v[: opts["limit"]] for k, v in prompts.items()}
-        backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"])
+        from date_edit.hub import library_progress_bars
+
+        with library_progress_bars(sys.stderr.isatty() and not opts["quiet"]):
+            backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"])
         if backbone.random_weights:
             say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
         scorer = None
