@@ -13,7 +13,7 @@ COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")  # torch.
 UPDATE_MODES = ("accumulate", "restart")  # date.UpdateMode
 RESIZE_MODES = ("fit", "crop", "stretch")  # imaging.ResizeMode
 ANE_CATEGORIES = ("animals", "animals_objects", "objects")  # the Attend-and-Excite prompt set
-# the benchmark ablations of DATE, each a DateConfig change (see date_edit.date.DateConfig.for_ablation)
+# the benchmark ablations of DATE, each a DateConfig change (see date_edit.date.ablation_changes)
 ABLATIONS = ("none", "random-direction", "noisy-objective", "unnormalized", "clamped-decode", "pil-preprocess")
 # the built-in backbones that need no download: the shipped toy world, and random weights for tests
 OFFLINE_MODELS = ("toy", "tiny")
