@@ -1,6 +1,7 @@
 """Cost of DATE against plain sampling: time per image and peak GPU memory, measured in the same run.
 
     python benchmarks/cost.py                 # real-size SD 1.5 architecture, random weights, on CUDA
+    python benchmarks/cost.py --arch sdxl --dtypes fp16,bf16 --batches 1 --fractions 10   # SDXL, 1024 px
     python benchmarks/cost.py --tiny          # CPU smoke version (tiny random models), used by the tests
 
 Every ratio compares two numbers measured in this process on this device. Times are the median of
@@ -50,11 +51,11 @@ def measure(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float,
 
 def build(args, dtype: str, device: torch.device):
     """The backbone and the objectives for one precision."""
-    from date_edit.backbones import backbone_from_components, load_backbone, sd15_components
+    from date_edit.backbones import backbone_from_components, load_backbone, sd15_components, sdxl_components
     from date_edit.scorers import build_scorer
 
     if args.tiny:
-        backbone = load_backbone("tiny", dtype=dtype, device=str(device))
+        backbone = load_backbone("tiny-sdxl" if args.arch == "sdxl" else "tiny", dtype=dtype, device=str(device))
         clip = build_scorer("clip:tiny", device=device)
         objectives = {"clip": clip}
         if args.imagereward:
@@ -63,8 +64,9 @@ def build(args, dtype: str, device: torch.device):
     from date_edit.backbones import DTYPES
     from date_edit.scorers.clip import clip_vit_l14_random
 
-    comps = sd15_components(device=device, dtype=DTYPES[dtype])
-    backbone = backbone_from_components("sd15-architecture-random", comps, dtype=dtype, device=str(device),
+    factory = sdxl_components if args.arch == "sdxl" else sd15_components
+    comps = factory(device=device, dtype=DTYPES[dtype])
+    backbone = backbone_from_components(f"{args.arch}-architecture-random", comps, dtype=dtype, device=str(device),
                                         random_weights=True)
     clip = clip_vit_l14_random(device=device)
     clip.model.to(DTYPES[dtype])
@@ -79,13 +81,14 @@ def build(args, dtype: str, device: torch.device):
 
 def update_breakdown(backbone, scorer, repeats: int = 5) -> dict:
     """Median milliseconds of each phase of one DATE update at batch 1 (synchronised between phases)."""
+    from date_edit.conditioning import cat_conditions
     from date_edit.schedule import tweedie_x0
 
     device = backbone.device
     size = backbone.native_size // backbone.vae_scale_factor
-    x_t = torch.randn((1, 4, size, size), generator=torch.Generator().manual_seed(0)).to(device)
-    cond = backbone.encode_prompt(["a photograph of an astronaut riding a horse"])
-    uncond = backbone.encode_prompt([""])
+    x_t = torch.randn((1, backbone.latent_channels, size, size), generator=torch.Generator().manual_seed(0)).to(device)
+    cond = backbone.encode_condition(["a photograph of an astronaut riding a horse"])
+    uncond = backbone.unconditional(1)
     t = 501
     phases: dict[str, list[float]] = {}
 
@@ -101,9 +104,9 @@ def update_breakdown(backbone, scorer, repeats: int = 5) -> dict:
         with torch.no_grad():
             eps_u = backbone(x_t, t, uncond)
         start = tick("unet_uncond_fwd", start)
-        leaf = cond.detach().clone().requires_grad_(True)
+        leaf = cond["tokens"].detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            eps = eps_u + 7.5 * (backbone(x_t, t, leaf) - eps_u)
+            eps = eps_u + 7.5 * (backbone(x_t, t, cond.replace(tokens=leaf)) - eps_u)
             start = tick("unet_cond_fwd_grad", start)
             image = backbone.decode(tweedie_x0(x_t, eps, backbone.schedule.abar(t)))
             start = tick("vae_decode_fwd_grad", start)
@@ -112,8 +115,7 @@ def update_breakdown(backbone, scorer, repeats: int = 5) -> dict:
             torch.autograd.grad(h.sum(), leaf)
             start = tick("backward", start)
         with torch.no_grad():
-            torch.cat([uncond, cond])
-            backbone(torch.cat([x_t, x_t]), t, torch.cat([uncond, cond]))
+            backbone(torch.cat([x_t, x_t]), t, cat_conditions(uncond, cond))
         tick("plain_cfg_step_unet", start)
         if i == 0:
             phases.clear()
@@ -137,14 +139,18 @@ def edit_run(backbone, scorer, fraction, tiny: bool):
 
 
 def diffusers_baseline(backbone, prompt: str, steps: int, guidance: float, batch: int, seed: int):
-    """A closure running diffusers' own StableDiffusionPipeline on the same components."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    """A closure running diffusers' own StableDiffusionPipeline (or StableDiffusionXLPipeline) on the same
+    components."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline(
-        vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, unet=backbone.unet,
-        scheduler=DDIMScheduler.from_config(backbone.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
+    common = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
+                  unet=backbone.unet, scheduler=DDIMScheduler.from_config(backbone.scheduler_config))
+    if backbone.family == "sdxl":
+        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=backbone.text_encoder_2,
+                                         tokenizer_2=backbone.tokenizer_2)
+    else:
+        pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     size = backbone.native_size
 
@@ -161,6 +167,8 @@ def main(argv=None) -> int:
     """Run the grid and write JSON + Markdown."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke run with the tiny random models")
+    p.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15",
+                   help="the architecture: SD 1.5 (512 px) or SDXL base (1024 px), random weights")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,fp16,bf16 (default fp16,fp32,bf16; tiny fp32)")
     p.add_argument("--batches", default=None, help="comma list (default 1,4,8; tiny 1,2)")
     p.add_argument("--fractions", default="10,20,100", help="DATE update fractions in percent")
@@ -200,14 +208,15 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     rows: list[dict] = []
     out_dir = Path(args.out) if args.out else (None if args.tiny else Path(__file__).parent / "results")
-    slug = card.lower().replace(" ", "-")
+    slug = card.lower().replace(" ", "-") + ("" if args.arch == "sd15" else f"-{args.arch}")
 
     def flush() -> None:
         if out_dir is None:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"card": card, "torch": torch.__version__, "steps": steps, "repeats": repeats, "warmup": args.warmup,
-                "resolution": "tiny native (64)" if args.tiny else 512, "weights": "random",
+                "arch": args.arch, "resolution": "tiny native (64)" if args.tiny else
+                {"sd15": 512, "sdxl": 1024}[args.arch], "weights": "random",
                 "command": "python benchmarks/cost.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         try:
             import diffusers

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks: the real-size SD 1.5 architecture (random weights) on one CUDA GPU.
+# The device checks: the real-size SD 1.5 and SDXL architectures (random weights) on one CUDA GPU.
 #
 #   bash benchmarks/gpu_check.sh [STAGE ...]      (default: base)
 #
@@ -10,6 +10,9 @@
 #               random weights), the TAESD gradient decoder, batch 8, per-phase breakdown (BUDGET_OBJECTIVES=100)
 #   compile     torch.compile (reduce-overhead, CUDA graphs) of the no-grad passes, eager vs compiled, plain vs
 #               DATE 10/20/100% at batch 1 (BUDGET_COMPILE=300), and batch 8 fp16 10% memory (BUDGET_B8=120)
+#   sdxl        the real-size SDXL base architecture (random weights) at 1024 px, 50 steps, batch 1: plain vs DATE
+#               10% with the CUDA default VAE checkpointing, fp16 then bf16, with diffusers' SDXL pipeline as a
+#               baseline and the per-phase breakdown (BUDGET_SDXL=300)
 #   all         every stage above
 #
 # Where the GPU machine has no network, carry in .gpu/:
@@ -19,7 +22,7 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(base)
-[ "${STAGES[0]}" = all ] && STAGES=(base objectives compile)
+[ "${STAGES[0]}" = all ] && STAGES=(base objectives compile sdxl)
 if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -43,6 +46,9 @@ for stage in "${STAGES[@]}"; do
         --repeats 2 --warmup 1 --budget-s "${BUDGET_COMPILE:-300}" --out "$OUT/run3"
       cost --dtypes fp16 --batches 8 --fractions 10 --ckpt-default --no-diffusers \
         --repeats 1 --warmup 1 --budget-s "${BUDGET_B8:-120}" --out "$OUT/run3-b8" ;;
-    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile or all" >&2; exit 2 ;;
+    sdxl)
+      cost --arch sdxl --dtypes fp16,bf16 --batches 1 --fractions 10 --ckpt-default --breakdown \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_SDXL:-300}" --out "$OUT/sdxl" ;;
+    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile, sdxl or all" >&2; exit 2 ;;
   esac
 done

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from date_edit.choices import DEFAULT_MODEL
+from date_edit.choices import DEFAULT_MODEL, OFFLINE_MODELS
 from date_edit.date import DateConfig
 from date_edit.errors import ConfigError, DateEditError
 from date_edit.multiconcept import mean_ci95
@@ -146,7 +146,7 @@ class Metrics:
         from date_edit.scorers import build_scorer
 
         self.suite = suite
-        offline = model in ("tiny", "toy")
+        offline = model in OFFLINE_MODELS
         if suite == "toy":
             from date_edit.toy.judge import evaluate
 
@@ -524,7 +524,7 @@ def main(argv=None) -> int:
     r.add_argument("--guidance", type=float, default=7.5, help="CFG scale of generation")
     r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
     r.add_argument("--model", default=None,
-                   help=f"backbone (toy/tiny offline; default: toy for --suite toy, else {DEFAULT_MODEL})")
+                   help=f"backbone (toy, tiny, tiny-sdxl offline; default: toy for --suite toy, else {DEFAULT_MODEL})")
     r.add_argument("--dtype", default="fp32")
     r.add_argument("--device", default="auto")
     r.add_argument("--eval-clip", default=None, help="CLIP of the metrics (coco5k default: open_clip ViT-g-14)")

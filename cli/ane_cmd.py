@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from date_edit.choices import ANE_CATEGORIES, DTYPE_NAMES
+from date_edit.choices import ANE_CATEGORIES, DTYPE_NAMES, RANDOM_MODELS
 
 from . import common
 from .options import date_options, device_option, seed_option
@@ -67,14 +67,14 @@ def ane(**opts) -> None:
         with library_progress_bars(sys.stderr.isatty() and not opts["quiet"]):
             backbone = load_backbone(model, dtype=opts["dtype"], device=opts["device"])
         if backbone.random_weights:
-            say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
+            say(f"note: --model {backbone.name} has random weights; its images are noise (for tests and smoke runs)")
         scorer = None
         if date is not None:
             scorer = build_scorer(common.scorer_spec(opts["scorer"], model), device=backbone.device,
                                   require_differentiable=True)
-        metric_spec = {"tiny": "clip:tiny", "toy": "clip:toy"}.get(model, opts["metric_clip"])
+        metric_spec = "clip:tiny" if model in RANDOM_MODELS else "clip:toy" if model == "toy" else opts["metric_clip"]
         encoder = TemplateTextEncoder(build_scorer(metric_spec, device=backbone.device))
-        cap_spec = "blip:tiny" if model == "tiny" and opts["captioner"] == "blip" else opts["captioner"]
+        cap_spec = "blip:tiny" if model in RANDOM_MODELS and opts["captioner"] == "blip" else opts["captioner"]
         if model == "toy" and opts["captioner"] == "blip":
             cap_spec = "none"
         captioner = load_captioner(cap_spec, device=backbone.device)

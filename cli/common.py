@@ -33,7 +33,9 @@ def date_config(opts: dict):
     if opts.get("rho") is not None and opts.get("rho_relative") is not None:
         raise ConfigError(None, "--rho and --rho-relative are exclusive: give the DATE radius one way")
     return DateConfig(rho=opts["rho"], rho_relative=opts.get("rho_relative"), update_steps=opts["update_steps"],
-                      mode=opts["update_mode"], iterations=opts["grad_iters"], **ablation_changes(opts["ablation"]))
+                      mode=opts["update_mode"], iterations=opts["grad_iters"],
+                      targets=opts.get("date_targets") or "tokens", norm=opts.get("date_norm") or "joint",
+                      **ablation_changes(opts["ablation"]))
 
 
 def check_schedule(date, run_steps: int) -> None:
@@ -115,7 +117,7 @@ def load_model(opts: dict):
                                  grad_decoder=opts["grad_decoder"],
                                  compile=opts["compile_mode"] if opts.get("compile_unet") else None)
     if backbone.random_weights:
-        say("note: --model tiny has random weights; its images are noise (for tests and smoke runs)")
+        say(f"note: --model {backbone.name} has random weights; its images are noise (for tests and smoke runs)")
     return backbone
 
 
@@ -222,7 +224,10 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
         "rho_relative": date.get("rho_relative"),
         "update_mode": opts.get("update_mode") if not opts.get("no_date") else None,
         "scorer": opts.get("scorer_resolved"),
+        "date_targets": list(trace.targets) if trace else [],
+        "date_norm": date.get("norm"),
         "embedding_update_norms": result.embedding_update_norms,
+        "embedding_update_norms_per_tensor": dict(trace.update_norms_per_tensor) if trace else {},
         "embedding_drift": result.embedding_drift,
         "date_scores": list(trace.scores) if trace else [],
         "scores": scores,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import click
 
 from date_edit.choices import (
-    ABLATIONS, CHECKPOINTING_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPE_NAMES, RESIZE_MODES, UPDATE_MODES,
+    ABLATIONS, CHECKPOINTING_MODES, COMPILE_MODES, DATE_NORMS, DATE_TARGETS, DEFAULT_MODEL, DTYPE_NAMES, RESIZE_MODES,
+    UPDATE_MODES,
 )
 
 
@@ -49,8 +50,9 @@ def seed_option(text: str, **kwargs):
 # ------------------------------------------------------------------------------------- option groups
 
 MODEL_HELP = (
-    f"Backbone: a hub id (default {DEFAULT_MODEL}), a local diffusers folder, a .safetensors/.ckpt file, "
-    "'toy' (the shipped toy world) or 'tiny' (random weights: noise, for tests)."
+    f"Backbone, SD 1.x/2.x or SDXL: a hub id (default {DEFAULT_MODEL}; SDXL: "
+    "stabilityai/stable-diffusion-xl-base-1.0), a local diffusers folder, a .safetensors/.ckpt file, "
+    "'toy' (the shipped toy world), or 'tiny' / 'tiny-sdxl' (random weights: noise, for tests)."
 )
 
 
@@ -67,7 +69,8 @@ def model_options(exclude: tuple[str, ...] = ()):
         "model": click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP),
         "model_config": click.option(
             "--model-config", default=None, metavar="DIR",
-            help="For a single-file checkpoint offline: a diffusers SD folder (or hub id) with its configs."),
+            help="For a single-file checkpoint offline: a diffusers folder (or hub id) of the same family (SD or "
+                 "SDXL) with its configs."),
         "dtype": click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True,
                               help="Model precision (latents, embeddings and DATE updates stay fp32)."),
         "device": device_option(),
@@ -112,6 +115,12 @@ def date_options(f):
         click.option("--rho-relative", type=float, default=None,
                      help="DATE radius relative to the prompt's own embedding: each update moves sample b by "
                           "R * ||c_org[b]||_F, a scale that carries across text encoders (exclusive with --rho)."),
+        click.option("--date-targets", type=click.Choice(DATE_TARGETS), default="tokens", show_default=True,
+                     help="Condition tensors DATE moves: tokens (the token embedding: SD's only one, SDXL's "
+                          "prompt_embeds), pooled (SDXL's pooled vector) or all. SDXL's time ids never move."),
+        click.option("--date-norm", type=click.Choice(DATE_NORMS), default="joint", show_default=True,
+                     help="With several targets: joint (the whole move has radius rho) or per-tensor (each tensor "
+                          "moves by rho, or by R times its own norm with --rho-relative)."),
         click.option("--update-steps", default="every:10", show_default=True,
                      help="Sampler steps that update: '0,10,20', a range '20-40', 'every:10', a fraction '10%', "
                           "or 'none'. Indices count the steps actually run (after --skip for edits)."),

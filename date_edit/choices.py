@@ -15,8 +15,13 @@ RESIZE_MODES = ("fit", "crop", "stretch")  # imaging.ResizeMode
 ANE_CATEGORIES = ("animals", "animals_objects", "objects")  # the Attend-and-Excite prompt set
 # the benchmark ablations of DATE, each a DateConfig change (see date_edit.date.ablation_changes)
 ABLATIONS = ("none", "random-direction", "noisy-objective", "unnormalized", "clamped-decode", "pil-preprocess")
-# the built-in backbones that need no download: the shipped toy world, and random weights for tests
-OFFLINE_MODELS = ("toy", "tiny")
+# the built-in backbones that need no download: random weights for tests (SD-shaped and SDXL-shaped), and the
+# shipped toy world
+RANDOM_MODELS = ("tiny", "tiny-sdxl")
+OFFLINE_MODELS = ("toy", *RANDOM_MODELS)
+MODEL_FAMILIES = ("sd", "sdxl")  # what --model can load: SD 1.x/2.x and SDXL pipelines
+DATE_TARGETS = ("tokens", "pooled", "all")  # the condition tensors DATE may move (conditioning.TARGETS)
+DATE_NORMS = ("joint", "per-tensor")  # date.TargetNorm
 
 
 def version() -> str:

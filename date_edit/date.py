@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .conditioning import TARGETS, Condition, Conditioning, as_conditioning
 from .errors import ConfigError
 from .sampling import Denoiser, StepState
 from .scorers.preprocess import reference_grad_preprocessing
@@ -49,6 +50,14 @@ class GradPreprocess(str, enum.Enum):
     PIL = "pil"
 
 
+class TargetNorm(str, enum.Enum):
+    """How a move over several target tensors is normalised: ``joint`` (one Frobenius norm over all of them, so
+    the whole move has radius rho) or ``per-tensor`` (each tensor moves by its own radius)."""
+
+    JOINT = "joint"
+    PER_TENSOR = "per-tensor"
+
+
 class Objective(str, enum.Enum):
     """What the score sees: the Tweedie ``x0`` (DATE), or the noisy next latent ``xt`` (ablation)."""
 
@@ -73,10 +82,13 @@ class DateConfig:
     rho_relative: Optional[float] = None
     clamp_decoded: bool = False  # ablation: clamp decode(x0_hat) to [0, 1] in the gradient pass (reference: no)
     grad_preprocess: GradPreprocess = GradPreprocess.REFERENCE  # the scorer's preprocessing in the gradient pass
+    # which condition tensors move: tokens (SD's role; SDXL prompt_embeds), pooled (SDXL), or all movable ones
+    targets: str = "tokens"
+    norm: TargetNorm = TargetNorm.JOINT  # several targets: one joint norm, or each tensor its own radius
 
     def __post_init__(self) -> None:
         for name, kind in (("mode", UpdateMode), ("direction", Direction), ("objective", Objective),
-                           ("grad_preprocess", GradPreprocess)):
+                           ("grad_preprocess", GradPreprocess), ("norm", TargetNorm)):
             object.__setattr__(self, name, _member(kind, getattr(self, name), name))
         if self.rho is not None and self.rho_relative is not None:
             raise ConfigError("rho_relative", "and rho are exclusive: give the radius one way")
@@ -86,6 +98,8 @@ class DateConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(name, f"must be a finite number >= 0, got {value}")
+        if self.targets not in TARGETS:
+            raise ConfigError("date_targets", f"{self.targets!r}: use one of {', '.join(TARGETS)}")
         if self.iterations < 1:
             raise ConfigError("iterations", f"must be >= 1, got {self.iterations}")
         parse_update_steps(self.update_steps, None)  # syntax check only; range checked per run
@@ -96,7 +110,8 @@ class DateConfig:
         return (self.rho if self.rho is not None else self.rho_relative) != 0.0
 
     def radius(self, cond_org: torch.Tensor) -> torch.Tensor:
-        """The per-sample radius ``(B, 1, 1)``: ``rho``, or ``rho_relative * ||c_org||_F``."""
+        """The per-sample radius ``(B, 1, ...)`` shaped like ``cond_org``: ``rho``, or ``rho_relative * ||c_org||_F``
+        (for several targets moved jointly, ``cond_org`` is their per-sample joint norm, see :func:`joint_norm`)."""
         if self.rho_relative is not None:
             return self.rho_relative * frobenius(cond_org.float())
         return torch.full((cond_org.shape[0],) + (1,) * (cond_org.dim() - 1), float(self.rho),
@@ -191,7 +206,9 @@ def _int(text: str, spec: str) -> int:
 
 @dataclass
 class DateTrace:
-    """What DATE did in one run (all norms are Frobenius over tokens x dim, mean over the batch)."""
+    """What DATE did in one run. Norms are Frobenius, per sample then averaged over the batch; with several
+    target tensors, ``update_norms``, ``grad_norms`` and ``drifts`` are joint over them and
+    ``update_norms_per_tensor`` splits the moves by tensor."""
 
     update_steps: list[int] = field(default_factory=list)  # sampler step indices actually updated
     timesteps: list[int] = field(default_factory=list)  # their timesteps
@@ -200,7 +217,10 @@ class DateTrace:
     scores: list[float] = field(default_factory=list)  # objective h before each update step
     drifts: list[float] = field(default_factory=list)  # ||c_after - c_org|| after each update step
     seconds: float = 0.0  # time spent in updates
-    # (B, L, D) moves c_after - c_before per update step, on the CPU; filled only with DateHook(keep_directions=True)
+    targets: list[str] = field(default_factory=list)  # the condition tensors DATE moved
+    update_norms_per_tensor: dict[str, list[float]] = field(default_factory=dict)  # name -> norm per update step
+    # moves c_after - c_before of the first target (tokens, (B, L, D)) per update step, on the CPU; filled only
+    # with DateHook(keep_directions=True)
     directions: list[torch.Tensor] = field(default_factory=list)
 
     @property
@@ -210,26 +230,38 @@ class DateTrace:
 
 
 def frobenius(x: torch.Tensor) -> torch.Tensor:
-    """Per-sample Frobenius norm of ``(B, L, D)`` -> ``(B, 1, 1)``."""
+    """Per-sample Frobenius norm of ``(B, ...)`` -> ``(B, 1, ...)`` (as many dims as ``x``)."""
     return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+def joint_norm(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-sample Frobenius norm over all ``tensors`` together, shaped to broadcast against each of them
+    (one tensor: exactly :func:`frobenius`)."""
+    if len(tensors) == 1:
+        return {k: frobenius(v) for k, v in tensors.items()}
+    total = sum(v.flatten(1).pow(2).sum(dim=1) for v in tensors.values()).sqrt()
+    return {k: total.view(-1, *([1] * (v.dim() - 1))) for k, v in tensors.items()}
+
+
+Targets = dict[str, torch.Tensor]  # the moved tensors of a condition, by name, float32
 
 
 class DateHook:
     """The DATE condition hook (see module docstring); call it with each step's :class:`StepState`.
 
     Args:
-        config: the DATE settings.
+        config: the DATE settings (``config.targets`` picks the condition tensors it moves).
         update_indices: resolved step indices (from :func:`parse_update_steps`).
-        denoiser: ``eps = denoiser(x_t, t, embeds)``; must let gradients flow to ``embeds``.
+        denoiser: ``eps = denoiser(x_t, t, cond)``; must let gradients flow to the condition's tensors.
         decode: latents -> images ``(B, 3, H, W)``, nominally in ``[0, 1]`` (unclamped, as in the reference
             implementation, unless ``config.clamp_decoded``), differentiable.
         score: ``(images, prompts) -> (B,)`` differentiable, higher is better.
         prompts: the target prompts the score compares against.
-        uncond: ``(B, L, D)`` unconditional embedding (never updated); None for no guidance.
+        uncond: the unconditional condition (never updated); None for no guidance.
         guidance_scale: the CFG scale of the step, used for the guided eps of the gradient pass.
         schedule / timesteps: to compute ``x0_hat`` (and the next latent for the ``xt`` ablation).
         noise_maps: the edit's noise maps (only needed for the ``xt`` ablation of an edit).
-        keep_directions: record every update's move ``(B, L, D)`` in ``trace.directions`` (for analyses).
+        keep_directions: record every update's move of the first target in ``trace.directions`` (for analyses).
     """
 
     def __init__(
@@ -241,7 +273,7 @@ class DateHook:
         decode: Callable[[torch.Tensor], torch.Tensor],
         score: Callable[[torch.Tensor, Sequence[str]], torch.Tensor],
         prompts: Sequence[str],
-        uncond: Optional[torch.Tensor],
+        uncond: Optional[Condition],
         guidance_scale: float,
         schedule: NoiseSchedule,
         timesteps: Sequence[int],
@@ -256,54 +288,96 @@ class DateHook:
         self.uncond, self.guidance_scale = uncond, guidance_scale
         self.schedule, self.timesteps, self.noise_maps = schedule, list(timesteps), noise_maps
         self.trace = DateTrace()
-        self.cond_org: Optional[torch.Tensor] = None
+        self.cond_org: Optional[Conditioning] = None
+        self.names: tuple[str, ...] = ()
         self._generator = torch.Generator().manual_seed(config.seed)
 
-    def __call__(self, state: StepState) -> torch.Tensor:
-        """Return the condition for this step: updated on scheduled steps, unchanged otherwise."""
+    def __call__(self, state: StepState) -> Condition:
+        """Return the condition for this step: updated on scheduled steps, unchanged otherwise (same type as
+        ``state.cond``: a tensor stays a tensor)."""
+        given = as_conditioning(state.cond)
         if self.cond_org is None:
-            self.cond_org = state.cond.detach().clone()
+            self.cond_org = given.detach().clone()
+            self.names = given.resolve_targets(self.config.targets)
+            self.trace.targets = list(self.names)
         if state.index not in self.indices or not self.config.moves:
             if state.index in self.indices:  # rho 0: record a zero move, keep c bit for bit
-                self._record(state, state.cond, state.cond, torch.zeros(()), float("nan"), 0.0)
+                current = {n: given[n].detach() for n in self.names}
+                self._record(state, current, current, torch.zeros(()), float("nan"), 0.0)
             return state.cond
         start = time.perf_counter()
-        cond_before = state.cond.detach()
-        cond = cond_before.float()
-        base = cond if self.config.mode == UpdateMode.ACCUMULATE else self.cond_org.float()
+        before = {n: given[n].detach() for n in self.names}
+        cond = {n: v.float() for n, v in before.items()}
+        base = cond if self.config.mode == UpdateMode.ACCUMULATE else {n: self.cond_org[n].float() for n in self.names}
         grad_norm, score = torch.zeros(()), float("nan")
         for _ in range(self.config.iterations):
-            direction, grad_norm, score = self._direction(state, cond)
-            if self.config.mode == UpdateMode.ACCUMULATE:
-                cond = cond + direction
-            else:
-                cond = base + direction
-        cond = cond.to(cond_before.dtype)
-        self._record(state, cond_before, cond, grad_norm, score, time.perf_counter() - start)
+            moves, grad_norm, score = self._direction(state, given, cond)
+            origin = cond if self.config.mode == UpdateMode.ACCUMULATE else base
+            cond = {n: origin[n] + moves[n] for n in self.names}
+        after = {n: cond[n].to(before[n].dtype) for n in self.names}
+        self._record(state, before, after, grad_norm, score, time.perf_counter() - start)
         if self.keep_directions:
-            self.trace.directions.append((cond.float() - cond_before.float()).cpu())
-        return cond
+            first = self.names[0]
+            self.trace.directions.append((after[first].float() - before[first].float()).cpu())
+        updated = given.replace(**after)
+        return updated if isinstance(state.cond, Conditioning) else updated["tokens"]
 
-    def _direction(self, state: StepState, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """The move ``rho * g / ||g||`` (or its ablations), with ``||g||`` and the score before the move."""
-        rho = self.config.radius(self.cond_org)
+    def _radii(self) -> Targets:
+        """Each target's per-sample radius: ``rho`` (or ``rho_relative`` times the original's norm), shared by
+        the targets jointly or given to each (``config.norm``)."""
+        org = {n: self.cond_org[n].float() for n in self.names}
+        if len(org) == 1 or self.config.norm == TargetNorm.PER_TENSOR:
+            return {n: self.config.radius(v) for n, v in org.items()}
+        if self.config.rho_relative is not None:
+            return {n: self.config.rho_relative * v for n, v in joint_norm(org).items()}
+        return {n: self.config.radius(v) for n, v in org.items()}
+
+    def _norms(self, grads: Targets) -> Targets:
+        """The normaliser of each target's gradient: joint over the targets, or its own (``config.norm``)."""
+        if self.config.norm == TargetNorm.PER_TENSOR:
+            return {n: frobenius(g) for n, g in grads.items()}
+        return joint_norm(grads)
+
+    def _random_move(self, cond: Targets, rho: Targets) -> Targets:
+        """``rho`` times a random direction of unit (joint or per-tensor) norm, from the ablation's generator."""
+        noise = {n: torch.randn(v.shape, generator=self._generator, dtype=torch.float32).to(v.device)
+                 for n, v in cond.items()}
+        norms = self._norms(noise)
+        return {n: rho[n] * v / norms[n] for n, v in noise.items()}
+
+    def _direction(self, state: StepState, given: Conditioning, cond: Targets) -> tuple[Targets, torch.Tensor, float]:
+        """The move ``rho * g / ||g||`` of every target (or its ablations), with ``||g||`` and the score before
+        the move."""
+        rho = self._radii()
         if self.config.direction == Direction.RANDOM and self.config.normalize:
-            noise = torch.randn(cond.shape, generator=self._generator, dtype=torch.float32).to(cond.device)
-            return rho * noise / frobenius(noise), torch.zeros(()), float("nan")
-        grad, h = self.gradient(state, cond)
-        norm = frobenius(grad)
+            return self._random_move(cond, rho), torch.zeros(()), float("nan")
+        grads, h = self._gradients(state, given.replace(**cond))
+        norms = self._norms(grads)
+        mean_norm = joint_norm(grads)[self.names[0]].mean()
         if self.config.direction == Direction.RANDOM:  # unnormalised random: same norm as rho * g
-            noise = torch.randn(cond.shape, generator=self._generator, dtype=torch.float32).to(cond.device)
-            return rho * noise / frobenius(noise) * norm, norm.mean(), h
+            move = self._random_move(cond, rho)
+            return {n: move[n] * norms[n] for n in self.names}, mean_norm, h
         if not self.config.normalize:
-            return rho * grad, norm.mean(), h
-        usable = (norm > 0) & torch.isfinite(norm)  # a zero or non-finite gradient (fp16 overflow) moves nothing
-        safe = torch.where(usable, norm, torch.ones_like(norm))
-        grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
-        return torch.where(usable, rho * grad / safe, torch.zeros_like(grad)), norm.mean(), h
+            return {n: rho[n] * grads[n] for n in self.names}, mean_norm, h
+        moves = {}
+        for n, grad in grads.items():
+            norm = norms[n]
+            usable = (norm > 0) & torch.isfinite(norm)  # a zero or non-finite gradient (fp16 overflow) moves nothing
+            safe = torch.where(usable, norm, torch.ones_like(norm))
+            grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
+            moves[n] = torch.where(usable, rho[n] * grad / safe, torch.zeros_like(grad))
+        return moves, mean_norm, h
 
-    def gradient(self, state: StepState, cond: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``g = d h / d c`` at ``cond`` (float32 leaf), with the guided eps as in the official code."""
+    def gradient(self, state: StepState, cond: Condition) -> tuple[torch.Tensor | Targets, float]:
+        """``g = d h / d c`` at ``cond`` with the guided eps as in the official code, and ``h``: for a plain
+        ``(B, L, D)`` tensor the gradient tensor; for a :class:`Conditioning` a dict, one gradient per target."""
+        grads, h = self._gradients(state, cond)
+        return (grads if isinstance(cond, Conditioning) else grads["tokens"]), h
+
+    def _gradients(self, state: StepState, cond: Condition) -> tuple[Targets, float]:
+        """The gradient of every target tensor of ``cond`` (float32 leaves) and the score."""
+        given = as_conditioning(cond)
+        names = self.names or ("tokens",)
         x_t, t = state.x_t.detach(), state.t
         w = self.guidance_scale
         eps_u = None
@@ -312,9 +386,12 @@ class DateHook:
                 with torch.no_grad():
                     state.eps_uncond = self.denoiser(x_t, t, self.uncond)
             eps_u = state.eps_uncond
-        leaf = cond.detach().float().requires_grad_(True)
+        leaves = {n: given[n].detach().float().requires_grad_(True) for n in names}
         with torch.enable_grad():
-            eps_c = self.denoiser(x_t, t, leaf)
+            leaf_cond = given.replace(**leaves)
+            # the denoiser gets the kind of condition the loop gives it: a plain tensor stays a tensor
+            plain = not isinstance(state.cond, Conditioning)
+            eps_c = self.denoiser(x_t, t, leaf_cond["tokens"] if plain else leaf_cond)
             eps = eps_c if eps_u is None else eps_u + w * (eps_c - eps_u)
             abar_t = self.schedule.abar(t)
             if self.config.objective == Objective.X0:
@@ -327,15 +404,19 @@ class DateHook:
                     target = ddim_step(x_t, eps, abar_t, abar_prev)
             with reference_grad_preprocessing(self.config.grad_preprocess == GradPreprocess.REFERENCE):
                 h = self.score(self.decode(target), self.prompts)
-            (grad,) = torch.autograd.grad(h.sum(), leaf)
-        return grad.detach(), float(h.detach().float().mean())
+            grads = torch.autograd.grad(h.sum(), [leaves[n] for n in names])
+        return {n: g.detach() for n, g in zip(names, grads)}, float(h.detach().float().mean())
 
-    def _record(self, state: StepState, before, after, grad_norm, score: float, seconds: float) -> None:
-        org = self.cond_org.float()
+    def _record(self, state: StepState, before: Targets, after: Targets, grad_norm, score: float,
+                seconds: float) -> None:
+        moved = {n: after[n].float() - before[n].float() for n in self.names}
+        drift = {n: after[n].float() - self.cond_org[n].float() for n in self.names}
         self.trace.update_steps.append(state.index)
         self.trace.timesteps.append(int(state.t))
-        self.trace.update_norms.append(float(frobenius(after.float() - before.float()).mean()))
+        self.trace.update_norms.append(float(joint_norm(moved)[self.names[0]].mean()))
+        for n, move in moved.items():
+            self.trace.update_norms_per_tensor.setdefault(n, []).append(float(frobenius(move).mean()))
         self.trace.grad_norms.append(float(grad_norm))
         self.trace.scores.append(score)
-        self.trace.drifts.append(float(frobenius(after.float() - org).mean()))
+        self.trace.drifts.append(float(joint_norm(drift)[self.names[0]].mean()))
         self.trace.seconds += seconds

@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .conditioning import Condition
 from .sampling import Denoiser, guided_eps
 from .schedule import NoiseSchedule, tweedie_x0
 
@@ -23,7 +24,7 @@ class UniversalGuidance:
     happens inside with the wrapped ``uncond`` and ``guidance_scale``.
     """
 
-    def __init__(self, denoiser: Denoiser, *, uncond: Optional[torch.Tensor], guidance_scale: float,
+    def __init__(self, denoiser: Denoiser, *, uncond: Optional[Condition], guidance_scale: float,
                  decode: Callable[[torch.Tensor], torch.Tensor], score, prompts: Sequence[str],
                  schedule: NoiseSchedule, strength: float = 1.0, steps: Optional[set[int]] = None) -> None:
         self.denoiser, self.uncond, self.w = denoiser, uncond, guidance_scale
@@ -31,7 +32,7 @@ class UniversalGuidance:
         self.schedule, self.strength, self.steps = schedule, strength, steps
         self.calls = 0
 
-    def __call__(self, x_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_t: torch.Tensor, t: int, cond: Condition) -> torch.Tensor:
         """Guided eps with the data-space score gradient folded in."""
         index = self.calls
         self.calls += 1

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .conditioning import Condition
 from .errors import ConfigError
 from .sampling import Denoiser, guided_eps
 from .schedule import NoiseSchedule, ddpm_step, noise_map_for
@@ -43,8 +44,8 @@ def invert(
     timesteps: Sequence[int],
     schedule: NoiseSchedule,
     *,
-    cond: torch.Tensor,
-    uncond: Optional[torch.Tensor],
+    cond: Condition,
+    uncond: Optional[Condition],
     guidance_scale: float,
     generator: torch.Generator | Sequence[torch.Generator],
     progress: Optional[Callable[[int, int], None]] = None,
@@ -60,7 +61,7 @@ def invert(
 
     Args:
         x0: ``(B, C, h, w)`` clean latents (already scaled by the VAE scaling factor).
-        cond / uncond: ``(B, L, D)`` source embeddings; ``uncond`` None for no guidance.
+        cond / uncond: source conditions (a Conditioning or ``(B, L, D)`` tokens); ``uncond`` None for no guidance.
         guidance_scale: CFG scale of the source prompt (paper default 3.5).
     """
     ts = list(timesteps)

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .backbones import Backbone
+from .conditioning import Conditioning
 from .date import DateConfig, DateHook, DateTrace, parse_update_steps
 from .errors import ConfigError
 from .inversion import Inversion, invert
@@ -237,7 +238,7 @@ def invert_image(
     b = pixels.shape[0]
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     x0 = backbone.encode_image(pixels)
-    cond, uncond = _source_conditions(backbone, sources)
+    cond, uncond = _source_conditions(backbone, sources, tuple(pixels.shape[-2:]))
     if isinstance(seed, int):
         generator = torch.Generator().manual_seed(seed)
     else:
@@ -247,11 +248,13 @@ def invert_image(
                   guidance_scale=cfg_source, generator=generator, progress=progress)
 
 
-def _source_conditions(backbone: Backbone, sources: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def _source_conditions(backbone: Backbone, sources: list[str],
+                       size: tuple[int, int]) -> tuple[Conditioning, Optional[Conditioning]]:
     """The source condition: CFG on the source prompt, or the unconditional branch alone if it is empty."""
+    uncond = backbone.unconditional(len(sources), size=size)
     if all(not s for s in sources):
-        return backbone.encode_prompt(sources), None
-    return backbone.encode_prompt(sources), backbone.encode_prompt([""] * len(sources))
+        return uncond, None
+    return backbone.encode_condition(sources, size=size), uncond
 
 
 def edit(
@@ -289,8 +292,9 @@ def edit(
                                  progress=_phase(progress, "invert"))
     clock.lap("inversion_s")
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
-    cond = backbone.encode_prompt(prompts)
-    uncond = backbone.encode_prompt([""] * b)
+    size = tuple(pixels.shape[-2:])
+    cond = backbone.encode_condition(prompts, size=size)
+    uncond = backbone.unconditional(b, size=size)
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.cfg_target, timesteps, noise_maps)
     latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
                      guidance_scale=config.cfg_target, noise_maps=noise_maps, cond_hook=hook,
@@ -315,7 +319,7 @@ def reconstruct(
                              cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"))
     clock.lap("inversion_s")  # synchronised: CUDA work of the inversion is counted here, not in sampling
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
-    cond, uncond = _source_conditions(backbone, sources)
+    cond, uncond = _source_conditions(backbone, sources, tuple(pixels.shape[-2:]))
     latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
                      guidance_scale=config.cfg_source, noise_maps=noise_maps,
                      progress=_phase(progress, "reconstruct"))
@@ -351,7 +355,7 @@ def generate(
         raise ConfigError("height", f"and width must be multiples of {m} for this model, got {width}x{height}")
     check_dimensions(height, width)
     f = backbone.vae_scale_factor
-    channels = backbone.unet.config.in_channels
+    channels = backbone.latent_channels
     clock = _Clock(device)
     shape = (channels, height // f, width // f)
     if seeds is None:
@@ -365,8 +369,8 @@ def generate(
         x_t = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
                            for s in seeds]).to(device)
     timesteps = backbone.schedule.timesteps(config.steps)
-    cond = backbone.encode_prompt(prompts)
-    uncond = backbone.encode_prompt([""] * b)
+    cond = backbone.encode_condition(prompts, size=(height, width))
+    uncond = backbone.unconditional(b, size=(height, width))
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.guidance_scale, timesteps, None,
                          keep_directions)
     denoiser, loop_uncond, loop_w = backbone, uncond, config.guidance_scale

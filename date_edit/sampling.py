@@ -11,27 +11,28 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
+from .conditioning import Condition, cat_conditions
 from .schedule import NoiseSchedule, ddim_step, ddpm_step
 
 
 class Denoiser(Protocol):
-    """``eps = denoiser(x_t, t, embeds)``: the noise prediction (v-models converted to eps).
+    """``eps = denoiser(x_t, t, cond)``: the noise prediction (v-models converted to eps).
 
     Args:
         x_t: ``(B, C, h, w)`` latents.
         t: integer timestep.
-        embeds: ``(B, L, D)`` text embeddings.
+        cond: a :class:`~date_edit.conditioning.Conditioning` of batch B, or a ``(B, L, D)`` token embedding.
     """
 
-    def __call__(self, x_t: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x_t: torch.Tensor, t: int, cond: Condition) -> torch.Tensor: ...
 
 
 def guided_eps(
     denoiser: Denoiser,
     x_t: torch.Tensor,
     t: int,
-    cond: torch.Tensor,
-    uncond: Optional[torch.Tensor],
+    cond: Condition,
+    uncond: Optional[Condition],
     guidance_scale: float,
 ) -> torch.Tensor:
     """Classifier-free guidance ``eps = eps_u + w (eps_c - eps_u)`` in one batched call (Ho & Salimans 2022).
@@ -40,7 +41,7 @@ def guided_eps(
     """
     if uncond is None or guidance_scale == 1.0:
         return denoiser(x_t, t, cond)
-    eps_u, eps_c = denoiser(torch.cat([x_t, x_t]), t, torch.cat([uncond, cond])).chunk(2)
+    eps_u, eps_c = denoiser(torch.cat([x_t, x_t]), t, cat_conditions(uncond, cond)).chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
@@ -51,7 +52,7 @@ class StepState:
     index: int
     t: int
     x_t: torch.Tensor
-    cond: torch.Tensor
+    cond: Condition
     eps: Optional[torch.Tensor] = None
     x_prev: Optional[torch.Tensor] = None
     # A hook that already evaluated the unconditional eps at this ``x_t`` and ``t`` (with the loop's
@@ -59,7 +60,7 @@ class StepState:
     eps_uncond: Optional[torch.Tensor] = None
 
 
-CondHook = Callable[[StepState], torch.Tensor]
+CondHook = Callable[[StepState], Condition]
 Observer = Callable[[StepState], None]
 
 
@@ -69,8 +70,8 @@ def sample(
     timesteps: Sequence[int],
     schedule: NoiseSchedule,
     *,
-    cond: torch.Tensor,
-    uncond: Optional[torch.Tensor],
+    cond: Condition,
+    uncond: Optional[Condition],
     guidance_scale: float,
     noise_maps: Optional[torch.Tensor] = None,
     cond_hook: Optional[CondHook] = None,
@@ -83,7 +84,7 @@ def sample(
         x_start: ``(B, C, h, w)`` latents at ``timesteps[0]``.
         timesteps: the timesteps to run, high to low; the step after the last lands on the one
             that follows it in the full schedule (pass the full list's tail for edits).
-        cond / uncond: ``(B, L, D)`` conditional / unconditional embeddings.
+        cond / uncond: conditional / unconditional conditions (a Conditioning or ``(B, L, D)`` tokens).
         noise_maps: ``(len(timesteps), B, C, h, w)``: DDPM eta=1 with these z_t (editing);
             ``None``: deterministic DDIM eta=0 (generation).
         cond_hook: called before each step's eps with the state; returns the condition to use

@@ -25,3 +25,18 @@ def test_cost_tiny_writes_rows_with_ratios(tmp_path):
         if r["method"] in ("date", "edit", "plain"):
             assert r["seconds_per_image"] > 0 and r["time_ratio_vs_plain"] > 0
     assert any(r["method"] == "update-breakdown" and "backward" in r["phases_ms"] for r in rows)
+
+
+def test_cost_tiny_sdxl_runs_plain_date_and_diffusers_sdxl_pipeline(tmp_path):
+    """`--arch sdxl` (the GPU run's architecture) end to end on tiny-sdxl: plain, DATE 10%, diffusers' SDXL
+    pipeline on the same modules, and the update breakdown."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "benchmarks/cost.py", "--tiny", "--arch", "sdxl", "--batches", "1",
+                          "--fractions", "10", "--breakdown", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (path,) = tmp_path.glob("cost-*-sdxl.json")
+    data = json.loads(path.read_text())
+    assert data["meta"]["arch"] == "sdxl"
+    methods = {r["method"] for r in data["rows"]}
+    assert {"plain", "diffusers", "date", "update-breakdown"} <= methods

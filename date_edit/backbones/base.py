@@ -1,34 +1,40 @@
-"""Stable Diffusion 1.x/2.x backbones: load (hub id, local folder, single file, tiny, toy), encode, denoise, decode.
+"""The backbone protocol and what every family shares: freezing, gradient checkpointing, compile, the gradient
+decoder, dtype and device, the VAE's encode and decode.
 
-The only core module that touches diffusers/transformers, and only inside functions.
+A family (``sd.py``: SD 1.x/2.x, ``sdxl.py``: SDXL) subclasses :class:`Backbone` and supplies three methods:
+:meth:`Backbone.encode_condition`, :meth:`Backbone.unconditional` and :meth:`Backbone.unet_inputs`. The sampling
+loop, the inversion and DATE see only those, through :class:`~date_edit.conditioning.Conditioning`.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
 import torch
 
-from .choices import CHECKPOINTING_MODES, COMPILE_MODES, DEFAULT_MODEL, DTYPE_NAMES  # noqa: F401
-from .components import SD_SCHEDULER_CONFIG, save_components, sd15_components, tiny_components  # noqa: F401
-from .errors import BackboneError, ConfigError  # noqa: F401  (BackboneError re-exported)
-from .hub import hub_reachable, seeded
-from .limits import check_device
-from .schedule import NoiseSchedule, v_to_eps
+from ..choices import CHECKPOINTING_MODES, COMPILE_MODES, DTYPE_NAMES
+from ..conditioning import Condition, Conditioning, as_conditioning
+from ..errors import BackboneError, ConfigError
+from ..hub import hub_reachable, seeded
+from ..limits import check_device
+from ..schedule import NoiseSchedule, v_to_eps
 
-TOY_DIR = Path(__file__).parent / "assets" / "toy"
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
+FAMILIES: dict[str, type] = {}  # family name -> Backbone subclass, filled as the family modules load
+# what each family's component dict holds (a diffusers pipeline's attribute names)
+COMPONENT_NAMES = {"sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+                   "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")}
 
 
 @dataclass
 class Backbone:
-    """A loaded SD-style model: the frozen parts plus what the math needs.
+    """A loaded latent diffusion model: the frozen parts plus what the math needs (the protocol's shared half).
 
     Attributes:
+        family: ``"sd"`` (SD 1.x/2.x) or ``"sdxl"`` (class attribute of the subclass).
         name: what was asked for (``"tiny"``, ``"toy"``, a hub id, a folder, a file).
         unet / vae / text_encoder / tokenizer: the diffusers/transformers components, frozen, eval mode.
         schedule: the noise schedule (from the scheduler config).
@@ -55,6 +61,130 @@ class Backbone:
     compile_s: float = 0.0  # one-off seconds spent in first calls of the compiled UNet (compilation), so far
     _compiled_shapes: set = field(default_factory=set)
 
+    family: ClassVar[str] = "base"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        FAMILIES[cls.family] = cls
+
+    @classmethod
+    def from_components(cls, name: str, components: dict, *, dtype: str | torch.dtype = "fp32",
+                        device: str | torch.device = "auto", random_weights: bool = False,
+                        family: Optional[str] = None, force_zeros_for_empty_prompt: bool = True) -> "Backbone":
+        """Wrap already-built components as the family's backbone, frozen, on ``device`` in ``dtype``.
+
+        Args:
+            components: a diffusers pipeline's modules by attribute name (``unet``, ``vae``, ``text_encoder``,
+                ``tokenizer``, ``scheduler``; SDXL also ``text_encoder_2``, ``tokenizer_2``). They are used as
+                they are (frozen and moved in place, never copied); an SDXL VAE in fp16 is upcast to float32,
+                as diffusers' SDXL pipeline does to decode.
+            family: ``sd`` or ``sdxl``; None: ``sdxl`` when a ``text_encoder_2`` is given.
+            force_zeros_for_empty_prompt: SDXL's unconditional branch is zeros (its pipeline's default).
+        """
+        from ..tokenizer import check_tokenizer
+
+        family = family or ("sdxl" if components.get("text_encoder_2") is not None else "sd")
+        if family not in FAMILIES:
+            raise BackboneError(f"model family {family!r} is not supported: use one of {', '.join(FAMILIES)}")
+        missing = [k for k in COMPONENT_NAMES[family] if components.get(k) is None]
+        if missing:
+            raise BackboneError(f"{name}: a {family} model needs {', '.join(missing)}")
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        models = [components[k] for k in COMPONENT_NAMES[family] if k.startswith(("unet", "vae", "text_encoder"))]
+        for key in COMPONENT_NAMES[family]:
+            if key.startswith("tokenizer"):
+                check_tokenizer(components[key])
+        freeze(*models)
+        vae = components["vae"]
+        upcast_vae = family == "sdxl" and dt == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        for module in models:
+            module.to(dev)
+            wanted = torch.float32 if (module is vae and upcast_vae) else dt
+            if next(module.parameters()).dtype != wanted:
+                module.to(wanted)
+        sched_cfg = dict(components["scheduler"].config)
+        unet = components["unet"]
+        extra = {k: components[k] for k in COMPONENT_NAMES[family] if k not in COMPONENT_NAMES["sd"]}
+        if family == "sdxl":
+            extra["force_zeros_for_empty_prompt"] = force_zeros_for_empty_prompt
+        return FAMILIES[family](
+            name=name, unet=unet, vae=vae, text_encoder=components["text_encoder"],
+            tokenizer=components["tokenizer"], schedule=NoiseSchedule.from_config(sched_cfg), dtype=dt, device=dev,
+            native_size=int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1),
+            random_weights=random_weights, scheduler_config=sched_cfg, **extra)
+
+    @classmethod
+    def from_pipeline(cls, pipe, *, name: Optional[str] = None) -> "Backbone":
+        """DATE on a diffusers pipeline you already loaded: its modules, used as they are (no reload, no copy).
+
+        Takes a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (or any object with the same
+        attributes) on its device and in its dtype; the modules are frozen in place. Then, for example::
+
+            from date_edit import Backbone, GenerateConfig, generate
+            from date_edit.scorers import build_scorer
+            backbone = Backbone.from_pipeline(pipe)
+            image = generate(backbone, "a cat and a dog", scorer=build_scorer("clip")).images[0]
+
+        Raises:
+            BackboneError: the pipeline lacks a module the family needs.
+        """
+        family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+        components = {k: getattr(pipe, k, None) for k in COMPONENT_NAMES[family]}
+        unet = components["unet"]
+        if unet is None:
+            raise BackboneError(f"{type(pipe).__name__} has no unet: from_pipeline takes a StableDiffusionPipeline "
+                                "or a StableDiffusionXLPipeline")
+        weight = next(unet.parameters())
+        config = getattr(pipe, "config", {}) or {}
+        return cls.from_components(name or type(pipe).__name__, components, dtype=weight.dtype,
+                                   device=weight.device, family=family,
+                                   force_zeros_for_empty_prompt=bool(config.get("force_zeros_for_empty_prompt", True)))
+
+    # -- the family's half of the protocol ---------------------------------------------------------------------
+
+    def encode_condition(self, prompts: Sequence[str], *, size: Optional[tuple[int, int]] = None) -> Conditioning:
+        """The condition of ``prompts`` for images of ``size`` = (height, width) pixels (None: the native size).
+
+        Args:
+            prompts: B prompts.
+            size: the output size, for families whose condition carries it (SDXL's ``time_ids``).
+
+        Returns:
+            A :class:`Conditioning` of batch B, float32, whose movable tensors are what DATE may update.
+        """
+        raise NotImplementedError
+
+    def unconditional(self, batch: int, *, size: Optional[tuple[int, int]] = None) -> Conditioning:
+        """The unconditional branch of classifier-free guidance for ``batch`` images of ``size`` (as the family's
+        pipeline builds it: SD encodes ``""``, SDXL uses zeros)."""
+        raise NotImplementedError
+
+    def unet_inputs(self, cond: Conditioning) -> dict:
+        """The UNet's keyword arguments for ``cond``, on the backbone's device and compute dtype."""
+        raise NotImplementedError
+
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """The token embedding ``(B, L, D)`` of ``prompts`` (float32): the condition's ``tokens`` tensor."""
+        return self.encode_condition(prompts)["tokens"]
+
+    @property
+    def text_encoders(self) -> list[torch.nn.Module]:
+        """The text encoders this family holds."""
+        return [self.text_encoder]
+
+    # -- shared ------------------------------------------------------------------------------------------------
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the UNet takes (4 for SD and SDXL)."""
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's dtype: the compute dtype, or float32 where the family upcasts it (SDXL in fp16)."""
+        return next(self.vae.parameters()).dtype
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side (8 for SD)."""
@@ -80,18 +210,24 @@ class Backbone:
         """The VAE latent scaling factor, read from its config (0.18215 for SD 1.x)."""
         return float(self.vae.config.scaling_factor)
 
-    def denoise(self, x_t: torch.Tensor, t: int, embeds: torch.Tensor) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, t: int, cond: Condition) -> torch.Tensor:
         """Noise prediction eps (float32) for ``(B, 4, h, w)`` latents at timestep ``t``; v-models converted.
+
+        Args:
+            x_t: ``(B, C, h, w)`` latents (float32).
+            t: the integer timestep.
+            cond: a :class:`Conditioning` of batch B (a plain ``(B, L, D)`` tensor is its ``tokens``).
 
         With :meth:`compile` on, passes without autograd (plain steps, the inversion, DATE's unconditional
         branch) run the compiled UNet; DATE's gradient pass runs the eager one.
         """
         timestep = torch.full((x_t.shape[0],), int(t), device=self.device, dtype=torch.long)
-        x_in, e_in = x_t.to(self.device, self.dtype), embeds.to(self.device, self.dtype)
+        x_in = x_t.to(self.device, self.dtype)
+        kwargs = self.unet_inputs(as_conditioning(cond))
         if self.compiled_unet is not None and not torch.is_grad_enabled():
-            out = self._compiled_denoise(x_in, timestep, e_in)
+            out = self._compiled_denoise(x_in, timestep, kwargs)
         else:
-            out = self.unet(x_in, timestep, encoder_hidden_states=e_in).sample.float()
+            out = self.unet(x_in, timestep, **kwargs).sample.float()
         if self.schedule.prediction_type == "v_prediction":
             return v_to_eps(x_t.float(), out, self.schedule.abar(int(t)))
         return out
@@ -116,14 +252,14 @@ class Backbone:
         self.compile_mode = mode
         self._compiled_shapes = set()
 
-    def _compiled_denoise(self, x: torch.Tensor, timestep: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), tuple(embeds.shape), x.dtype)
+    def _compiled_denoise(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, repr(_shapes(kwargs)))
         first = key not in self._compiled_shapes
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs are no longer read
         # A CUDA-graph replay reuses its output buffer: copy before the next call overwrites it.
-        out = self.compiled_unet(x, timestep, encoder_hidden_states=embeds).sample.float().clone()
+        out = self.compiled_unet(x, timestep, **kwargs).sample.float().clone()
         if first:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -131,32 +267,10 @@ class Backbone:
             self._compiled_shapes.add(key)
         return out
 
-    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
-        """Token ids ``(B, 77)`` padded to the tokenizer's length, and per prompt whether it was truncated."""
-        tok = self.tokenizer
-        limit = tok.model_max_length
-        full = tok(list(prompts), padding=False, truncation=False).input_ids
-        truncated = [len(ids) > limit for ids in full]
-        ids = tok(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
-        return ids.input_ids, truncated
-
-    @torch.no_grad()
-    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Text embeddings ``(B, 77, D)`` in float32 (the last hidden state, as SD conditions on)."""
-        ids, truncated = self.tokenize(prompts)
-        for prompt, cut in zip(prompts, truncated):
-            if cut:
-                warnings.warn(
-                    f"prompt truncated to {self.tokenizer.model_max_length} tokens: {prompt[:60]!r}...",
-                    PromptTruncatedWarning,
-                    stacklevel=2,
-                )
-        return self.text_encoder(ids.to(self.device))[0].float()
-
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """Latents ``z = E(x).mode() * scaling_factor`` of images ``(B, 3, H, W)`` in ``[0, 1]`` (float32)."""
-        x = (pixels * 2.0 - 1.0).to(self.device, self.dtype)
+        x = (pixels * 2.0 - 1.0).to(self.device, self.vae_dtype)
         return self.vae.encode(x).latent_dist.mode().float() * self.scaling_factor
 
     def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
@@ -165,7 +279,7 @@ class Backbone:
         ``clamp`` (outputs) clips to ``[0, 1]``; DATE's gradient pass decodes with ``clamp=False``, as the
         reference implementation does, so pixels outside ``[0, 1]`` keep their gradient.
         """
-        x = self.vae.decode((latents / self.scaling_factor).to(self.dtype)).sample.float()
+        x = self.vae.decode((latents / self.scaling_factor).to(self.vae_dtype)).sample.float()
         x = x / 2.0 + 0.5
         return x.clamp(0.0, 1.0) if clamp else x
 
@@ -193,7 +307,7 @@ class Backbone:
     def modules(self) -> list[torch.nn.Module]:
         """Every model the backbone holds (UNet, VAE, text encoder, and the gradient decoder when set): what a
         change of device or dtype must move together."""
-        return [m for m in (self.unet, self.vae, self.text_encoder, self.grad_decoder) if m is not None]
+        return [m for m in (self.unet, self.vae, *self.text_encoders, self.grad_decoder) if m is not None]
 
     def set_grad_decoder(self, spec: Optional[str]) -> None:
         """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd), ``tiny`` (random, tests),
@@ -222,7 +336,7 @@ class Backbone:
                         "where there is network, or use --grad-decoder vae"
                     ) from None
                 module = AutoencoderTiny.from_pretrained(source)
-        _freeze(module)
+        freeze(module)
         module.to(self.device)
         if self.dtype != torch.float32:
             module.to(self.dtype)
@@ -245,6 +359,7 @@ class Backbone:
     def describe(self) -> dict:
         """A JSON-ready description for result records."""
         return {
+            "family": self.family,
             "name": self.name,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
@@ -258,6 +373,13 @@ class Backbone:
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt was longer than the text encoder's 77 tokens and was cut."""
+
+
+def _shapes(kwargs: dict):
+    """The shapes and dtypes of a (nested) dict of tensors: what a compiled UNet specialises on."""
+    if isinstance(kwargs, dict):
+        return tuple((k, _shapes(v)) for k, v in sorted(kwargs.items()))
+    return (tuple(kwargs.shape), kwargs.dtype) if isinstance(kwargs, torch.Tensor) else kwargs
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -287,139 +409,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return DTYPES[dtype]
 
 
-def _freeze(*modules: torch.nn.Module) -> None:
+def freeze(*modules: torch.nn.Module) -> None:
+    """Eval mode and no gradients for the weights (DATE differentiates with respect to the condition only)."""
     for m in modules:
         m.eval().requires_grad_(False)
-
-
-def _from_components(
-    name: str, comps: dict, dtype: torch.dtype, device: torch.device, *, random_weights: bool = False
-) -> Backbone:
-    unet, vae, text_encoder = comps["unet"], comps["vae"], comps["text_encoder"]
-    from .tokenizer import check_tokenizer
-
-    check_tokenizer(comps["tokenizer"])
-    _freeze(unet, vae, text_encoder)
-    for module in (unet, vae, text_encoder):
-        module.to(device)
-        if dtype != torch.float32:
-            module.to(dtype)
-    sched_cfg = dict(comps["scheduler"].config)
-    schedule = NoiseSchedule.from_config(sched_cfg)
-    native_size = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
-    return Backbone(
-        name=name,
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=comps["tokenizer"],
-        schedule=schedule,
-        dtype=dtype,
-        device=device,
-        native_size=native_size,
-        random_weights=random_weights,
-        scheduler_config=sched_cfg,
-    )
-
-
-def _load_folder(path: str, *, local_only: bool) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    kw = {"local_files_only": local_only}
-    return {
-        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
-        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
-        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
-        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
-        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-    }
-
-
-def _load_single_file(path: str, config: Optional[str], *, local_only: bool) -> dict:
-    from diffusers import StableDiffusionPipeline
-
-    kw = {"local_files_only": local_only, "safety_checker": None}
-    if config:
-        kw["config"] = config
-    pipe = StableDiffusionPipeline.from_single_file(path, **kw)
-    return {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
-
-
-def load_backbone(
-    model: str = DEFAULT_MODEL,
-    *,
-    dtype: str | torch.dtype = "fp32",
-    device: str = "auto",
-    config: Optional[str] = None,
-    grad_checkpointing: str = "auto",
-    grad_decoder: Optional[str] = None,
-    compile: Optional[str] = None,
-) -> Backbone:
-    """Load a backbone: ``tiny`` (random), ``toy`` (shipped), a diffusers folder, a ``.safetensors``/``.ckpt``
-    file (``config``: a diffusers folder or hub id with its configs), or a hub id (cached, or downloaded).
-    ``grad_checkpointing``: see :meth:`Backbone.set_gradient_checkpointing`; ``grad_decoder``: see
-    :meth:`Backbone.set_grad_decoder` (off by default); ``compile``: see :meth:`Backbone.compile` (off by default).
-
-    Raises:
-        BackboneError: one line naming the model and how to get it.
-    """
-    backbone = _load_backbone(model, dtype=dtype, device=device, config=config)
-    backbone.set_gradient_checkpointing(grad_checkpointing)
-    backbone.set_grad_decoder(grad_decoder)
-    backbone.compile(compile)
-    return backbone
-
-
-def _load_backbone(model: str, *, dtype, device: str, config: Optional[str]) -> Backbone:
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if model == "tiny":
-        return _from_components("tiny", tiny_components(), dt, dev, random_weights=True)
-    if model == "toy":
-        if not (TOY_DIR / "model_index.json").is_file():
-            raise BackboneError(f"the toy model is not in {TOY_DIR}: rebuild it with `make toy-model`")
-        return _from_components("toy", _load_folder(str(TOY_DIR), local_only=True), dt, dev)
-    path = Path(model).expanduser()
-    is_file = path.suffix.lower() in (".safetensors", ".ckpt")
-    looks_local = is_file or path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    try:
-        if is_file:
-            if not path.is_file():
-                raise BackboneError(f"model file {model} does not exist")
-            local_only = config is None or Path(config).is_dir() or not hub_reachable()
-            comps = _load_single_file(str(path), config, local_only=local_only)
-        elif looks_local:
-            if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
-                raise BackboneError(
-                    f"{model} is not a diffusers model folder (no model_index.json or unet/); "
-                    "pass a folder saved with save_pretrained, a .safetensors file, or a hub id"
-                )
-            comps = _load_folder(str(path), local_only=True)
-        else:
-            try:
-                comps = _load_folder(model, local_only=True)
-            except (OSError, ValueError):
-                if not hub_reachable():
-                    raise BackboneError(
-                        f"model {model!r} is not cached and the hub cannot be reached: "
-                        f"run `hf download {model}` where there is network, or pass a local folder "
-                        "with --model PATH"
-                    ) from None
-                comps = _load_folder(model, local_only=False)
-    except BackboneError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = " (a single-file checkpoint offline needs --model-config DIR, a diffusers SD folder)" if is_file else ""
-        raise BackboneError(f"could not load model {model!r}: {first[:200]}{hint}") from None
-    return _from_components(model, comps, dt, dev)
-
-
-def backbone_from_components(
-    name: str, components: dict, *, dtype: str | torch.dtype = "fp32", device: str = "auto",
-    random_weights: bool = False,
-) -> Backbone:
-    """Wrap already-built components (e.g. :func:`sd15_components`, or a pipeline's) as a :class:`Backbone`."""
-    dev = resolve_device(device)
-    return _from_components(name, components, resolve_dtype(dtype, dev), dev, random_weights=random_weights)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..choices import ABLATIONS, DTYPE_NAMES, RESIZE_MODES, UPDATE_MODES
+from ..choices import ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, RESIZE_MODES, UPDATE_MODES
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError  # noqa: F401
 from ..limits import check_seed
 
@@ -52,11 +52,14 @@ OPTION_TYPES: dict[str, Any] = {
     "grad_iters": int,
     "scorer": str,
     "ablation": ABLATIONS,
+    "date_targets": DATE_TARGETS,
+    "date_norm": DATE_NORMS,
     "size": int,
     "resize": RESIZE_MODES,
 }
 # moot without DATE
-DATE_OPTIONS = ("rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "scorer", "ablation")
+DATE_OPTIONS = ("rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "scorer", "ablation",
+                "date_targets", "date_norm")
 # manifest columns (CSV header / JSON keys); the rest of OPTION_TYPES (model, dtype, scorer, ...) is per job
 MANIFEST_COLUMNS = ("image", "output", "prompt", "source_prompt", "seed", "steps", "skip", "cfg_source",
                     "cfg_target", "rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "no_date",

@@ -38,7 +38,7 @@ _TOY_VARIANTS = {"clip": "toy", "min-concept": "toy"}
 
 
 def offline_scorer_spec(spec: str, model: str) -> str:
-    """What a scorer named without a variant means with an offline backbone (``tiny`` or ``toy``).
+    """What a scorer named without a variant means with an offline backbone (``tiny``, ``tiny-sdxl`` or ``toy``).
 
     With ``toy``, ``clip`` and ``min-concept`` mean the toy world's own CLIP (``clip:toy``); with ``tiny``, and
     for scorers without toy-world weights, the random-weight ``:tiny`` variant (offline: a smoke test, not a
@@ -47,7 +47,9 @@ def offline_scorer_spec(spec: str, model: str) -> str:
     objective in both. Example: ``offline_scorer_spec("min-concept,imagereward=0.5", "toy")`` is
     ``"min-concept:toy=1,imagereward:tiny=0.5"``.
     """
-    if model not in ("tiny", "toy"):
+    from ..choices import OFFLINE_MODELS
+
+    if model not in OFFLINE_MODELS:
         return spec
     terms = []
     for name, variant, weight in parse_scorer_spec(spec):

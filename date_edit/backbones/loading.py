@@ -1,0 +1,198 @@
+"""Loading a backbone: ``tiny``/``tiny-sdxl`` (random, built offline), ``toy`` (shipped), a diffusers folder, a
+single ``.safetensors``/``.ckpt`` file, or a hub id; the family is read from ``model_index.json`` (a folder or
+hub id) or from the checkpoint's tensor names (a single file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..choices import DEFAULT_MODEL
+from ..errors import BackboneError
+from ..hub import hub_reachable
+from .base import COMPONENT_NAMES, Backbone, resolve_device, resolve_dtype
+from .sd import StableDiffusion  # noqa: F401  (each family module registers itself in base.FAMILIES)
+from .sdxl import StableDiffusionXL  # noqa: F401
+from .components import tiny_components, tiny_sdxl_components
+
+TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
+# model_index.json's _class_name -> family; the flow-matching families are named so the error can say so
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
+}
+NOT_YET = {"StableDiffusion3Pipeline": "SD3", "FluxPipeline": "FLUX"}
+TINY = {"tiny": (tiny_components, "sd"), "tiny-sdxl": (tiny_sdxl_components, "sdxl")}
+
+
+def family_of(index: dict, where: str = "the model") -> str:
+    """The family (``sd`` / ``sdxl``) a ``model_index.json`` describes.
+
+    Raises:
+        BackboneError: a pipeline class date-edit does not run (yet).
+    """
+    name = str(index.get("_class_name", ""))
+    if name in PIPELINE_FAMILIES:
+        return PIPELINE_FAMILIES[name]
+    if name in NOT_YET:
+        raise BackboneError(f"{where} is an {NOT_YET[name]} pipeline ({name}); date-edit runs SD 1.x/2.x and SDXL")
+    if "unet" in index:  # a custom pipeline class on the same modules
+        return "sdxl" if "text_encoder_2" in index else "sd"
+    raise BackboneError(f"{where} is a {name or 'pipeline of unknown class'}; date-edit runs "
+                        "StableDiffusionPipeline and StableDiffusionXLPipeline folders")
+
+
+def _model_index(path: str, *, local_only: bool) -> dict:
+    """``model_index.json`` of a folder or hub id (a folder without one, but with ``unet/``, is SD-shaped)."""
+    folder = Path(path)
+    if (folder / "model_index.json").is_file():
+        return json.loads((folder / "model_index.json").read_text())
+    if folder.is_dir():
+        return {"unet": True, **({"text_encoder_2": True} if (folder / "text_encoder_2").is_dir() else {})}
+    from diffusers import DiffusionPipeline
+
+    return dict(DiffusionPipeline.load_config(path, local_files_only=local_only))
+
+
+def _load_folder(path: str, *, local_only: bool) -> tuple[dict, str, bool]:
+    """The components of a diffusers folder or hub id, its family and its ``force_zeros_for_empty_prompt``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    index = _model_index(path, local_only=local_only)
+    family = family_of(index, str(path))
+    kw = {"local_files_only": local_only}
+    comps = {
+        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
+        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
+        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
+        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
+        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
+    }
+    if family == "sdxl":
+        comps["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)
+        comps["tokenizer_2"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw)
+    return comps, family, bool(index.get("force_zeros_for_empty_prompt", True))
+
+
+def single_file_family(path: str, config: Optional[str] = None) -> str:
+    """The family of a single-file checkpoint: from ``config``'s ``model_index.json`` when it is a folder, else
+    from the tensor names of a ``.safetensors`` file (SDXL's second text encoder lives under
+    ``conditioner.embedders.1``), else ``sd``."""
+    if config and (Path(config) / "model_index.json").is_file():
+        return family_of(json.loads((Path(config) / "model_index.json").read_text()), config)
+    if Path(path).suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            if any(k.startswith("conditioner.embedders.1.") for k in f.keys()):
+                return "sdxl"
+    return "sd"
+
+
+def _load_single_file(path: str, config: Optional[str], *, local_only: bool) -> tuple[dict, str, bool]:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    family = single_file_family(path, config)
+    kw = {"local_files_only": local_only}
+    if family == "sd":
+        kw["safety_checker"] = None
+    if config:
+        kw["config"] = config
+    pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipe = pipeline.from_single_file(path, **kw)
+    force_zeros = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", True))
+    return {k: getattr(pipe, k) for k in COMPONENT_NAMES[family]}, family, force_zeros
+
+
+def load_backbone(
+    model: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "fp32",
+    device: str = "auto",
+    config: Optional[str] = None,
+    grad_checkpointing: str = "auto",
+    grad_decoder: Optional[str] = None,
+    compile: Optional[str] = None,
+) -> Backbone:
+    """Load a backbone: ``tiny`` / ``tiny-sdxl`` (random), ``toy`` (shipped), a diffusers folder (SD 1.x/2.x or
+    SDXL, read from its ``model_index.json``), a ``.safetensors``/``.ckpt`` file (``config``: a diffusers folder
+    or hub id with its configs), or a hub id (cached, or downloaded).
+    ``grad_checkpointing``: see :meth:`Backbone.set_gradient_checkpointing`; ``grad_decoder``: see
+    :meth:`Backbone.set_grad_decoder` (off by default); ``compile``: see :meth:`Backbone.compile` (off by default).
+
+    Raises:
+        BackboneError: one line naming the model and how to get it.
+    """
+    backbone = _load_backbone(model, dtype=dtype, device=device, config=config)
+    backbone.set_gradient_checkpointing(grad_checkpointing)
+    backbone.set_grad_decoder(grad_decoder)
+    backbone.compile(compile)
+    return backbone
+
+
+def _load_backbone(model: str, *, dtype, device: str, config: Optional[str]) -> Backbone:
+    device = resolve_device(device)  # a bad device or dtype fails before any weights load
+    dtype = resolve_dtype(dtype, device)
+    if model in TINY:
+        factory, family = TINY[model]
+        return Backbone.from_components(model, factory(), dtype=dtype, device=device, random_weights=True,
+                                        family=family)
+    if model == "toy":
+        if not (TOY_DIR / "model_index.json").is_file():
+            raise BackboneError(f"the toy model is not in {TOY_DIR}: rebuild it with `make toy-model`")
+        comps, family, _ = _load_folder(str(TOY_DIR), local_only=True)
+        return Backbone.from_components("toy", comps, dtype=dtype, device=device, family=family)
+    path = Path(model).expanduser()
+    is_file = path.suffix.lower() in (".safetensors", ".ckpt")
+    looks_local = is_file or path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+    try:
+        if is_file:
+            if not path.is_file():
+                raise BackboneError(f"model file {model} does not exist")
+            local_only = config is None or Path(config).is_dir() or not hub_reachable()
+            comps, family, zeros = _load_single_file(str(path), config, local_only=local_only)
+        elif looks_local:
+            if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+                raise BackboneError(
+                    f"{model} is not a diffusers model folder (no model_index.json or unet/); "
+                    "pass a folder saved with save_pretrained, a .safetensors file, or a hub id"
+                )
+            comps, family, zeros = _load_folder(str(path), local_only=True)
+        else:
+            comps, family, zeros = _load_hub(model)
+    except BackboneError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = (" (a single-file checkpoint offline needs --model-config DIR, a diffusers folder of the same "
+                "family)") if is_file else ""
+        raise BackboneError(f"could not load model {model!r}: {first[:200]}{hint}") from None
+    return Backbone.from_components(model, comps, dtype=dtype, device=device, family=family,
+                                    force_zeros_for_empty_prompt=zeros)
+
+
+def _load_hub(model: str) -> tuple[dict, str, bool]:
+    """A hub id: from the local cache, else downloaded when the hub can be reached."""
+    try:
+        return _load_folder(model, local_only=True)
+    except (OSError, ValueError):
+        if not hub_reachable():
+            raise BackboneError(
+                f"model {model!r} is not cached and the hub cannot be reached: "
+                f"run `hf download {model}` where there is network, or pass a local folder "
+                "with --model PATH"
+            ) from None
+        return _load_folder(model, local_only=False)
+
+
+def backbone_from_components(
+    name: str, components: dict, *, dtype: str | torch.dtype = "fp32", device: str = "auto",
+    random_weights: bool = False,
+) -> Backbone:
+    """Wrap already-built components (e.g. :func:`sd15_components`, or a pipeline's) as a backbone of their
+    family (see :meth:`Backbone.from_components`)."""
+    return Backbone.from_components(name, components, dtype=dtype, device=device, random_weights=random_weights)

@@ -1,0 +1,59 @@
+"""Stable Diffusion 1.x/2.x: one CLIP text encoder, its last hidden state as the only condition."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+import torch
+
+from ..conditioning import Conditioning
+from .base import Backbone, PromptTruncatedWarning
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
+    """Token ids ``(B, 77)`` padded to the tokenizer's length, and per prompt whether it was truncated."""
+    limit = tokenizer.model_max_length
+    full = tokenizer(list(prompts), padding=False, truncation=False).input_ids
+    truncated = [len(ids) > limit for ids in full]
+    ids = tokenizer(list(prompts), padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+    return ids.input_ids, truncated
+
+
+def warn_truncated(prompts: Sequence[str], truncated: Sequence[bool], limit: int) -> None:
+    """One :class:`PromptTruncatedWarning` per prompt the tokenizer cut."""
+    for prompt, cut in zip(prompts, truncated):
+        if cut:
+            warnings.warn(f"prompt truncated to {limit} tokens: {prompt[:60]!r}...", PromptTruncatedWarning,
+                          stacklevel=3)
+
+
+@dataclass
+class StableDiffusion(Backbone):
+    """SD 1.x/2.x: the condition is the text encoder's last hidden state ``(B, 77, D)`` (``tokens``)."""
+
+    family: ClassVar[str] = "sd"
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
+        """Token ids ``(B, 77)`` padded to the tokenizer's length, and per prompt whether it was truncated."""
+        return tokenize(self.tokenizer, prompts)
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text embeddings ``(B, 77, D)`` in float32 (the last hidden state, as SD conditions on)."""
+        ids, truncated = self.tokenize(prompts)
+        warn_truncated(prompts, truncated, self.tokenizer.model_max_length)
+        return self.text_encoder(ids.to(self.device))[0].float()
+
+    def encode_condition(self, prompts: Sequence[str], *, size: Optional[tuple[int, int]] = None) -> Conditioning:
+        """``Conditioning({"tokens": encode_prompt(prompts)})``; ``size`` plays no part in SD's condition."""
+        return Conditioning({"tokens": self.encode_prompt(prompts)})
+
+    def unconditional(self, batch: int, *, size: Optional[tuple[int, int]] = None) -> Conditioning:
+        """The empty prompt encoded, as SD's pipelines do."""
+        return self.encode_condition([""] * batch)
+
+    def unet_inputs(self, cond: Conditioning) -> dict:
+        """``encoder_hidden_states``: the ``tokens`` tensor."""
+        return {"encoder_hidden_states": cond["tokens"].to(self.device, self.dtype)}
