@@ -129,7 +129,8 @@ def _resolver(max_pixels: int):
 
         check_size(options["size"], max_pixels=max_pixels)
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
-                            cfg_target=options["cfg_target"], seed=options["seed"], date=common.date_config(options))
+                            cfg_target=options["cfg_target"], seed=options["seed"], date=common.date_config(options),
+                            method=options.get("edit_method") or "auto")
         common.check_schedule(config.date, config.run_steps())
         return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
                             model=options["model"], model_config=options["model_config"], dtype=options["dtype"],

@@ -38,6 +38,33 @@ def date_config(opts: dict):
                       **ablation_changes(opts["ablation"]))
 
 
+def given_options(names: tuple[str, ...]) -> set[str]:
+    """Which of ``names`` the user gave on the command line (not left at their defaults)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
+
+
+def edit_method_defaults(config, backbone, given: set[str]):
+    """``config`` with its method resolved for ``backbone``; for FlowEdit, the published steps/skip/CFG of the
+    model's family replace the ones the user did not give. Re-checks the DATE schedule against the run."""
+    from dataclasses import replace
+
+    from date_edit.flowedit import FLOWEDIT_DEFAULTS
+
+    method = config.resolved_method(backbone)
+    changes = {"method": method}
+    published = FLOWEDIT_DEFAULTS.get(backbone.family)
+    if method == "flowedit" and published:
+        changes |= {k: v for k, v in published.items() if k not in given}
+        if "steps" in given and "skip" not in given:  # the published share of skipped steps
+            changes["skip"] = round(config.steps * published["skip"] / published["steps"])
+    config = replace(config, **changes)
+    check_schedule(config.date, config.run_steps())
+    return config
+
+
 def check_schedule(date, run_steps: int) -> None:
     """Fail early (before loading a model) when an update step lies outside the run."""
     if date is not None:

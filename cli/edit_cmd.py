@@ -21,7 +21,10 @@ from .running import EXIT_USAGE, CliError, progress, run_command, say
 @image_options
 @model_options()
 def edit(image: str, prompt: str, **opts) -> None:
-    """Edit IMAGE towards PROMPT: invert it (edit-friendly DDPM), resample with DATE."""
+    """Edit IMAGE towards PROMPT: invert it (edit-friendly DDPM) and resample, or FlowEdit it (SD3, FLUX), with
+    DATE steering the target embedding."""
+
+    given = common.given_options(("steps", "skip", "cfg_source", "cfg_target"))
 
     def body():
         from date_edit.imaging import default_output_name
@@ -32,10 +35,12 @@ def edit(image: str, prompt: str, **opts) -> None:
         from date_edit.pipeline import EditConfig, edit as run_edit
 
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
-                            cfg_target=opts["cfg_target"], seed=seed, date=common.date_config(opts))
+                            cfg_target=opts["cfg_target"], seed=seed, date=common.date_config(opts),
+                            method=opts["edit_method"])
         common.check_schedule(config.date, config.run_steps())
         common.precheck_image(image)
         backbone = common.load_model(opts)
+        config = common.edit_method_defaults(config, backbone, given)
         loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
         scorer = common.build_scorer(opts, backbone, config.date is not None)
         result = run_edit(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], config=config,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 
 from date_edit.choices import (
-    ABLATIONS, CHECKPOINTING_MODES, COMPILE_MODES, DATE_NORMS, DATE_TARGETS, DEFAULT_MODEL, DTYPE_NAMES, RESIZE_MODES,
-    UPDATE_MODES,
+    ABLATIONS, CHECKPOINTING_MODES, COMPILE_MODES, DATE_NORMS, DATE_TARGETS, DEFAULT_MODEL, DTYPE_NAMES, EDIT_METHODS,
+    RESIZE_MODES, UPDATE_MODES,
 )
 
 
@@ -162,4 +162,9 @@ def edit_options(f):
                      help="Steps skipped before editing: a count, or a percentage of --steps (36%% of 100 = 36)."),
         click.option("--cfg-source", type=float, default=3.5, show_default=True, help="CFG scale of the inversion."),
         click.option("--cfg-target", type=float, default=15.0, show_default=True, help="CFG scale of the edit."),
+        click.option("--edit-method", type=click.Choice(EDIT_METHODS), default="auto", show_default=True,
+                     help="ddpm: edit-friendly inversion, then resampling with the stored noise maps; flowedit: "
+                          "inversion-free FlowEdit (SD3, FLUX); auto: flowedit for FLUX, ddpm otherwise. With "
+                          "flowedit, `edit` takes FlowEdit's published --steps/--skip/--cfg-* for the model (FLUX "
+                          "28/4/1.5/5.5, SD3 50/17/3.5/13.5) unless you give them."),
     ])

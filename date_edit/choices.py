@@ -17,9 +17,10 @@ ANE_CATEGORIES = ("animals", "animals_objects", "objects")  # the Attend-and-Exc
 ABLATIONS = ("none", "random-direction", "noisy-objective", "unnormalized", "clamped-decode", "pil-preprocess")
 # the built-in backbones that need no download: random weights for tests (SD-shaped and SDXL-shaped), and the
 # shipped toy world
-RANDOM_MODELS = ("tiny", "tiny-sdxl")
+RANDOM_MODELS = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux")
 OFFLINE_MODELS = ("toy", *RANDOM_MODELS)
-MODEL_FAMILIES = ("sd", "sdxl")  # what --model can load: SD 1.x/2.x and SDXL pipelines
+MODEL_FAMILIES = ("sd", "sdxl", "sd3", "flux")  # what --model can load: SD 1.x/2.x, SDXL, SD3 and FLUX.1 pipelines
+EDIT_METHODS = ("auto", "ddpm", "flowedit")  # pipeline.EditConfig.method
 DATE_TARGETS = ("tokens", "pooled", "all")  # the condition tensors DATE may move (conditioning.TARGETS)
 DATE_NORMS = ("joint", "per-tensor")  # date.TargetNorm
 

@@ -25,11 +25,15 @@ class Conditioning:
     Attributes:
         tensors: movable tensors by name, each ``(B, ...)``: ``tokens`` ``(B, L, D)`` always, ``pooled``
             ``(B, P)`` for SDXL.
-        extras: tensors the model needs that are never moved, each ``(B, ...)`` (SDXL ``time_ids`` ``(B, 6)``).
+        extras: tensors the model needs that are never moved, each ``(B, ...)`` (SDXL ``time_ids`` ``(B, 6)``,
+            FLUX's embedded ``guidance`` ``(B,)``).
+        masks: per movable tensor, a 0/1 float mask broadcastable to one row (``(1, ...)``) of the entries DATE
+            may move; entries under 0 stay as they are (SD3's zero pad block of the CLIP part).
     """
 
     tensors: Mapping[str, torch.Tensor]
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    masks: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "tokens" not in self.tensors:
@@ -64,11 +68,16 @@ class Conditioning:
                 raise KeyError(f"{name!r} is not a movable condition tensor ({', '.join(self.tensors)})")
             if value.shape != self.tensors[name].shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(self.tensors[name].shape)}")
-        return Conditioning({**self.tensors, **tensors}, self.extras)
+        return Conditioning({**self.tensors, **tensors}, self.extras, self.masks)
 
     def map(self, fn) -> "Conditioning":
         """``fn`` applied to every tensor, movable and extra (``detach``, ``clone``, ``.to(...)``)."""
-        return Conditioning({k: fn(v) for k, v in self.tensors.items()}, {k: fn(v) for k, v in self.extras.items()})
+        return Conditioning({k: fn(v) for k, v in self.tensors.items()}, {k: fn(v) for k, v in self.extras.items()},
+                            self.masks)
+
+    def with_extras(self, **extras: torch.Tensor) -> "Conditioning":
+        """The same condition with extras added or replaced (FLUX's embedded ``guidance``)."""
+        return Conditioning(self.tensors, {**self.extras, **extras}, self.masks)
 
     def detach(self) -> "Conditioning":
         """Every tensor detached."""
@@ -81,6 +90,10 @@ class Conditioning:
     def select(self, index: Union[slice, Sequence[int], torch.Tensor]) -> "Conditioning":
         """The rows ``index`` of the batch."""
         return self.map(lambda t: t[index])
+
+    def mask(self, name: str) -> torch.Tensor | None:
+        """The movable-entry mask of tensor ``name`` (None: every entry may move)."""
+        return self.masks.get(name)
 
     def resolve_targets(self, targets: str) -> tuple[str, ...]:
         """The tensor names ``--date-targets`` means here: ``tokens``, ``pooled`` or ``all`` movable tensors.
@@ -114,4 +127,4 @@ def cat_conditions(first: Condition, second: Condition) -> Condition:
     if a.names != b.names or set(a.extras) != set(b.extras):
         raise ValueError(f"cannot batch conditions on {a.names} with conditions on {b.names}")
     return Conditioning({k: torch.cat([a.tensors[k], b.tensors[k]]) for k in a.names},
-                        {k: torch.cat([a.extras[k], b.extras[k]]) for k in a.extras})
+                        {k: torch.cat([a.extras[k], b.extras[k]]) for k in a.extras}, a.masks or b.masks)

@@ -21,7 +21,7 @@ from .conditioning import TARGETS, Condition, Conditioning, as_conditioning
 from .errors import ConfigError
 from .sampling import Denoiser, StepState
 from .scorers.preprocess import reference_grad_preprocessing
-from .schedule import NoiseSchedule, ddim_step, ddpm_step, tweedie_x0
+from .schedule import NoiseSchedule
 
 
 class UpdateMode(str, enum.Enum):
@@ -211,7 +211,7 @@ class DateTrace:
     ``update_norms_per_tensor`` splits the moves by tensor."""
 
     update_steps: list[int] = field(default_factory=list)  # sampler step indices actually updated
-    timesteps: list[int] = field(default_factory=list)  # their timesteps
+    timesteps: list = field(default_factory=list)  # their timesteps (ints; flow models: floats, sigma * 1000)
     update_norms: list[float] = field(default_factory=list)  # ||c_after - c_before|| per update step
     grad_norms: list[float] = field(default_factory=list)  # ||g|| of the last iteration per update step
     scores: list[float] = field(default_factory=list)  # objective h before each update step
@@ -290,6 +290,7 @@ class DateHook:
         self.trace = DateTrace()
         self.cond_org: Optional[Conditioning] = None
         self.names: tuple[str, ...] = ()
+        self.masks: Targets = {}  # entries of a target DATE never moves (SD3's zero pad block), as 0/1 masks
         self._generator = torch.Generator().manual_seed(config.seed)
 
     def __call__(self, state: StepState) -> Condition:
@@ -299,6 +300,7 @@ class DateHook:
         if self.cond_org is None:
             self.cond_org = given.detach().clone()
             self.names = given.resolve_targets(self.config.targets)
+            self.masks = {n: given.mask(n) for n in self.names if given.mask(n) is not None}
             self.trace.targets = list(self.names)
         if state.index not in self.indices or not self.config.moves:
             if state.index in self.indices:  # rho 0: record a zero move, keep c bit for bit
@@ -340,7 +342,7 @@ class DateHook:
 
     def _random_move(self, cond: Targets, rho: Targets) -> Targets:
         """``rho`` times a random direction of unit (joint or per-tensor) norm, from the ablation's generator."""
-        noise = {n: torch.randn(v.shape, generator=self._generator, dtype=torch.float32).to(v.device)
+        noise = {n: self._masked(n, torch.randn(v.shape, generator=self._generator, dtype=torch.float32).to(v.device))
                  for n, v in cond.items()}
         norms = self._norms(noise)
         return {n: rho[n] * v / norms[n] for n, v in noise.items()}
@@ -393,26 +395,30 @@ class DateHook:
             plain = not isinstance(state.cond, Conditioning)
             eps_c = self.denoiser(x_t, t, leaf_cond["tokens"] if plain else leaf_cond)
             eps = eps_c if eps_u is None else eps_u + w * (eps_c - eps_u)
-            abar_t = self.schedule.abar(t)
             if self.config.objective == Objective.X0:
-                target = tweedie_x0(x_t, eps, abar_t)
+                target = self.schedule.x0(x_t, eps, t)
             else:
-                abar_prev = self.schedule.abar(self.schedule.next_timestep(self.timesteps, state.index))
+                t_prev = self.schedule.next_timestep(self.timesteps, state.index)
                 if self.noise_maps is not None:
-                    target = ddpm_step(x_t, eps, abar_t, abar_prev, self.noise_maps[state.index])
+                    target = self.schedule.ddpm(x_t, eps, t, t_prev, self.noise_maps[state.index])
                 else:
-                    target = ddim_step(x_t, eps, abar_t, abar_prev)
+                    target = self.schedule.ddim(x_t, eps, t, t_prev)
             with reference_grad_preprocessing(self.config.grad_preprocess == GradPreprocess.REFERENCE):
                 h = self.score(self.decode(target), self.prompts)
             grads = torch.autograd.grad(h.sum(), [leaves[n] for n in names])
-        return {n: g.detach() for n, g in zip(names, grads)}, float(h.detach().float().mean())
+        return {n: self._masked(n, g.detach()) for n, g in zip(names, grads)}, float(h.detach().float().mean())
+
+    def _masked(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """``value`` with the entries DATE never moves set to zero."""
+        mask = self.masks.get(name)
+        return value if mask is None else value * mask.to(value.device, value.dtype)
 
     def _record(self, state: StepState, before: Targets, after: Targets, grad_norm, score: float,
                 seconds: float) -> None:
         moved = {n: after[n].float() - before[n].float() for n in self.names}
         drift = {n: after[n].float() - self.cond_org[n].float() for n in self.names}
         self.trace.update_steps.append(state.index)
-        self.trace.timesteps.append(int(state.t))
+        self.trace.timesteps.append(state.t if isinstance(state.t, int) else float(state.t))
         self.trace.update_norms.append(float(joint_norm(moved)[self.names[0]].mean()))
         for n, move in moved.items():
             self.trace.update_norms_per_tensor.setdefault(n, []).append(float(frobenius(move).mean()))

@@ -14,7 +14,7 @@ import torch
 
 from .conditioning import Condition
 from .sampling import Denoiser, guided_eps
-from .schedule import NoiseSchedule, tweedie_x0
+from .schedule import NoiseSchedule
 
 
 class UniversalGuidance:
@@ -43,6 +43,6 @@ class UniversalGuidance:
         x = x_t.detach().requires_grad_(True)
         with torch.enable_grad():
             eps = guided_eps(self.denoiser, x, t, cond, self.uncond, self.w)
-            h = self.score(self.decode(tweedie_x0(x, eps, abar)), self.prompts)
+            h = self.score(self.decode(self.schedule.x0(x, eps, t)), self.prompts)
             (grad,) = torch.autograd.grad(h.sum(), x)
         return (eps - self.strength * (1.0 - abar) ** 0.5 * grad).detach()

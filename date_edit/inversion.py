@@ -10,7 +10,7 @@ import torch
 from .conditioning import Condition
 from .errors import ConfigError
 from .sampling import Denoiser, guided_eps
-from .schedule import NoiseSchedule, ddpm_step, noise_map_for
+from .schedule import NoiseSchedule
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,16 @@ def invert(
     draws = draws.to(device=x0.device, dtype=x0.dtype)
     x_ts = torch.empty((n + 1,) + tuple(x0.shape), device=x0.device, dtype=x0.dtype)
     for i, t in enumerate(ts):
-        abar_t = schedule.abar(t)
-        x_ts[i] = abar_t**0.5 * x0 + (1.0 - abar_t) ** 0.5 * draws[i]
+        x_ts[i] = schedule.noisy(x0, draws[i], t)
     x_ts[n] = x0
     noise_maps = torch.empty((n,) + tuple(x0.shape), device=x0.device, dtype=x0.dtype)
     with torch.no_grad():
         for i, t in enumerate(ts):
-            abar_t, abar_prev = schedule.abar(t), schedule.abar(schedule.next_timestep(ts, i))
+            t_prev = schedule.next_timestep(ts, i)
             eps = guided_eps(denoiser, x_ts[i], t, cond, uncond, guidance_scale)
-            z = noise_map_for(x_ts[i], x_ts[i + 1], eps, abar_t, abar_prev)
+            z = schedule.noise_map(x_ts[i], x_ts[i + 1], eps, t, t_prev)
             noise_maps[i] = z
-            x_ts[i + 1] = ddpm_step(x_ts[i], eps, abar_t, abar_prev, z)
+            x_ts[i + 1] = schedule.ddpm(x_ts[i], eps, t, t_prev, z)
             if progress is not None:
                 progress(i + 1, n)
     return Inversion(x0=x0, x_ts=x_ts, noise_maps=noise_maps, timesteps=tuple(ts))

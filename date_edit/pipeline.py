@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .backbones import Backbone
+from .choices import EDIT_METHODS
 from .conditioning import Conditioning
 from .date import DateConfig, DateHook, DateTrace, parse_update_steps
 from .errors import ConfigError
@@ -43,11 +44,16 @@ class EditConfig:
     skip: int | str = "36%"  # steps skipped before editing starts: an int, or a percentage of steps
     cfg_source: float = 3.5  # CFG scale of the source prompt during inversion
     cfg_target: float = 15.0  # CFG scale of the target prompt during editing
-    seed: int = 0  # seeds the inversion's independent noise draws
+    seed: int = 0  # seeds the inversion's independent noise draws (FlowEdit: its fresh noise)
     date: Optional[DateConfig] = field(default_factory=DateConfig)  # None: fixed embedding (no DATE)
+    # ddpm (edit-friendly inversion, then resampling), flowedit (inversion-free, flow models), auto: flowedit for
+    # FLUX (no true CFG for DDPM editing to use), ddpm for the rest
+    method: str = "auto"
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
+        if self.method not in EDIT_METHODS:
+            raise ConfigError("edit_method", f"{self.method!r}: use one of {', '.join(EDIT_METHODS)}")
         skip = self.resolved_skip()
         if not 0 <= skip < self.steps:
             raise ConfigError(
@@ -65,6 +71,18 @@ class EditConfig:
             return int(text)
         except ValueError:
             raise ConfigError("skip", f"{self.skip!r}: give a step count (36) or a percentage (36%)") from None
+
+    def resolved_method(self, backbone: Backbone) -> str:
+        """``ddpm`` or ``flowedit`` for ``backbone`` (``auto``: flowedit for FLUX, else ddpm).
+
+        Raises:
+            ConfigError: flowedit on a model that is not a flow model.
+        """
+        method = ("flowedit" if backbone.family == "flux" else "ddpm") if self.method == "auto" else self.method
+        if method == "flowedit" and backbone.schedule.prediction_type != "flow":
+            raise ConfigError("edit_method", f"flowedit needs a flow model (SD3, FLUX); {backbone.name} is "
+                                             f"{backbone.family}: use ddpm")
+        return method
 
     def run_steps(self) -> int:
         """How many sampler steps the edit runs (``steps - skip``)."""
@@ -238,14 +256,15 @@ def invert_image(
     b = pixels.shape[0]
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     x0 = backbone.encode_image(pixels)
-    cond, uncond = _source_conditions(backbone, sources, tuple(pixels.shape[-2:]))
+    size = tuple(pixels.shape[-2:])
+    cond, uncond, scale = backbone.guidance(*_source_conditions(backbone, sources, size), cfg_source)
     if isinstance(seed, int):
         generator = torch.Generator().manual_seed(seed)
     else:
         generator = [torch.Generator().manual_seed(int(s)) for s in seed]
-    timesteps = backbone.schedule.timesteps(steps)
+    timesteps = backbone.timesteps(steps, size)
     return invert(backbone, x0, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                  guidance_scale=cfg_source, generator=generator, progress=progress)
+                  guidance_scale=scale, generator=generator, progress=progress)
 
 
 def _source_conditions(backbone: Backbone, sources: list[str],
@@ -285,6 +304,9 @@ def edit(
     prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
     if len(prompts) != b:
         raise ValueError(f"{b} images but {len(prompts)} prompts")
+    if config.resolved_method(backbone) == "flowedit":
+        return _flowedit(backbone, pixels, prompts, source_prompt=source_prompt, config=config, scorer=scorer,
+                         progress=progress, seeds=seeds)
     clock = _Clock(device)
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
@@ -293,14 +315,39 @@ def edit(
     clock.lap("inversion_s")
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
     size = tuple(pixels.shape[-2:])
-    cond = backbone.encode_condition(prompts, size=size)
-    uncond = backbone.unconditional(b, size=size)
-    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.cfg_target, timesteps, noise_maps)
+    cond, uncond, scale = backbone.guidance(backbone.encode_condition(prompts, size=size),
+                                            backbone.unconditional(b, size=size), config.cfg_target)
+    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, noise_maps)
     latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                     guidance_scale=config.cfg_target, noise_maps=noise_maps, cond_hook=hook,
-                     progress=_phase(progress, "edit"))
+                     guidance_scale=scale, noise_maps=noise_maps, cond_hook=hook, progress=_phase(progress, "edit"))
     return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
                            inversion=inversion, source_latents=inversion.x0.cpu())
+
+
+def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, source_prompt, config: EditConfig,
+              scorer, progress, seeds: Optional[Sequence[int]]) -> Result:
+    """FlowEdit (see :mod:`date_edit.flowedit`) from step ``skip``, DATE on the target branch."""
+    from .flowedit import flow_edit
+
+    b = len(prompts)
+    sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
+    clock = _Clock(backbone.device)
+    size = tuple(pixels.shape[-2:])
+    x_src = backbone.encode_image(pixels)
+    clock.lap("inversion_s")  # the encoding: FlowEdit inverts nothing
+    timesteps = backbone.timesteps(config.steps, size)[config.resolved_skip():]
+    src_cond, src_uncond, src_scale = backbone.guidance(*_source_conditions(backbone, sources, size),
+                                                        config.cfg_source)
+    tar_cond, tar_uncond, tar_scale = backbone.guidance(backbone.encode_condition(prompts, size=size),
+                                                        backbone.unconditional(b, size=size), config.cfg_target)
+    hook, _ = _date_hook(backbone, config.date, scorer, prompts, tar_uncond, tar_scale, timesteps, None)
+    seed_list = [config.seed + i for i in range(b)] if seeds is None else [int(s) for s in seeds]
+    latents = flow_edit(backbone, x_src, timesteps, backbone.schedule, src_cond=src_cond, src_uncond=src_uncond,
+                        src_scale=src_scale, tar_cond=tar_cond, tar_uncond=tar_uncond, tar_scale=tar_scale,
+                        generators=[torch.Generator().manual_seed(s) for s in seed_list], cond_hook=hook,
+                        progress=_phase(progress, "edit"))
+    return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
+                           config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
 
 
 def reconstruct(
@@ -319,9 +366,10 @@ def reconstruct(
                              cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"))
     clock.lap("inversion_s")  # synchronised: CUDA work of the inversion is counted here, not in sampling
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
-    cond, uncond = _source_conditions(backbone, sources, tuple(pixels.shape[-2:]))
+    cond, uncond, scale = backbone.guidance(*_source_conditions(backbone, sources, tuple(pixels.shape[-2:])),
+                                            config.cfg_source)
     latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                     guidance_scale=config.cfg_source, noise_maps=noise_maps,
+                     guidance_scale=scale, noise_maps=noise_maps,
                      progress=_phase(progress, "reconstruct"))
     cfg = config.to_dict() | {"cfg_target": config.cfg_source, "date": None}
     return _decoded_result(backbone, latents, clock, prompts=sources, hook=None, config=cfg, inversion=inversion,
@@ -368,19 +416,20 @@ def generate(
             check_seed(s)
         x_t = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float32)
                            for s in seeds]).to(device)
-    timesteps = backbone.schedule.timesteps(config.steps)
-    cond = backbone.encode_condition(prompts, size=(height, width))
-    uncond = backbone.unconditional(b, size=(height, width))
-    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, config.guidance_scale, timesteps, None,
-                         keep_directions)
-    denoiser, loop_uncond, loop_w = backbone, uncond, config.guidance_scale
+    timesteps = backbone.timesteps(config.steps, (height, width))
+    cond, uncond, scale = backbone.guidance(backbone.encode_condition(prompts, size=(height, width)),
+                                            backbone.unconditional(b, size=(height, width)), config.guidance_scale)
+    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, None, keep_directions)
+    denoiser, loop_uncond, loop_w = backbone, uncond, scale
     if config.universal_guidance > 0:
         from .guidance import UniversalGuidance
 
         if scorer is None:
             raise ConfigError("scorer", "is missing: Universal Guidance needs one")
+        if backbone.schedule.prediction_type == "flow":
+            raise ConfigError("universal_guidance", "is implemented for DDPM-schedule models (SD, SDXL) only")
         steps = set(parse_update_steps(config.universal_guidance_steps, len(timesteps)))
-        denoiser = UniversalGuidance(backbone, uncond=uncond, guidance_scale=config.guidance_scale,
+        denoiser = UniversalGuidance(backbone, uncond=uncond, guidance_scale=scale,
                                      decode=backbone.decode, score=scorer, prompts=prompts,
                                      schedule=backbone.schedule, strength=config.universal_guidance, steps=steps)
         loop_uncond, loop_w = None, 1.0

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import torch
 
 from .conditioning import Condition, cat_conditions
-from .schedule import NoiseSchedule, ddim_step, ddpm_step
+from .schedule import NoiseSchedule
 
 
 class Denoiser(Protocol):
@@ -106,12 +106,11 @@ def sample(
                 eps = eps_u + guidance_scale * (denoiser(x, t, cond) - eps_u)
             else:
                 eps = guided_eps(denoiser, x, t, cond, uncond, guidance_scale)
-            abar_t = schedule.abar(t)
-            abar_prev = schedule.abar(schedule.next_timestep(ts, i))
+            t_prev = schedule.next_timestep(ts, i)
             if noise_maps is not None:
-                x_prev = ddpm_step(x, eps, abar_t, abar_prev, noise_maps[i])
+                x_prev = schedule.ddpm(x, eps, t, t_prev, noise_maps[i])
             else:
-                x_prev = ddim_step(x, eps, abar_t, abar_prev)
+                x_prev = schedule.ddim(x, eps, t, t_prev)
         state.eps, state.x_prev = eps, x_prev
         for observer in observers:
             observer(state)

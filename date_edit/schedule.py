@@ -81,6 +81,31 @@ class NoiseSchedule:
         """``abar[t]``; for t < 0 (the step after the last) the final value."""
         return float(self.alphas_cumprod[t]) if t >= 0 else self.final_alpha_cumprod
 
+    # -- the step protocol the loop, the inversion and DATE call (the flow schedule has the same methods) --------
+    # ``pred`` is what the denoiser returns: eps here (v-models are converted by the backbone).
+
+    def x0(self, x_t: torch.Tensor, pred: torch.Tensor, t: int) -> torch.Tensor:
+        """The Tweedie estimate ``x0_hat`` of ``x_t`` at ``t``."""
+        return tweedie_x0(x_t, pred, self.abar(t))
+
+    def noisy(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """A draw of the forward process, ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``."""
+        abar_t = self.abar(t)
+        return abar_t**0.5 * x0 + (1.0 - abar_t) ** 0.5 * noise
+
+    def ddim(self, x_t: torch.Tensor, pred: torch.Tensor, t: int, t_prev: int) -> torch.Tensor:
+        """The deterministic step from ``t`` to ``t_prev`` (DDIM, eta 0)."""
+        return ddim_step(x_t, pred, self.abar(t), self.abar(t_prev))
+
+    def ddpm(self, x_t: torch.Tensor, pred: torch.Tensor, t: int, t_prev: int, z: torch.Tensor) -> torch.Tensor:
+        """The DDPM (eta 1) step from ``t`` to ``t_prev`` with noise map ``z``."""
+        return ddpm_step(x_t, pred, self.abar(t), self.abar(t_prev), z)
+
+    def noise_map(self, x_t: torch.Tensor, x_prev: torch.Tensor, pred: torch.Tensor, t: int,
+                  t_prev: int) -> torch.Tensor:
+        """The edit-friendly noise map that carries ``x_t`` to ``x_prev`` under :meth:`ddpm`."""
+        return noise_map_for(x_t, x_prev, pred, self.abar(t), self.abar(t_prev))
+
     def next_timestep(self, timesteps: list[int], i: int) -> int:
         """The timestep that step ``i`` lands on: the next one, or one stride lower (-1 once past zero)."""
         if i + 1 < len(timesteps):

@@ -48,11 +48,12 @@ def test_help_is_fast_and_lists_every_command():
     edit_help = subprocess.run([EXE, "edit", "--help"], capture_output=True, text=True, timeout=60).stdout
     for option in ("--rho", "--update-steps", "--update-mode", "--scorer", "--skip", "--cfg-source", "--cfg-target",
                    "--no-date", "--dtype", "--device", "--overwrite", "--json", "--size", "--resize", "--ablation",
-                   "--compile", "--compile-mode", "--date-targets", "--date-norm", "--rho-relative"):
+                   "--compile", "--compile-mode", "--date-targets", "--date-norm", "--rho-relative", "--edit-method"):
         assert option in edit_help
 
 
-@pytest.mark.parametrize("model,skip", [("tiny", "0"), ("tiny", "8"), ("tiny-sdxl", "0"), ("tiny-sdxl", "8")])
+@pytest.mark.parametrize("model,skip", [("tiny", "0"), ("tiny", "8"), ("tiny-sdxl", "0"), ("tiny-sdxl", "8"),
+                                        ("tiny-sd3", "0"), ("tiny-sd3", "8"), ("tiny-flux", "0"), ("tiny-flux", "8")])
 def test_reconstruct_is_exact(photo, tmp_path, model, skip):
     out = run("reconstruct", photo, "--model", model, "--steps", 20, "--skip", skip, "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

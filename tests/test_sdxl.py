@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from date_edit.backbones import (
-    Backbone, BackboneError, StableDiffusionXL, load_backbone, save_components, single_file_family,
+    Backbone, BackboneError, StableDiffusionXL, load_backbone, save_components, single_file_family, tiny_components,
     tiny_sdxl_components,
 )
 from date_edit.conditioning import Conditioning, cat_conditions
@@ -71,9 +71,9 @@ def test_updates_move_the_targets_by_rho_and_never_the_time_ids(xl, tiny_scorer,
     seen = []
     real = xl.unet_inputs
 
-    def spy(cond):
+    def spy(cond, latent_shape=None):
         seen.append(cond)
-        return real(cond)
+        return real(cond, latent_shape)
 
     monkeypatch.setattr(xl, "unet_inputs", spy)
     date = DateConfig(rho=0.5, update_steps="0,3,6", targets=targets, norm=norm)
@@ -145,11 +145,11 @@ def test_single_file_family_and_the_offline_error(tmp_path):
         load_backbone(str(xl_file), device="cpu")
 
 
-def test_flow_pipelines_are_named_in_the_error(tmp_path):
-    folder = tmp_path / "flux"
+def test_an_unsupported_pipeline_is_named_in_the_error(tmp_path):
+    folder = tmp_path / "kandinsky"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline", "transformer": []}))
-    with pytest.raises(BackboneError, match="FLUX"):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline", "prior": []}))
+    with pytest.raises(BackboneError, match="KandinskyV22Pipeline"):
         load_backbone(str(folder), device="cpu")
 
 
@@ -168,8 +168,6 @@ def test_from_pipeline_uses_the_pipelines_modules_and_gives_the_same_image(xl_pi
 
 def test_from_pipeline_on_sd(tiny_backbone):
     from diffusers import StableDiffusionPipeline
-
-    from date_edit.backbones import tiny_components
 
     pipe = StableDiffusionPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -200,3 +198,14 @@ def test_real_size_sdxl_architecture_has_sdxl_parameter_counts():
     assert abs(count["unet"] / 1e9 - 2.567) < 0.01  # SDXL base UNet: 2,567,463,684 parameters
     assert abs(count["text_encoder"] / 1e6 - 123.06) < 0.1  # CLIP-L text
     assert abs(count["text_encoder_2"] / 1e6 - 694.66) < 0.5  # OpenCLIP-bigG text with projection
+
+
+def test_fp16_sdxl_keeps_its_vae_in_float32():
+    """SDXL's VAE overflows in fp16 (``force_upcast``): the backbone keeps it in float32, the rest in fp16."""
+    backbone = Backbone.from_components("tiny-sdxl", tiny_sdxl_components(), dtype=torch.float16, device="cpu")
+    assert backbone.family == "sdxl" and backbone.vae_dtype == torch.float32
+    assert {p.dtype for m in (backbone.unet, backbone.text_encoder, backbone.text_encoder_2)
+            for p in m.parameters()} == {torch.float16}
+    sd = Backbone.from_components("tiny", tiny_components(),
+                                  dtype=torch.float16, device="cpu")
+    assert sd.vae_dtype == torch.float16  # SD's pipelines do not upcast

@@ -3,9 +3,11 @@
 * :mod:`.base`: the protocol and what every family shares (freezing, checkpointing, compile, the gradient
   decoder, dtype and device, VAE encode/decode), :meth:`Backbone.from_components` and
   :meth:`Backbone.from_pipeline` (DATE on a diffusers pipeline you already loaded).
-* :mod:`.sd`: SD 1.x/2.x. :mod:`.sdxl`: SDXL.
+* :mod:`.sd`: SD 1.x/2.x. :mod:`.sdxl`: SDXL. :mod:`.sd3`: SD3. :mod:`.flux`: FLUX.1 (the last two on the
+  rectified-flow path of :mod:`date_edit.flow`).
 * :mod:`.loading`: ``load_backbone`` (tiny, tiny-sdxl, toy, folders, single files, hub ids).
-* :mod:`.components`: tiny random component sets and real-size random ones for GPU cost runs.
+* :mod:`.components`, :mod:`.components_flow`: tiny random component sets and real-size random ones for GPU
+  cost runs.
 
 The only core package that touches diffusers/transformers, and only inside functions.
 """
@@ -15,13 +17,17 @@ from .base import DTYPES, FAMILIES, Backbone, PromptTruncatedWarning, freeze, re
 from .components import (
     SD_SCHEDULER_CONFIG, save_components, sd15_components, sdxl_components, tiny_components, tiny_sdxl_components,
 )
+from .components_flow import flux_components, sd3_components, tiny_flux_components, tiny_sd3_components
+from .flux import Flux
 from .loading import TOY_DIR, backbone_from_components, family_of, load_backbone, single_file_family
 from .sd import StableDiffusion
+from .sd3 import StableDiffusion3
 from .sdxl import StableDiffusionXL
 
 __all__ = [
     "DTYPES", "FAMILIES", "SD_SCHEDULER_CONFIG", "TOY_DIR", "Backbone", "BackboneError", "PromptTruncatedWarning",
-    "StableDiffusion", "StableDiffusionXL", "backbone_from_components", "family_of", "freeze", "load_backbone",
-    "resolve_device", "resolve_dtype", "save_components", "sd15_components", "sdxl_components", "single_file_family",
-    "tiny_components", "tiny_sdxl_components",
+    "Flux", "StableDiffusion", "StableDiffusion3", "StableDiffusionXL", "backbone_from_components", "family_of",
+    "flux_components", "freeze", "load_backbone", "resolve_device", "resolve_dtype", "save_components",
+    "sd15_components", "sd3_components", "sdxl_components", "single_file_family", "tiny_components",
+    "tiny_flux_components", "tiny_sd3_components", "tiny_sdxl_components",
 ]

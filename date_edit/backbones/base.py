@@ -15,18 +15,32 @@ from typing import ClassVar, Optional, Sequence
 
 import torch
 
-from ..choices import CHECKPOINTING_MODES, COMPILE_MODES, DTYPE_NAMES
+from ..choices import CHECKPOINTING_MODES, COMPILE_MODES
 from ..conditioning import Condition, Conditioning, as_conditioning
 from ..errors import BackboneError, ConfigError
 from ..hub import hub_reachable, seeded
-from ..limits import check_device
 from ..schedule import NoiseSchedule, v_to_eps
+from .common import DTYPES, freeze, input_shapes, resolve_device, resolve_dtype  # noqa: F401  (DTYPES re-exported)
 
-DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 FAMILIES: dict[str, type] = {}  # family name -> Backbone subclass, filled as the family modules load
 # what each family's component dict holds (a diffusers pipeline's attribute names)
-COMPONENT_NAMES = {"sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-                   "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")}
+COMPONENT_NAMES = {
+    "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+    "sd3": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+            "tokenizer_3", "scheduler"),
+    "flux": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
+}
+
+
+def family_of_components(components: dict) -> str:
+    """The family a dict of pipeline components belongs to: a ``tokenizer_3`` (or T5 third encoder) is SD3, a
+    ``transformer`` without one FLUX, a second text encoder with a UNet SDXL, else SD."""
+    if components.get("text_encoder_3") is not None or components.get("tokenizer_3") is not None:
+        return "sd3"
+    if components.get("transformer") is not None:
+        return "flux"
+    return "sdxl" if components.get("text_encoder_2") is not None else "sd"
 
 
 @dataclass
@@ -74,26 +88,29 @@ class Backbone:
         """Wrap already-built components as the family's backbone, frozen, on ``device`` in ``dtype``.
 
         Args:
-            components: a diffusers pipeline's modules by attribute name (``unet``, ``vae``, ``text_encoder``,
-                ``tokenizer``, ``scheduler``; SDXL also ``text_encoder_2``, ``tokenizer_2``). They are used as
-                they are (frozen and moved in place, never copied); an SDXL VAE in fp16 is upcast to float32,
-                as diffusers' SDXL pipeline does to decode.
-            family: ``sd`` or ``sdxl``; None: ``sdxl`` when a ``text_encoder_2`` is given.
+            components: a diffusers pipeline's modules by attribute name (``unet`` or ``transformer``, ``vae``,
+                ``text_encoder``, ``tokenizer``, ``scheduler``; SDXL and FLUX also ``text_encoder_2``,
+                ``tokenizer_2``; SD3 also ``text_encoder_3``, ``tokenizer_3``). They are used as they are
+                (frozen and moved in place, never copied); an SDXL VAE in fp16 is upcast to float32, as
+                diffusers' SDXL pipeline does to decode.
+            family: ``sd``, ``sdxl``, ``sd3`` or ``flux``; None: read from which components are given.
             force_zeros_for_empty_prompt: SDXL's unconditional branch is zeros (its pipeline's default).
         """
         from ..tokenizer import check_tokenizer
 
-        family = family or ("sdxl" if components.get("text_encoder_2") is not None else "sd")
+        family = family or family_of_components(components)
         if family not in FAMILIES:
             raise BackboneError(f"model family {family!r} is not supported: use one of {', '.join(FAMILIES)}")
-        missing = [k for k in COMPONENT_NAMES[family] if components.get(k) is None]
+        optional = ("text_encoder_3", "tokenizer_3")  # SD3 runs without T5 (its tokens are then zeros)
+        missing = [k for k in COMPONENT_NAMES[family] if components.get(k) is None and k not in optional]
         if missing:
             raise BackboneError(f"{name}: a {family} model needs {', '.join(missing)}")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        models = [components[k] for k in COMPONENT_NAMES[family] if k.startswith(("unet", "vae", "text_encoder"))]
+        models = [components[k] for k in COMPONENT_NAMES[family]
+                  if k.startswith(("unet", "transformer", "vae", "text_encoder")) and components.get(k) is not None]
         for key in COMPONENT_NAMES[family]:
-            if key.startswith("tokenizer"):
+            if key.startswith("tokenizer") and components.get(key) is not None:
                 check_tokenizer(components[key])
         freeze(*models)
         vae = components["vae"]
@@ -104,22 +121,32 @@ class Backbone:
             if next(module.parameters()).dtype != wanted:
                 module.to(wanted)
         sched_cfg = dict(components["scheduler"].config)
-        unet = components["unet"]
-        extra = {k: components[k] for k in COMPONENT_NAMES[family] if k not in COMPONENT_NAMES["sd"]}
+        denoiser = components.get("unet") or components.get("transformer")
+        extra = {k: components.get(k) for k in COMPONENT_NAMES[family]
+                 if k not in COMPONENT_NAMES["sd"] and k != "transformer"}
         if family == "sdxl":
             extra["force_zeros_for_empty_prompt"] = force_zeros_for_empty_prompt
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        sample_size = getattr(denoiser.config, "sample_size", None)
+        native = int(sample_size) * factor if sample_size else int(vae.config.sample_size)  # FLUX: the VAE's
+        if family in ("sd3", "flux"):
+            from ..flow import FlowSchedule
+
+            schedule = FlowSchedule.from_config(sched_cfg)
+        else:
+            schedule = NoiseSchedule.from_config(sched_cfg)
         return FAMILIES[family](
-            name=name, unet=unet, vae=vae, text_encoder=components["text_encoder"],
-            tokenizer=components["tokenizer"], schedule=NoiseSchedule.from_config(sched_cfg), dtype=dt, device=dev,
-            native_size=int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1),
+            name=name, unet=denoiser, vae=vae, text_encoder=components["text_encoder"],
+            tokenizer=components["tokenizer"], schedule=schedule, dtype=dt, device=dev, native_size=native,
             random_weights=random_weights, scheduler_config=sched_cfg, **extra)
 
     @classmethod
     def from_pipeline(cls, pipe, *, name: Optional[str] = None) -> "Backbone":
         """DATE on a diffusers pipeline you already loaded: its modules, used as they are (no reload, no copy).
 
-        Takes a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` (or any object with the same
-        attributes) on its device and in its dtype; the modules are frozen in place. Then, for example::
+        Takes a ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline`` or
+        ``FluxPipeline`` (or any object with the same attributes) on its device and in its dtype; the modules are
+        frozen in place. Then, for example::
 
             from date_edit import Backbone, GenerateConfig, generate
             from date_edit.scorers import build_scorer
@@ -129,13 +156,15 @@ class Backbone:
         Raises:
             BackboneError: the pipeline lacks a module the family needs.
         """
-        family = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+        names = ("unet", "transformer", "text_encoder_2", "text_encoder_3", "tokenizer_3")
+        family = family_of_components({k: getattr(pipe, k, None) for k in names} | (
+            {"tokenizer_3": True} if hasattr(pipe, "tokenizer_3") else {}))
         components = {k: getattr(pipe, k, None) for k in COMPONENT_NAMES[family]}
-        unet = components["unet"]
-        if unet is None:
-            raise BackboneError(f"{type(pipe).__name__} has no unet: from_pipeline takes a StableDiffusionPipeline "
-                                "or a StableDiffusionXLPipeline")
-        weight = next(unet.parameters())
+        denoiser = components.get("unet") or components.get("transformer")
+        if denoiser is None:
+            raise BackboneError(f"{type(pipe).__name__} has no unet or transformer: from_pipeline takes a "
+                                "StableDiffusion(XL|3)Pipeline or a FluxPipeline")
+        weight = next(denoiser.parameters())
         config = getattr(pipe, "config", {}) or {}
         return cls.from_components(name or type(pipe).__name__, components, dtype=weight.dtype,
                                    device=weight.device, family=family,
@@ -156,12 +185,30 @@ class Backbone:
         raise NotImplementedError
 
     def unconditional(self, batch: int, *, size: Optional[tuple[int, int]] = None) -> Conditioning:
-        """The unconditional branch of classifier-free guidance for ``batch`` images of ``size`` (as the family's
-        pipeline builds it: SD encodes ``""``, SDXL uses zeros)."""
+        """The unconditional branch of classifier-free guidance, as the family's pipeline builds it (SD encodes
+        ``""``, SDXL uses zeros).
+
+        Args:
+            batch: B.
+            size: (height, width) of the output in pixels (None: the native size).
+
+        Returns:
+            A :class:`Conditioning` with the same tensor names and shapes as :meth:`encode_condition`'s.
+        """
         raise NotImplementedError
 
-    def unet_inputs(self, cond: Conditioning) -> dict:
-        """The UNet's keyword arguments for ``cond``, on the backbone's device and compute dtype."""
+    def unet_inputs(self, cond: Conditioning, latent_shape: Optional[tuple] = None) -> dict:
+        """The denoiser's keyword arguments for ``cond`` (all but the latents and ``timestep``), on the
+        backbone's device and compute dtype.
+
+        Args:
+            cond: a condition of batch B (the CFG batch ``[uncond, cond]`` has 2B rows).
+            latent_shape: ``(B, C, h, w)`` of the image-shaped latents (FLUX's position ids depend on it).
+
+        Returns:
+            ``encoder_hidden_states`` ``(B, L, D)`` and whatever else the family's UNet takes (SDXL:
+            ``added_cond_kwargs`` with ``text_embeds`` ``(B, P)`` and ``time_ids`` ``(B, 6)``).
+        """
         raise NotImplementedError
 
     def encode_prompt(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -206,31 +253,62 @@ class Backbone:
         return self.size_multiple * (1 if per_group > 1 else 2)
 
     @property
+    def shift_factor(self) -> Optional[float]:
+        """The VAE latent shift (SD3 0.0609, FLUX 0.1159), None for SD and SDXL."""
+        shift = getattr(self.vae.config, "shift_factor", None)
+        return None if shift is None else float(shift)
+
+    @property
     def scaling_factor(self) -> float:
         """The VAE latent scaling factor, read from its config (0.18215 for SD 1.x)."""
         return float(self.vae.config.scaling_factor)
 
-    def denoise(self, x_t: torch.Tensor, t: int, cond: Condition) -> torch.Tensor:
-        """Noise prediction eps (float32) for ``(B, 4, h, w)`` latents at timestep ``t``; v-models converted.
+    def denoise(self, x_t: torch.Tensor, t, cond: Condition) -> torch.Tensor:
+        """The model's prediction (float32) for latents ``x_t`` at timestep ``t``: eps for SD and SDXL (v-models
+        converted), the velocity for flow models (see ``schedule.prediction_type``).
 
         Args:
-            x_t: ``(B, C, h, w)`` latents (float32).
-            t: the integer timestep.
+            x_t: ``(B, C, h, w)`` image-shaped latents (float32); a family that packs them (FLUX) does so inside.
+            t: the timestep (an integer for DDPM schedules, ``sigma * 1000`` for flow ones).
             cond: a :class:`Conditioning` of batch B (a plain ``(B, L, D)`` tensor is its ``tokens``).
 
         With :meth:`compile` on, passes without autograd (plain steps, the inversion, DATE's unconditional
-        branch) run the compiled UNet; DATE's gradient pass runs the eager one.
+        branch) run the compiled model; DATE's gradient pass runs the eager one.
         """
-        timestep = torch.full((x_t.shape[0],), int(t), device=self.device, dtype=torch.long)
-        x_in = x_t.to(self.device, self.dtype)
-        kwargs = self.unet_inputs(as_conditioning(cond))
+        timestep = self.model_timestep(t, x_t.shape[0])
+        x_in = self.pack(x_t.to(self.device, self.dtype))
+        kwargs = self.unet_inputs(as_conditioning(cond), tuple(x_t.shape))
         if self.compiled_unet is not None and not torch.is_grad_enabled():
             out = self._compiled_denoise(x_in, timestep, kwargs)
         else:
-            out = self.unet(x_in, timestep, **kwargs).sample.float()
+            out = self.unet(x_in, timestep=timestep, **kwargs).sample.float()
+        out = self.unpack(out, tuple(x_t.shape))
         if self.schedule.prediction_type == "v_prediction":
             return v_to_eps(x_t.float(), out, self.schedule.abar(int(t)))
         return out
+
+    def model_timestep(self, t, batch: int) -> torch.Tensor:
+        """The ``timestep`` tensor ``(B,)`` the model takes at ``t`` (UNets: the integer timestep)."""
+        return torch.full((batch,), int(t), device=self.device, dtype=torch.long)
+
+    def pack(self, latents: torch.Tensor) -> torch.Tensor:
+        """Image-shaped latents as the model takes them (identity but for FLUX's 2x2 patches)."""
+        return latents
+
+    def unpack(self, out: torch.Tensor, shape: tuple) -> torch.Tensor:
+        """The model's output back to the image-shaped ``shape`` (identity but for FLUX)."""
+        return out
+
+    def timesteps(self, steps: int, size: Optional[tuple[int, int]] = None) -> list:
+        """The ``steps`` timesteps of a run at ``size`` = (height, width) pixels, high to low (only flow models
+        with a resolution-dependent shift read ``size``)."""
+        return self.schedule.timesteps(steps)
+
+    def guidance(self, cond: Conditioning, uncond: Optional[Conditioning],
+                 scale: float) -> tuple[Conditioning, Optional[Conditioning], float]:
+        """How the family applies the guidance ``scale``: classifier-free guidance in the loop (``(cond, uncond,
+        scale)``, the default), or embedded in the condition with no unconditional branch (FLUX)."""
+        return cond, uncond, scale
 
     __call__ = denoise
 
@@ -253,13 +331,13 @@ class Backbone:
         self._compiled_shapes = set()
 
     def _compiled_denoise(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, repr(_shapes(kwargs)))
+        key = (tuple(x.shape), x.dtype, repr(input_shapes(kwargs)))
         first = key not in self._compiled_shapes
         start = time.perf_counter()
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs are no longer read
         # A CUDA-graph replay reuses its output buffer: copy before the next call overwrites it.
-        out = self.compiled_unet(x, timestep, **kwargs).sample.float().clone()
+        out = self.compiled_unet(x, timestep=timestep, **kwargs).sample.float().clone()
         if first:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -269,17 +347,24 @@ class Backbone:
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Latents ``z = E(x).mode() * scaling_factor`` of images ``(B, 3, H, W)`` in ``[0, 1]`` (float32)."""
+        """Latents ``z = (E(x).mode() - shift) * scaling_factor`` of images ``(B, 3, H, W)`` in ``[0, 1]`` (float32;
+        ``shift`` is the VAE's ``shift_factor``, SD3 and FLUX only)."""
         x = (pixels * 2.0 - 1.0).to(self.device, self.vae_dtype)
-        return self.vae.encode(x).latent_dist.mode().float() * self.scaling_factor
+        z = self.vae.encode(x).latent_dist.mode().float()
+        if self.shift_factor is not None:
+            z = z - self.shift_factor
+        return z * self.scaling_factor
 
     def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` from latents, ``D(z / scaling) / 2 + 0.5``; differentiable (no ``no_grad``).
+        """Images ``(B, 3, H, W)`` from latents, ``D(z / scaling + shift) / 2 + 0.5``; differentiable (no ``no_grad``).
 
         ``clamp`` (outputs) clips to ``[0, 1]``; DATE's gradient pass decodes with ``clamp=False``, as the
         reference implementation does, so pixels outside ``[0, 1]`` keep their gradient.
         """
-        x = self.vae.decode((latents / self.scaling_factor).to(self.vae_dtype)).sample.float()
+        z = latents / self.scaling_factor
+        if self.shift_factor is not None:
+            z = z + self.shift_factor
+        x = self.vae.decode(z.to(self.vae_dtype)).sample.float()
         x = x / 2.0 + 0.5
         return x.clamp(0.0, 1.0) if clamp else x
 
@@ -375,41 +460,3 @@ class PromptTruncatedWarning(UserWarning):
     """A prompt was longer than the text encoder's 77 tokens and was cut."""
 
 
-def _shapes(kwargs: dict):
-    """The shapes and dtypes of a (nested) dict of tensors: what a compiled UNet specialises on."""
-    if isinstance(kwargs, dict):
-        return tuple((k, _shapes(v)) for k, v in sorted(kwargs.items()))
-    return (tuple(kwargs.shape), kwargs.dtype) if isinstance(kwargs, torch.Tensor) else kwargs
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU, or a name that is no device, is a clear
-    error (:class:`BackboneError`) before any weights load."""
-    if isinstance(device, torch.device):
-        return device
-    try:
-        device = check_device(device)
-    except ValueError as e:
-        raise BackboneError(str(e)) from None
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise BackboneError("device cuda was asked for but no CUDA GPU is visible; use cpu or auto")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``fp32|fp16|bf16`` -> torch dtype; fp16 on CPU is refused (many CPU kernels lack it)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", f"{dtype!r} is unknown: use one of {', '.join(DTYPES)}")
-    if dtype == "fp16" and device.type == "cpu":
-        raise ConfigError("dtype", "fp16 needs a GPU; on the CPU use fp32 or bf16")
-    return DTYPES[dtype]
-
-
-def freeze(*modules: torch.nn.Module) -> None:
-    """Eval mode and no gradients for the weights (DATE differentiates with respect to the condition only)."""
-    for m in modules:
-        m.eval().requires_grad_(False)

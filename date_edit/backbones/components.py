@@ -44,34 +44,40 @@ def tiny_components(seed: int = 0) -> dict:
             norm_num_groups=32,
         )
         vae = sd_vae((16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=8)
-        text_encoder = CLIPTextModel(_clip_config(32, 2, 4, 64))
+        text_encoder = CLIPTextModel(clip_config(32, 2, 4, 64))
     return _component_set(unet, vae, text_encoder)
 
 
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                    "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+
+
 def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
-    """Write components as a diffusers folder (``model_index.json`` + subfolders): a StableDiffusionPipeline,
-    or a StableDiffusionXLPipeline when the set has a ``text_encoder_2``."""
+    """Write components as a diffusers folder (``model_index.json`` + subfolders) of their family's pipeline
+    class (StableDiffusion, StableDiffusionXL, StableDiffusion3 or Flux)."""
     import json
+
+    from .base import COMPONENT_NAMES, family_of_components
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    xl = components.get("text_encoder_2") is not None
-    index = {"_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline",
-             "_diffusers_version": "0.30.0"}
-    libs = {"unet": "diffusers", "vae": "diffusers", "scheduler": "diffusers", "text_encoder": "transformers",
-            "tokenizer": "transformers"}
-    if xl:
-        libs |= {"text_encoder_2": "transformers", "tokenizer_2": "transformers"}
-        index["force_zeros_for_empty_prompt"] = True
-    else:
-        index["requires_safety_checker"] = False
-    for name, lib in libs.items():
-        comp = components[name]
+    family = family_of_components(components)
+    index: dict = {"_class_name": PIPELINE_CLASSES[family], "_diffusers_version": "0.30.0"}
+    for name in COMPONENT_NAMES[family]:
+        comp = components.get(name)
+        if comp is None:
+            index[name] = [None, None]
+            continue
         comp.save_pretrained(out / name)
+        lib = "diffusers" if type(comp).__module__.startswith("diffusers") else "transformers"
         index[name] = [lib, type(comp).__name__]
-    if not xl:
-        index["safety_checker"] = [None, None]
+    if family == "sd":
+        index |= {"requires_safety_checker": False, "safety_checker": [None, None]}
+    if family == "sdxl":
+        index["force_zeros_for_empty_prompt"] = True
     index["feature_extractor"] = [None, None]
+    if family in ("sd3", "flux"):
+        index["image_encoder"] = [None, None]
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
 
@@ -87,21 +93,23 @@ def sd15_components(seed: int = 0, device: str | torch.device = "cpu", dtype: to
     with seeded(seed, device):
         unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
         vae = sd_vae((128, 256, 512, 512), layers_per_block=2, sample_size=512, norm_num_groups=32)
-        text_encoder = CLIPTextModel(_clip_config(768, 12, 12, 3072))
+        text_encoder = CLIPTextModel(clip_config(768, 12, 12, 3072))
     return _component_set(unet, vae, text_encoder, dtype)
 
 
 def sd_vae(block_out_channels: tuple[int, ...], *, layers_per_block: int, sample_size: int, norm_num_groups: int,
-           scaling_factor: float = 0.18215):
+           scaling_factor: float = 0.18215, **flow):
     """An SD-style ``AutoencoderKL`` (4 latent channels, one downsampling per level but the last; SD 1.x's
-    scaling factor unless given: SDXL's is 0.13025) of the given widths, with random weights."""
+    scaling factor unless given: SDXL's is 0.13025) of the given widths, with random weights. ``flow``: the
+    SD3/FLUX changes (``latent_channels=16``, ``shift_factor``, ``use_quant_conv=False``, ...)."""
     from diffusers import AutoencoderKL
 
     n = len(block_out_channels)
+    options = {"latent_channels": 4} | flow
     return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=block_out_channels,
                          down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-                         layers_per_block=layers_per_block, latent_channels=4, norm_num_groups=norm_num_groups,
-                         sample_size=sample_size, scaling_factor=scaling_factor)
+                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups,
+                         sample_size=sample_size, scaling_factor=scaling_factor, **options)
 
 
 def _component_set(unet, vae, text_encoder, dtype: torch.dtype = torch.float32, text_encoder_2=None) -> dict:
@@ -130,8 +138,8 @@ def _component_set(unet, vae, text_encoder, dtype: torch.dtype = torch.float32, 
     return out
 
 
-def _clip_config(hidden: int, layers: int, heads: int, intermediate: int, act: str = "quick_gelu", **extra):
-    """A CLIP text config with the real vocabulary and 77 positions."""
+def clip_config(hidden: int, layers: int, heads: int, intermediate: int, act: str = "quick_gelu", **extra):
+    """A CLIP text config with the real vocabulary and 77 positions (``extra``: e.g. ``projection_dim``)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=intermediate,
@@ -156,8 +164,8 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
             projection_class_embeddings_input_dim=6 * time_dim + proj2, norm_num_groups=32,
         )
         vae = sd_vae((16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=8, scaling_factor=0.13025)
-        text_encoder = CLIPTextModel(_clip_config(h1, 2, 4, 64))
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(h2, 2, 4, 64, act="gelu", projection_dim=proj2))
+        text_encoder = CLIPTextModel(clip_config(h1, 2, 4, 64))
+        text_encoder_2 = CLIPTextModelWithProjection(clip_config(h2, 2, 4, 64, act="gelu", projection_dim=proj2))
     return _component_set(unet, vae, text_encoder, text_encoder_2=text_encoder_2)
 
 
@@ -178,7 +186,7 @@ def sdxl_components(seed: int = 0, device: str | torch.device = "cpu", dtype: to
         )
         vae = sd_vae((128, 256, 512, 512), layers_per_block=2, sample_size=1024, norm_num_groups=32,
                      scaling_factor=0.13025)
-        text_encoder = CLIPTextModel(_clip_config(768, 12, 12, 3072))
-        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(1280, 32, 20, 5120, act="gelu",
+        text_encoder = CLIPTextModel(clip_config(768, 12, 12, 3072))
+        text_encoder_2 = CLIPTextModelWithProjection(clip_config(1280, 32, 20, 5120, act="gelu",
                                                                   projection_dim=1280))
     return _component_set(unet, vae, text_encoder, dtype, text_encoder_2=text_encoder_2)

@@ -17,32 +17,35 @@ from .base import COMPONENT_NAMES, Backbone, resolve_device, resolve_dtype
 from .sd import StableDiffusion  # noqa: F401  (each family module registers itself in base.FAMILIES)
 from .sdxl import StableDiffusionXL  # noqa: F401
 from .components import tiny_components, tiny_sdxl_components
+from .components_flow import tiny_flux_components, tiny_sd3_components
+from .flux import Flux  # noqa: F401
+from .sd3 import StableDiffusion3  # noqa: F401
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
-# model_index.json's _class_name -> family; the flow-matching families are named so the error can say so
+# model_index.json's _class_name -> family
 PIPELINE_FAMILIES = {
     "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3", "StableDiffusion3Img2ImgPipeline": "sd3",
+    "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux",
 }
-NOT_YET = {"StableDiffusion3Pipeline": "SD3", "FluxPipeline": "FLUX"}
-TINY = {"tiny": (tiny_components, "sd"), "tiny-sdxl": (tiny_sdxl_components, "sdxl")}
+TINY = {"tiny": (tiny_components, "sd"), "tiny-sdxl": (tiny_sdxl_components, "sdxl"),
+        "tiny-sd3": (tiny_sd3_components, "sd3"), "tiny-flux": (tiny_flux_components, "flux")}
 
 
 def family_of(index: dict, where: str = "the model") -> str:
-    """The family (``sd`` / ``sdxl``) a ``model_index.json`` describes.
+    """The family (``sd``, ``sdxl``, ``sd3`` or ``flux``) a ``model_index.json`` describes.
 
     Raises:
-        BackboneError: a pipeline class date-edit does not run (yet).
+        BackboneError: a pipeline class date-edit does not run.
     """
     name = str(index.get("_class_name", ""))
     if name in PIPELINE_FAMILIES:
         return PIPELINE_FAMILIES[name]
-    if name in NOT_YET:
-        raise BackboneError(f"{where} is an {NOT_YET[name]} pipeline ({name}); date-edit runs SD 1.x/2.x and SDXL")
     if "unet" in index:  # a custom pipeline class on the same modules
         return "sdxl" if "text_encoder_2" in index else "sd"
-    raise BackboneError(f"{where} is a {name or 'pipeline of unknown class'}; date-edit runs "
-                        "StableDiffusionPipeline and StableDiffusionXLPipeline folders")
+    raise BackboneError(f"{where} is a {name or 'pipeline of unknown class'}; date-edit runs StableDiffusion, "
+                        "StableDiffusionXL, StableDiffusion3 and Flux pipeline folders")
 
 
 def _model_index(path: str, *, local_only: bool) -> dict:
@@ -65,6 +68,8 @@ def _load_folder(path: str, *, local_only: bool) -> tuple[dict, str, bool]:
     index = _model_index(path, local_only=local_only)
     family = family_of(index, str(path))
     kw = {"local_files_only": local_only}
+    if family in ("sd3", "flux"):
+        return _load_flow_folder(path, family, index, kw), family, True
     comps = {
         "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
         "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
@@ -76,6 +81,28 @@ def _load_folder(path: str, *, local_only: bool) -> tuple[dict, str, bool]:
         comps["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)
         comps["tokenizer_2"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw)
     return comps, family, bool(index.get("force_zeros_for_empty_prompt", True))
+
+
+def _load_flow_folder(path: str, family: str, index: dict, kw: dict) -> dict:
+    """SD3 / FLUX components of a folder or hub id (SD3's T5 may be absent: ``text_encoder_3`` null)."""
+    import diffusers
+    import transformers
+
+    comps = {}
+    for name in COMPONENT_NAMES[family]:
+        entry = index.get(name)
+        if not entry or entry[0] is None:
+            comps[name] = None
+            continue
+        library = diffusers if entry[0] == "diffusers" else transformers
+        cls = getattr(library, entry[1], None)
+        if cls is None:
+            raise BackboneError(f"{path}: {name} is a {entry[1]}, which this {entry[0]} does not have")
+        if name == "scheduler":
+            comps[name] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder=name, **kw)
+        else:
+            comps[name] = cls.from_pretrained(path, subfolder=name, **kw)
+    return comps
 
 
 def single_file_family(path: str, config: Optional[str] = None) -> str:

@@ -54,6 +54,6 @@ class StableDiffusion(Backbone):
         """The empty prompt encoded, as SD's pipelines do."""
         return self.encode_condition([""] * batch)
 
-    def unet_inputs(self, cond: Conditioning) -> dict:
+    def unet_inputs(self, cond: Conditioning, latent_shape: Optional[tuple] = None) -> dict:
         """``encoder_hidden_states``: the ``tokens`` tensor."""
         return {"encoder_hidden_states": cond["tokens"].to(self.device, self.dtype)}

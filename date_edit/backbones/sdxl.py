@@ -73,7 +73,7 @@ class StableDiffusionXL(Backbone):
         pooled = torch.zeros(batch, int(self.text_encoder_2.config.projection_dim), device=self.device)
         return Conditioning({"tokens": tokens, "pooled": pooled}, {"time_ids": self.time_ids(batch, size)})
 
-    def unet_inputs(self, cond: Conditioning) -> dict:
+    def unet_inputs(self, cond: Conditioning, latent_shape: Optional[tuple] = None) -> dict:
         """``encoder_hidden_states`` and ``added_cond_kwargs`` (``text_embeds``, ``time_ids``)."""
         def cast(t: torch.Tensor) -> torch.Tensor:
             return t.to(self.device, self.dtype)

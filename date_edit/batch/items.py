@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..choices import ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, RESIZE_MODES, UPDATE_MODES
+from ..choices import ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, EDIT_METHODS, RESIZE_MODES, UPDATE_MODES
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError  # noqa: F401
 from ..limits import check_seed
 
@@ -54,6 +54,7 @@ OPTION_TYPES: dict[str, Any] = {
     "ablation": ABLATIONS,
     "date_targets": DATE_TARGETS,
     "date_norm": DATE_NORMS,
+    "edit_method": EDIT_METHODS,
     "size": int,
     "resize": RESIZE_MODES,
 }
