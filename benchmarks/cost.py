@@ -2,6 +2,7 @@
 
     python benchmarks/cost.py                 # real-size SD 1.5 architecture, random weights, on CUDA
     python benchmarks/cost.py --arch sdxl --dtypes fp16,bf16 --batches 1 --fractions 10   # SDXL, 1024 px
+    python benchmarks/cost.py --arch flux --dtypes bf16 --batches 1 --fractions 10 --block-checkpointing
     python benchmarks/cost.py --tiny          # CPU smoke version (tiny random models), used by the tests
 
 Every ratio compares two numbers measured in this process on this device. Times are the median of
@@ -51,11 +52,13 @@ def measure(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float,
 
 def build(args, dtype: str, device: torch.device):
     """The backbone and the objectives for one precision."""
-    from date_edit.backbones import backbone_from_components, load_backbone, sd15_components, sdxl_components
+    from date_edit import backbones as bb
+    from date_edit.backbones import backbone_from_components, load_backbone
     from date_edit.scorers import build_scorer
 
     if args.tiny:
-        backbone = load_backbone("tiny-sdxl" if args.arch == "sdxl" else "tiny", dtype=dtype, device=str(device))
+        tiny = {"sd15": "tiny", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}[args.arch]
+        backbone = load_backbone(tiny, dtype=dtype, device=str(device))
         clip = build_scorer("clip:tiny", device=device)
         objectives = {"clip": clip}
         if args.imagereward:
@@ -64,7 +67,8 @@ def build(args, dtype: str, device: torch.device):
     from date_edit.backbones import DTYPES
     from date_edit.scorers.clip import clip_vit_l14_random
 
-    factory = sdxl_components if args.arch == "sdxl" else sd15_components
+    factory = {"sd15": bb.sd15_components, "sdxl": bb.sdxl_components, "sd3": bb.sd3_components,
+               "flux": bb.flux_components}[args.arch]
     comps = factory(device=device, dtype=DTYPES[dtype])
     backbone = backbone_from_components(f"{args.arch}-architecture-random", comps, dtype=dtype, device=str(device),
                                         random_weights=True)
@@ -82,14 +86,13 @@ def build(args, dtype: str, device: torch.device):
 def update_breakdown(backbone, scorer, repeats: int = 5) -> dict:
     """Median milliseconds of each phase of one DATE update at batch 1 (synchronised between phases)."""
     from date_edit.conditioning import cat_conditions
-    from date_edit.schedule import tweedie_x0
 
     device = backbone.device
     size = backbone.native_size // backbone.vae_scale_factor
     x_t = torch.randn((1, backbone.latent_channels, size, size), generator=torch.Generator().manual_seed(0)).to(device)
-    cond = backbone.encode_condition(["a photograph of an astronaut riding a horse"])
-    uncond = backbone.unconditional(1)
-    t = 501
+    cond, uncond, scale = backbone.guidance(backbone.encode_condition(["a photograph of an astronaut riding a horse"]),
+                                            backbone.unconditional(1), 7.5)
+    t = 501 if backbone.schedule.prediction_type != "flow" else 501.0  # sigma 0.501 on a flow path
     phases: dict[str, list[float]] = {}
 
     def tick(name: str, start: float) -> float:
@@ -101,21 +104,27 @@ def update_breakdown(backbone, scorer, repeats: int = 5) -> dict:
     for i in range(repeats + 1):
         _sync(device)
         start = time.perf_counter()
-        with torch.no_grad():
-            eps_u = backbone(x_t, t, uncond)
-        start = tick("unet_uncond_fwd", start)
+        eps_u = None
+        if uncond is not None:  # FLUX guides without an unconditional branch
+            with torch.no_grad():
+                eps_u = backbone(x_t, t, uncond)
+            start = tick("unet_uncond_fwd", start)
         leaf = cond["tokens"].detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            eps = eps_u + 7.5 * (backbone(x_t, t, cond.replace(tokens=leaf)) - eps_u)
+            eps_c = backbone(x_t, t, cond.replace(tokens=leaf))
+            eps = eps_c if eps_u is None else eps_u + scale * (eps_c - eps_u)
             start = tick("unet_cond_fwd_grad", start)
-            image = backbone.decode(tweedie_x0(x_t, eps, backbone.schedule.abar(t)))
+            image = backbone.decode(backbone.schedule.x0(x_t, eps, t))
             start = tick("vae_decode_fwd_grad", start)
             h = scorer(image, ["a photograph of an astronaut riding a horse"])
             start = tick("scorer_fwd", start)
             torch.autograd.grad(h.sum(), leaf)
             start = tick("backward", start)
         with torch.no_grad():
-            backbone(torch.cat([x_t, x_t]), t, cat_conditions(uncond, cond))
+            if uncond is None:
+                backbone(x_t, t, cond)
+            else:
+                backbone(torch.cat([x_t, x_t]), t, cat_conditions(uncond, cond))
         tick("plain_cfg_step_unet", start)
         if i == 0:
             phases.clear()
@@ -139,18 +148,22 @@ def edit_run(backbone, scorer, fraction, tiny: bool):
 
 
 def diffusers_baseline(backbone, prompt: str, steps: int, guidance: float, batch: int, seed: int):
-    """A closure running diffusers' own StableDiffusionPipeline (or StableDiffusionXLPipeline) on the same
-    components."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    """A closure running diffusers' own pipeline of the backbone's family (StableDiffusion, -XL, -3 or Flux) on the
+    same modules."""
+    import diffusers
 
-    common = dict(vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
-                  unet=backbone.unet, scheduler=DDIMScheduler.from_config(backbone.scheduler_config))
-    if backbone.family == "sdxl":
-        pipe = StableDiffusionXLPipeline(**common, text_encoder_2=backbone.text_encoder_2,
-                                         tokenizer_2=backbone.tokenizer_2)
-    else:
-        pipe = StableDiffusionPipeline(**common, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+    from date_edit.backbones.base import COMPONENT_NAMES
+    from date_edit.backbones.components import PIPELINE_CLASSES
+
+    flow = backbone.family in ("sd3", "flux")
+    scheduler = (diffusers.FlowMatchEulerDiscreteScheduler if flow else diffusers.DDIMScheduler).from_config(
+        backbone.scheduler_config)
+    parts = {k: (backbone.unet if k == "transformer" else scheduler if k == "scheduler" else getattr(backbone, k))
+             for k in COMPONENT_NAMES[backbone.family]}
+    extra = {"sd": dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False),
+             "sd3": dict(image_encoder=None, feature_extractor=None),
+             "flux": dict(image_encoder=None, feature_extractor=None)}.get(backbone.family, {})
+    pipe = getattr(diffusers, PIPELINE_CLASSES[backbone.family])(**parts, **extra)
     pipe.set_progress_bar_config(disable=True)
     size = backbone.native_size
 
@@ -167,8 +180,11 @@ def main(argv=None) -> int:
     """Run the grid and write JSON + Markdown."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU smoke run with the tiny random models")
-    p.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15",
-                   help="the architecture: SD 1.5 (512 px) or SDXL base (1024 px), random weights")
+    p.add_argument("--arch", choices=("sd15", "sdxl", "sd3", "flux"), default="sd15",
+                   help="the architecture, random weights: SD 1.5 (512 px), SDXL base, SD3-medium or FLUX.1-dev "
+                        "(1024 px)")
+    p.add_argument("--block-checkpointing", action="store_true",
+                   help="also DATE 10%% with per-block gradient checkpointing of the UNet/transformer (batch 1)")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,fp16,bf16 (default fp16,fp32,bf16; tiny fp32)")
     p.add_argument("--batches", default=None, help="comma list (default 1,4,8; tiny 1,2)")
     p.add_argument("--fractions", default="10,20,100", help="DATE update fractions in percent")
@@ -216,7 +232,7 @@ def main(argv=None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"card": card, "torch": torch.__version__, "steps": steps, "repeats": repeats, "warmup": args.warmup,
                 "arch": args.arch, "resolution": "tiny native (64)" if args.tiny else
-                {"sd15": 512, "sdxl": 1024}[args.arch], "weights": "random",
+                {"sd15": 512}.get(args.arch, 1024), "weights": "random",
                 "command": "python benchmarks/cost.py " + " ".join(argv if argv is not None else sys.argv[1:])}
         try:
             import diffusers
@@ -246,6 +262,8 @@ def main(argv=None) -> int:
             cells = [("plain", None, None, False)]
             if not args.no_diffusers and batch in (1,) and dtype != "bf16":
                 cells.append(("diffusers", None, None, False))
+            if args.block_checkpointing and batch == 1:
+                cells.append(("date-blockckpt", 10, "clip", args.ckpt_default))
             if args.taesd and batch == 1:
                 cells.append(("date-taesd", 10, "clip", args.ckpt_default))
             if args.cudnn_benchmark and batch == 1:
@@ -266,7 +284,7 @@ def main(argv=None) -> int:
             for kind, frac, obj, ckpt in cells:
                 if time.perf_counter() - started > args.budget_s:
                     break
-                backbone.enable_gradient_checkpointing(vae=ckpt, unet=False)
+                backbone.enable_gradient_checkpointing(vae=ckpt, unet=kind == "date-blockckpt")
                 torch.backends.cudnn.benchmark = kind.endswith("-cudnn")
                 backbone.set_grad_decoder(("tiny" if args.tiny else "random-full") if kind == "date-taesd" else None)
                 compiled = kind.endswith("-compiled")

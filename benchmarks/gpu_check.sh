@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks: the real-size SD 1.5 and SDXL architectures (random weights) on one CUDA GPU.
+# The device checks: the real-size SD 1.5, SDXL, SD3 and FLUX architectures (random weights) on one CUDA GPU.
 #
 #   bash benchmarks/gpu_check.sh [STAGE ...]      (default: base)
 #
@@ -13,6 +13,9 @@
 #   sdxl        the real-size SDXL base architecture (random weights) at 1024 px, 50 steps, batch 1: plain vs DATE
 #               10% with the CUDA default VAE checkpointing, fp16 then bf16, with diffusers' SDXL pipeline as a
 #               baseline and the per-phase breakdown (BUDGET_SDXL=300)
+#   flow        the real-size SD3-medium and FLUX.1-dev architectures (random weights) at 1024 px, bf16, batch 1:
+#               plain vs DATE 10% with and without per-block gradient checkpointing of the transformer, with
+#               diffusers' own pipelines as baselines (BUDGET_SD3=200, BUDGET_FLUX=300)
 #   all         every stage above
 #
 # Where the GPU machine has no network, carry in .gpu/:
@@ -22,7 +25,7 @@ set -uo pipefail
 OUT=${OUT:-benchmarks/results}
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(base)
-[ "${STAGES[0]}" = all ] && STAGES=(base objectives compile sdxl)
+[ "${STAGES[0]}" = all ] && STAGES=(base objectives compile sdxl flow)
 if ls .gpu/wheels/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -49,6 +52,11 @@ for stage in "${STAGES[@]}"; do
     sdxl)
       cost --arch sdxl --dtypes fp16,bf16 --batches 1 --fractions 10 --ckpt-default --breakdown \
         --repeats 2 --warmup 1 --budget-s "${BUDGET_SDXL:-300}" --out "$OUT/sdxl" ;;
-    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile, sdxl or all" >&2; exit 2 ;;
+    flow)
+      cost --arch sd3 --dtypes bf16 --batches 1 --fractions 10 --ckpt-default --block-checkpointing --breakdown \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_SD3:-200}" --out "$OUT/sd3"
+      cost --arch flux --dtypes bf16 --batches 1 --fractions 10 --ckpt-default --block-checkpointing --breakdown \
+        --repeats 2 --warmup 1 --budget-s "${BUDGET_FLUX:-300}" --out "$OUT/flux" ;;
+    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile, sdxl, flow or all" >&2; exit 2 ;;
   esac
 done

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,16 +29,17 @@ def test_cost_tiny_writes_rows_with_ratios(tmp_path):
     assert any(r["method"] == "update-breakdown" and "backward" in r["phases_ms"] for r in rows)
 
 
-def test_cost_tiny_sdxl_runs_plain_date_and_diffusers_sdxl_pipeline(tmp_path):
-    """`--arch sdxl` (the GPU run's architecture) end to end on tiny-sdxl: plain, DATE 10%, diffusers' SDXL
-    pipeline on the same modules, and the update breakdown."""
+@pytest.mark.parametrize("arch", ["sdxl", "flux"])
+def test_cost_tiny_other_architectures_run_plain_date_and_diffusers(tmp_path, arch):
+    """`--arch sdxl|flux` (the GPU runs' architectures) end to end on tiny-sdxl / tiny-flux: plain, DATE 10% with and
+    without per-block checkpointing, diffusers' own pipeline on the same modules, and the update breakdown."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "benchmarks/cost.py", "--tiny", "--arch", "sdxl", "--batches", "1",
-                          "--fractions", "10", "--breakdown", "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run([sys.executable, "benchmarks/cost.py", "--tiny", "--arch", arch, "--batches", "1",
+                          "--fractions", "10", "--breakdown", "--block-checkpointing", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    (path,) = tmp_path.glob("cost-*-sdxl.json")
+    (path,) = tmp_path.glob(f"cost-*-{arch}.json")
     data = json.loads(path.read_text())
-    assert data["meta"]["arch"] == "sdxl"
+    assert data["meta"]["arch"] == arch
     methods = {r["method"] for r in data["rows"]}
-    assert {"plain", "diffusers", "date", "update-breakdown"} <= methods
+    assert {"plain", "diffusers", "date", "date-blockckpt", "update-breakdown"} <= methods

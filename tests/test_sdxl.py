@@ -141,6 +141,9 @@ def test_single_file_family_and_the_offline_error(tmp_path):
     sd_file = _fake_safetensors(tmp_path / "sd.safetensors", ["cond_stage_model.transformer.x"])
     assert single_file_family(str(xl_file)) == "sdxl"
     assert single_file_family(str(sd_file)) == "sd"
+    sd3_file = _fake_safetensors(tmp_path / "sd3.safetensors", ["model.diffusion_model.joint_blocks.0.x.weight"])
+    flux_file = _fake_safetensors(tmp_path / "flux.safetensors", ["double_blocks.0.img_attn.qkv.weight"])
+    assert single_file_family(str(sd3_file)) == "sd3" and single_file_family(str(flux_file)) == "flux"
     with pytest.raises(BackboneError, match="--model-config DIR"):
         load_backbone(str(xl_file), device="cpu")
 

@@ -16,7 +16,7 @@ from ..hub import hub_reachable
 from .base import COMPONENT_NAMES, Backbone, resolve_device, resolve_dtype
 from .sd import StableDiffusion  # noqa: F401  (each family module registers itself in base.FAMILIES)
 from .sdxl import StableDiffusionXL  # noqa: F401
-from .components import tiny_components, tiny_sdxl_components
+from .components import PIPELINE_CLASSES, tiny_components, tiny_sdxl_components
 from .components_flow import tiny_flux_components, tiny_sd3_components
 from .flux import Flux  # noqa: F401
 from .sd3 import StableDiffusion3  # noqa: F401
@@ -107,21 +107,24 @@ def _load_flow_folder(path: str, family: str, index: dict, kw: dict) -> dict:
 
 def single_file_family(path: str, config: Optional[str] = None) -> str:
     """The family of a single-file checkpoint: from ``config``'s ``model_index.json`` when it is a folder, else
-    from the tensor names of a ``.safetensors`` file (SDXL's second text encoder lives under
-    ``conditioner.embedders.1``), else ``sd``."""
+    from the tensor names of a ``.safetensors`` file (SD3's MMDiT has ``joint_blocks``, FLUX ``double_blocks``,
+    SDXL's second text encoder lives under ``conditioner.embedders.1``), else ``sd``."""
     if config and (Path(config) / "model_index.json").is_file():
         return family_of(json.loads((Path(config) / "model_index.json").read_text()), config)
     if Path(path).suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
-            if any(k.startswith("conditioner.embedders.1.") for k in f.keys()):
-                return "sdxl"
+            names = [k.removeprefix("model.diffusion_model.") for k in f.keys()]
+        for prefix, family in (("joint_blocks.", "sd3"), ("double_blocks.", "flux"),
+                               ("conditioner.embedders.1.", "sdxl")):
+            if any(k.startswith(prefix) for k in names):
+                return family
     return "sd"
 
 
 def _load_single_file(path: str, config: Optional[str], *, local_only: bool) -> tuple[dict, str, bool]:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
     family = single_file_family(path, config)
     kw = {"local_files_only": local_only}
@@ -129,7 +132,7 @@ def _load_single_file(path: str, config: Optional[str], *, local_only: bool) -> 
         kw["safety_checker"] = None
     if config:
         kw["config"] = config
-    pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipeline = getattr(diffusers, PIPELINE_CLASSES[family])
     pipe = pipeline.from_single_file(path, **kw)
     force_zeros = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", True))
     return {k: getattr(pipe, k) for k in COMPONENT_NAMES[family]}, family, force_zeros
