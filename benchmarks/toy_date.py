@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import json
 import sys
 import time
@@ -63,7 +64,7 @@ class Bench:
         from date_edit.backbones import load_backbone
         from date_edit.scorers import build_scorer
 
-        torch.set_num_threads(2)
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # both cores unless told otherwise
         self.backbone = load_backbone("toy", device="cpu")
         self.objective = build_scorer("clip:toy")
         try:

@@ -182,3 +182,18 @@ def test_flowedit_runs_date_on_the_target_branch_and_auto_picks_it_for_flux(flux
     assert config.resolved_method(sd3) == "ddpm"
     with pytest.raises(ConfigError, match="flow model"):
         EditConfig(method="flowedit").resolved_method(tiny_backbone)
+
+
+def test_flux_schnell_has_no_guidance_input_and_reproduces_diffusers():
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline(**tiny_flux_components(guidance_embeds=False), image_encoder=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    backbone = Backbone.from_pipeline(pipe)
+    assert not backbone.guidance_embeds
+    cond, uncond, scale = backbone.guidance(backbone.encode_condition(["a cat"]), backbone.unconditional(1), 3.5)
+    assert uncond is None and scale == 1.0 and "guidance" not in cond.extras
+    ref = pipe("a cat", num_inference_steps=4, guidance_scale=0.0, height=64, width=64,
+               generator=torch.Generator().manual_seed(1), output_type="latent").images
+    ours = generate(backbone, "a cat", config=GenerateConfig(steps=4, guidance_scale=0.0, seed=1, date=None))
+    torch.testing.assert_close(backbone.pack(ours.latents), ref, rtol=1e-4, atol=1e-4)
