@@ -29,6 +29,21 @@ def warn_truncated(prompts: Sequence[str], truncated: Sequence[bool], limit: int
                           stacklevel=3)
 
 
+def clip_states(pairs: Sequence[tuple], prompts: Sequence[str], device) -> tuple[list, list]:
+    """For each ``(tokenizer, CLIP text encoder)``: the penultimate hidden state ``(B, 77, D)`` and the first output
+    (``text_embeds`` of a projected encoder, else the last hidden state), float32, as SDXL's and SD3's pipelines
+    take them (clip_skip None). A prompt the first tokenizer cuts is warned about once."""
+    hidden, first = [], []
+    for k, (tokenizer, encoder) in enumerate(pairs):
+        ids, truncated = tokenize(tokenizer, prompts)
+        if k == 0:
+            warn_truncated(prompts, truncated, tokenizer.model_max_length)
+        out = encoder(ids.to(device), output_hidden_states=True)
+        hidden.append(out.hidden_states[-2].float())
+        first.append(out[0].float())
+    return hidden, first
+
+
 @dataclass
 class StableDiffusion(Backbone):
     """SD 1.x/2.x: the condition is the text encoder's last hidden state ``(B, 77, D)`` (``tokens``)."""

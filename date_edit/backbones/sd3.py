@@ -17,7 +17,7 @@ import torch
 
 from ..conditioning import Conditioning
 from .base import Backbone
-from .sd import tokenize, warn_truncated
+from .sd import clip_states
 
 T5_LENGTH = 256  # SD3's max_sequence_length
 
@@ -69,14 +69,8 @@ class StableDiffusion3(Backbone):
     @torch.no_grad()
     def encode_condition(self, prompts: Sequence[str], *, size: Optional[tuple[int, int]] = None) -> Conditioning:
         """``tokens`` ``(B, 77 + 256, D_T5)`` and ``pooled`` ``(B, P1 + P2)``, float32; ``size`` plays no part."""
-        hidden, pooled = [], []
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids, truncated = tokenize(tokenizer, prompts)
-            if encoder is self.text_encoder:
-                warn_truncated(prompts, truncated, tokenizer.model_max_length)
-            out = encoder(ids.to(self.device), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2].float())
-            pooled.append(out[0].float())
+        pairs = ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2))
+        hidden, pooled = clip_states(pairs, prompts, self.device)
         clip = torch.cat(hidden, dim=-1)
         t5 = self._t5(prompts)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))

@@ -17,7 +17,7 @@ import torch
 
 from ..conditioning import Conditioning
 from .base import Backbone
-from .sd import tokenize, warn_truncated
+from .sd import clip_states
 
 
 @dataclass
@@ -53,14 +53,9 @@ class StableDiffusionXL(Backbone):
     @torch.no_grad()
     def encode_condition(self, prompts: Sequence[str], *, size: Optional[tuple[int, int]] = None) -> Conditioning:
         """``tokens`` ``(B, 77, D1 + D2)``, ``pooled`` ``(B, P)`` and the ``time_ids`` extra, float32."""
-        hidden, pooled = [], None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids, truncated = tokenize(tokenizer, prompts)
-            if encoder is self.text_encoder:
-                warn_truncated(prompts, truncated, tokenizer.model_max_length)
-            out = encoder(ids.to(self.device), output_hidden_states=True)
-            hidden.append(out.hidden_states[-2].float())
-            pooled = out[0].float()  # the second encoder's projected pooled output (text_embeds)
+        pairs = ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2))
+        hidden, outputs = clip_states(pairs, prompts, self.device)
+        pooled = outputs[-1]  # the second encoder's projected pooled output (text_embeds)
         return Conditioning({"tokens": torch.cat(hidden, dim=-1), "pooled": pooled},
                             {"time_ids": self.time_ids(len(prompts), size)})
 
