@@ -163,6 +163,10 @@ class Metrics:
             default_eval = "clip:openclip/ViT-g-14/laion2b_s12b_b42k" if suite == "coco5k" else "clip"
             self.clip = build_scorer("clip:tiny" if offline else (eval_clip or default_eval), device=device)
             self.imagereward = None
+            if suite == "edit":
+                from benchmarks.edit_metrics import Lpips
+
+                self.lpips = Lpips("random" if offline else "alex", device=device)
             if suite == "coco5k":
                 try:
                     self.imagereward = build_scorer("imagereward:tiny" if offline else "imagereward", device=device)
@@ -185,10 +189,15 @@ class Metrics:
 
                 m = ane_metrics(images, item.prompt, self.encoder, self.captioner)[0]
                 return {"full_prompt": m.full_prompt, "min_object": m.min_object, "text_text": m.text_text}
-            out = {"clip": float(self.clip(images, [item.prompt])[0])}
-            if self.suite == "coco5k" and self.imagereward is not None:
-                out["imagereward"] = float(self.imagereward(images, [item.prompt])[0])
-            if self.suite == "edit" and source is not None:
+            clip = float(self.clip(images, [item.prompt])[0])
+            if self.suite != "edit":
+                out = {"clip": clip}
+                if self.imagereward is not None:
+                    out["imagereward"] = float(self.imagereward(images, [item.prompt])[0])
+                return out
+            out = {"clip_to_target": clip}  # with LPIPS to the source: the DDPM-inversion paper's pair
+            if source is not None:
+                out["lpips_to_source"] = float(self.lpips(images, source)[0])
                 out["psnr_to_source"] = psnr(images, source)
                 out["ssim_to_source"] = ssim(images, source)
             return out

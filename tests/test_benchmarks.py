@@ -27,7 +27,7 @@ def run_suite(tmp_path, *args):
     [
         ("ane", "fixed,date-min-concept", {"full_prompt", "min_object", "text_text"}),
         ("coco5k", "fixed,date-clip,ug", {"clip"}),
-        ("edit", "fixed,date-clip", {"clip", "psnr_to_source", "ssim_to_source"}),
+        ("edit", "fixed,date-clip", {"clip_to_target", "lpips_to_source", "psnr_to_source", "ssim_to_source"}),
         ("toy", "fixed,date-random", {"both_correct", "clip_toy"}),
     ],
 )
@@ -102,3 +102,18 @@ def test_toy_gradient_pass_benchmark_runs_and_pairs_its_methods(tmp_path):
         if name.startswith("date,"):
             assert row["minus_reference_correct"]["n"] == 1
     assert "| fixed |" in out.with_suffix(".md").read_text()
+
+
+def test_lpips_random_variant_is_a_distance():
+    import torch
+
+    from benchmarks.edit_metrics import Lpips
+
+    lpips = Lpips("random")
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 64, 64, generator=g), torch.rand(2, 3, 64, 64, generator=g)
+    assert torch.allclose(lpips(a, a), torch.zeros(2), atol=1e-6)
+    far, near = lpips(a, b), lpips(a, (a + 0.02 * (b - a)))
+    assert (far > near).all() and (near > 0).all()
+    with pytest.raises(ValueError, match="one shape"):
+        lpips(a, b[:, :, :32])

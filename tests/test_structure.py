@@ -305,3 +305,14 @@ def test_library_modules_import_first_and_alone():
     with ThreadPoolExecutor(max_workers=2) as pool:
         failed = [(m, err) for m, code, err in pool.map(probe, modules) if code != 0]
     assert not failed, failed
+
+
+def test_every_library_package_is_in_the_wheel():
+    """pyproject's explicit package list names every package under date_edit/ (a missing one installs from a
+    source checkout but not from a wheel)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "date_edit").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
