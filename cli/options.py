@@ -80,9 +80,9 @@ def model_options(exclude: tuple[str, ...] = ()):
                  "on CPU). Plain sampling is unaffected."),
         "grad_decoder": click.option(
             "--grad-decoder", default="vae", show_default=True,
-            help="Decoder of DATE's gradient pass only: vae (exact) or taesd (madebyollin/taesd, an approximate "
-                 "tiny autoencoder: faster, less memory; opt-in, effect not yet validated on real weights). The "
-                 "output image is always decoded by the VAE."),
+            help="Decoder of DATE's gradient pass only: vae (exact) or taesd (madebyollin/taesd, taesdxl for SDXL: "
+                 "an approximate tiny autoencoder, faster, less memory; not for SD3/FLUX; opt-in, effect not yet "
+                 "validated on real weights). The output image is always decoded by the VAE."),
         "compile_unet": click.option(
             "--compile", "compile_unet", is_flag=True,
             help="torch.compile the UNet for the passes without gradients (CUDA graphs on a GPU). The first call "

@@ -197,3 +197,11 @@ def test_flux_schnell_has_no_guidance_input_and_reproduces_diffusers():
                generator=torch.Generator().manual_seed(1), output_type="latent").images
     ours = generate(backbone, "a cat", config=GenerateConfig(steps=4, guidance_scale=0.0, seed=1, date=None))
     torch.testing.assert_close(backbone.pack(ours.latents), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_autoencoder_gradient_decoder_is_refused_for_16_channel_latents(sd3):
+    from date_edit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use --grad-decoder vae"):
+        sd3.set_grad_decoder("tiny")
+    assert sd3.grad_decoder is None

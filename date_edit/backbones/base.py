@@ -395,11 +395,19 @@ class Backbone:
         return [m for m in (self.unet, self.vae, *self.text_encoders, self.grad_decoder) if m is not None]
 
     def set_grad_decoder(self, spec: Optional[str]) -> None:
-        """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd), ``tiny`` (random, tests),
-        ``random-full`` (TAESD architecture, random: cost benchmarks) or a folder with an AutoencoderTiny."""
+        """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd; madebyollin/taesdxl for SDXL), ``tiny``
+        (random, tests), ``random-full`` (TAESD architecture, random: cost benchmarks) or a folder with an
+        AutoencoderTiny. TAESD decodes 4-channel SD/SDXL latents only.
+
+        Raises:
+            ConfigError: an approximate decoder for a 16-channel (SD3, FLUX) model.
+        """
         if spec in (None, "", "vae"):
             self.grad_decoder = None
             return
+        if self.latent_channels != 4:
+            raise ConfigError("grad_decoder", f"{spec}: TAESD decodes 4-channel SD/SDXL latents; this {self.family} "
+                                              "model has 16: use --grad-decoder vae")
         from diffusers import AutoencoderTiny
 
         if spec == "tiny":
@@ -411,7 +419,8 @@ class Backbone:
             with seeded(0, self.device):
                 module = AutoencoderTiny()
         else:
-            source = "madebyollin/taesd" if spec == "taesd" else spec
+            taesd = "madebyollin/taesdxl" if self.family == "sdxl" else "madebyollin/taesd"
+            source = taesd if spec == "taesd" else spec
             try:
                 module = AutoencoderTiny.from_pretrained(source, local_files_only=True)
             except (OSError, ValueError):
