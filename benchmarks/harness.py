@@ -250,85 +250,157 @@ def _check_same_model(out: Path, model: str, backbone, resuming: bool) -> None:
 
 
 def run(args) -> Path:
-    """Run a suite; returns the output folder."""
+    """Run a suite; returns the output folder. Under a launcher (torchrun, accelerate launch, srun) every rank
+    takes its round-robin share of what is left, writes its own ``records.rank<N>.jsonl``, and rank 0 merges them
+    into ``records.jsonl`` and writes the reports from the union of all ranks' records."""
+    from date_edit.distributed import Dist
+
+    dist = Dist.from_env()
+    device = dist.device(args.device)
+    dist.init(device)
+    try:
+        return _run(args, dist, device)
+    finally:
+        dist.close()
+
+
+def _run(args, dist, device: str) -> Path:
     from date_edit.backbones import load_backbone
-    from date_edit.imaging import save_png, to_pil
-    from date_edit.pipeline import EditConfig, GenerateConfig, edit, generate
-    from date_edit.scorers import build_scorer
 
     methods = [parse_method(m, args.updates) for m in expand_sweep(args.methods.split(","), args.sweep)]
     items = load_items(args.suite, args.limit, args.category)
     out = Path(args.out or (Path("benchmarks") / "runs" / args.suite))
     out.mkdir(parents=True, exist_ok=True)
-    records_path = out / "records.jsonl"
-    done = _load_records(records_path)
-    backbone = load_backbone(args.model, dtype=args.dtype, device=args.device)
-    _check_same_model(out, args.model, backbone, resuming=bool(done))
-    metrics = Metrics(args.suite, args.model, backbone.device, args.eval_clip, args.captioner)
-    scorers: dict[str, object] = {}
+    done = _load_all_records(out)
+    dist.barrier()  # every rank has read what is done before any rank writes
+    backbone = load_backbone(args.model, dtype=args.dtype, device=device)
+    prints = dist.gather(model_fingerprint(backbone))
+    if len(set(prints)) > 1:
+        raise ConfigError(None, f"the ranks loaded different weights ({', '.join(prints)}): give every node the "
+                                "same --model")
+    if dist.main:
+        _check_same_model(out, args.model, backbone, resuming=bool(done))
+    runner = _Runner(args, out, backbone, Metrics(args.suite, args.model, backbone.device, args.eval_clip,
+                                                  args.captioner))
     seeds = list(range(args.seed, args.seed + args.seeds))
-    steps = args.steps or (100 if args.suite == "edit" else 50)
-    sources: dict[str, tuple] = {}
-    equal_factor = _equal_compute_factor(methods, done)
     started = time.perf_counter()
-    with open(records_path, "a") as log:
-        for method in methods:
-            scorer = None
-            if method.scorer:
-                spec = offline_scorer_spec(method.scorer, args.model)
-                if spec not in scorers:
-                    scorers[spec] = build_scorer(spec, device=backbone.device, require_differentiable=True)
-                scorer = scorers[spec]
-            for item in items:
-                for seed in seeds:
-                    key = (method.label, item.id, seed)
-                    if key in done:
-                        continue
-                    n_steps = steps
-                    if method.base == "fixed-equal-compute":
-                        n_steps = max(steps, round(steps * (equal_factor or 1.0) * method.steps_factor))
-                    if backbone.device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(backbone.device)
-                    source = None
-                    if args.suite == "edit":
-                        from date_edit.imaging import load_image
-
-                        if item.image not in sources:
-                            loaded = load_image(item.image, size=args.size or backbone.native_size,
-                                                multiple=backbone.size_multiple)
-                            sources[item.image] = loaded.pixels
-                        source = sources[item.image]
-                        cfg = EditConfig(steps=n_steps, seed=seed, date=method.date)
-                        result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt,
-                                      config=cfg, scorer=scorer)
-                    else:
-                        cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date,
-                                             universal_guidance=method.ug, guidance_scale=args.guidance)
-                        result = generate(backbone, item.prompt, config=cfg, scorer=scorer)
-                    image_path = out / "images" / _slug(method.label) / f"{item.id}_s{seed}.png"
-                    save_png(to_pil(result.images)[0], image_path, overwrite=True)
-                    rec = {"suite": args.suite, "method": method.label, "base": method.base, "item": item.id,
-                           "group": item.group, "prompt": item.prompt, "seed": seed, "steps": n_steps,
-                           "image": str(image_path.relative_to(out)), "seconds": result.timings["total_s"],
-                           "peak_memory_mb": result.peak_memory_mb, "update_steps": result.update_steps,
-                           "date_scores": list(result.trace.scores) if result.trace else [],
-                           "rho": method.date.rho if method.date else None,
-                           "updates": method.date.update_steps if method.date else None}
-                    rec.update(metrics(result.images, item, source))
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    done[key] = rec
-                    if method.base == "date-clip" and equal_factor is None:
-                        equal_factor = _equal_compute_factor(methods, done)
-    records = list(_load_records(records_path).values())
+    log_path = out / (f"records.rank{dist.rank}.jsonl" if dist.active else "records.jsonl")
+    plain = [m for m in methods if m.base != "fixed-equal-compute"]
+    equal = [m for m in methods if m.base == "fixed-equal-compute"]
+    with open(log_path, "a") as log:
+        runner.run_all(dist.shard(_todo(plain, items, seeds, done)), log, done, None)
+        dist.barrier()
+        # one-off: DATE's time over fixed, measured on every rank's records, computed once and sent to all
+        equal_factor = dist.broadcast(_equal_compute_factor(methods, _load_all_records(out)) if dist.main else None)
+        runner.run_all(dist.shard(_todo(equal, items, seeds, done)), log, done, equal_factor)
+    dist.barrier()
+    if not dist.main:
+        return out
+    records = _merge_records(out, methods, items)
     fid = compute_fid(out, methods, args.fid_ref, backbone.device) if args.fid_ref else {}
     write_reports(out, records, fid=fid, meta={"suite": args.suite, "model": args.model, "seeds": seeds,
-                                               "steps": steps,
-                                      "limit": args.limit, "wall_s": time.perf_counter() - started,
-                                      "device": str(backbone.device),
-                                      "equal_compute_factor": equal_factor if any(
-                                          m.base == "fixed-equal-compute" for m in methods) else None})
+                                               "steps": runner.steps, "limit": args.limit, "processes": dist.world,
+                                               "wall_s": time.perf_counter() - started,
+                                               "device": str(backbone.device),
+                                               "equal_compute_factor": equal_factor if equal else None})
     return out
+
+
+def _todo(methods: list[Method], items: list[Item], seeds: list[int], done: dict) -> list[tuple]:
+    """Every (method, item, seed) not done yet, in one order every rank computes the same way."""
+    return [(m, item, seed) for m in methods for item in items for seed in seeds
+            if (m.label, item.id, seed) not in done]
+
+
+class _Runner:
+    """Generates (or edits) and measures one (method, item, seed) at a time, with the scorers and source images
+    built once."""
+
+    def __init__(self, args, out: Path, backbone, metrics: Metrics) -> None:
+        import socket
+
+        self.args, self.out, self.backbone, self.metrics = args, out, backbone, metrics
+        self.steps = args.steps or (100 if args.suite == "edit" else 50)
+        self.scorers: dict[str, object] = {}
+        self.sources: dict[str, torch.Tensor] = {}
+        self.host = socket.gethostname()
+
+    def run_all(self, todo: list[tuple], log, done: dict, equal_factor: Optional[float]) -> None:
+        """Run ``todo``, appending one JSON line per image to ``log`` and to ``done``."""
+        for method, item, seed in todo:
+            rec = self.one(method, item, seed, equal_factor)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            done[(method.label, item.id, seed)] = rec
+
+    def _scorer(self, method: Method):
+        from date_edit.scorers import build_scorer
+
+        if not method.scorer:
+            return None
+        spec = offline_scorer_spec(method.scorer, self.args.model)
+        if spec not in self.scorers:
+            self.scorers[spec] = build_scorer(spec, device=self.backbone.device, require_differentiable=True)
+        return self.scorers[spec]
+
+    def one(self, method: Method, item: Item, seed: int, equal_factor: Optional[float]) -> dict:
+        """The record of one image: what made it, its metrics, time, memory, host and device."""
+        from date_edit.imaging import load_image, save_png, to_pil
+        from date_edit.pipeline import EditConfig, GenerateConfig, edit, generate
+
+        args, backbone = self.args, self.backbone
+        n_steps = self.steps
+        if method.base == "fixed-equal-compute":
+            n_steps = max(self.steps, round(self.steps * (equal_factor or 1.0) * method.steps_factor))
+        if backbone.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(backbone.device)
+        source, scorer = None, self._scorer(method)
+        if args.suite == "edit":
+            if item.image not in self.sources:
+                self.sources[item.image] = load_image(item.image, size=args.size or backbone.native_size,
+                                                      multiple=backbone.size_multiple).pixels
+            source = self.sources[item.image]
+            result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt,
+                          config=EditConfig(steps=n_steps, seed=seed, date=method.date), scorer=scorer)
+        else:
+            cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date, universal_guidance=method.ug,
+                                 guidance_scale=args.guidance)
+            result = generate(backbone, item.prompt, config=cfg, scorer=scorer)
+        image_path = self.out / "images" / _slug(method.label) / f"{item.id}_s{seed}.png"
+        save_png(to_pil(result.images)[0], image_path, overwrite=True)
+        rec = {"suite": args.suite, "method": method.label, "base": method.base, "item": item.id,
+               "group": item.group, "prompt": item.prompt, "seed": seed, "steps": n_steps,
+               "image": str(image_path.relative_to(self.out)), "seconds": result.timings["total_s"],
+               "peak_memory_mb": result.peak_memory_mb, "update_steps": result.update_steps,
+               "date_scores": list(result.trace.scores) if result.trace else [],
+               "rho": method.date.rho if method.date else None,
+               "updates": method.date.update_steps if method.date else None,
+               "host": self.host, "device": str(backbone.device)}
+        rec.update(self.metrics(result.images, item, source))
+        return rec
+
+
+def _load_all_records(out: Path) -> dict:
+    """The records of ``records.jsonl`` and of every rank's ``records.rank<N>.jsonl``, by (method, item, seed)."""
+    done = _load_records(out / "records.jsonl")
+    for path in sorted(out.glob("records.rank*.jsonl")):
+        done.update(_load_records(path))
+    return done
+
+
+def _merge_records(out: Path, methods: list[Method], items: list[Item]) -> list[dict]:
+    """All ranks' records into ``records.jsonl`` (written whole, then swapped in), the rank files removed; returns
+    the records of this run's methods and items, in method, item, seed order."""
+    done = _load_all_records(out)
+    tmp = out / "records.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    os.replace(tmp, out / "records.jsonl")
+    for path in out.glob("records.rank*.jsonl"):
+        path.unlink()
+    order = {m.label: i for i, m in enumerate(methods)}
+    item_order = {it.id: i for i, it in enumerate(items)}
+    return sorted(done.values(), key=lambda r: (order.get(r["method"], len(order)),
+                                                item_order.get(r["item"], len(item_order)), r["seed"]))
 
 
 def compute_fid(out: Path, methods: list[Method], reference: str, device) -> dict[str, Optional[float]]:
@@ -380,7 +452,7 @@ def _slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------- reports
 
 NON_METRICS = {"suite", "method", "base", "item", "group", "prompt", "seed", "steps", "image", "update_steps",
-               "date_scores", "rho", "updates"}
+               "date_scores", "rho", "updates", "host", "device"}
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:

@@ -117,3 +117,42 @@ def test_lpips_random_variant_is_a_distance():
     assert (far > near).all() and (near > 0).all()
     with pytest.raises(ValueError, match="one shape"):
         lpips(a, b[:, :, :32])
+
+
+def test_toy_suite_under_torchrun_matches_one_process_and_resumes(tmp_path):
+    """Two torchrun ranks (gloo, CPU) share the work round-robin; rank 0 merges their records and summarises the
+    union: the same figures as one process. A rerun without a launcher then finds nothing left to do."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    common = ["run", "--suite", "toy", "--model", "tiny", "--methods", "fixed,date-clip", "--limit", "3",
+              "--seeds", "2", "--steps", "4"]
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous, so parallel test workers never share one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    runs = {"one": [sys.executable, "-m", "benchmarks"],
+            "two": [torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                    "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "benchmarks"]}
+    logs = {}
+    for name, launcher in runs.items():
+        out = subprocess.run([*launcher, *common, "--out", str(tmp_path / name)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=600)
+        logs[name] = out.stdout[-2000:] + out.stderr[-3000:]
+        assert out.returncode == 0, logs[name]
+    one, two = (json.loads((tmp_path / n / "summary.json").read_text()) for n in runs)
+    assert two["meta"]["processes"] == 2 and one["meta"]["processes"] == 1
+    for method in ("fixed", "date-clip"):
+        for metric in ("clip_toy", "both_correct"):
+            assert two["methods"][method][metric]["n"] == 6
+            assert two["methods"][method][metric]["mean"] == pytest.approx(
+                one["methods"][method][metric]["mean"], abs=1e-4), (method, metric, logs)
+    lines = (tmp_path / "two" / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 12 and not list((tmp_path / "two").glob("records.rank*.jsonl"))
+    assert len({(r["method"], r["item"], r["seed"]) for r in records}) == 12
+    assert all(r["host"] and r["device"] == "cpu" for r in records)
+    again = subprocess.run([*runs["one"], *common, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "two" / "records.jsonl").read_text().splitlines() == lines  # nothing was redone

@@ -1,0 +1,132 @@
+"""Several processes on one job, as torchrun, ``accelerate launch`` and SLURM's srun start them.
+
+A launcher sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``; :class:`Dist` reads them, initialises
+torch.distributed (NCCL on GPUs, gloo on the CPU), puts each rank on ``cuda:LOCAL_RANK``, and refuses to run when
+the launcher says several processes but the initialised world is one. Work is split from a to-do list every rank
+computes the same way, round-robin, so a rerun with another number of processes does only what is left. Without
+a launcher everything here is a no-op for one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Sequence
+
+from .errors import ConfigError
+
+
+@dataclass
+class Dist:
+    """This process's place in the job.
+
+    Attributes:
+        rank / world / local_rank: from the launcher's environment (0 / 1 / 0 without one).
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    _group: bool = False
+    _coord: Any = None  # the gloo group of the coordination (None: the default group is gloo already)
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        """Read ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (SLURM's ``SLURM_NTASKS``/``SLURM_PROCID`` too)."""
+        env = os.environ
+        world = int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1)
+        rank = int(env.get("RANK") or env.get("SLURM_PROCID") or 0)
+        local = int(env.get("LOCAL_RANK") or env.get("SLURM_LOCALID") or 0)
+        if world < 1 or not 0 <= rank < world:
+            raise ConfigError(None, f"the launcher says rank {rank} of {world} processes: check WORLD_SIZE and RANK")
+        return cls(rank=rank, world=world, local_rank=local)
+
+    @property
+    def active(self) -> bool:
+        """More than one process."""
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that does the housekeeping and writes the reports."""
+        return self.rank == 0
+
+    def device(self, requested: str) -> str:
+        """The device of this rank: ``cuda:LOCAL_RANK`` when several ranks share CUDA, else ``requested``."""
+        import torch
+
+        if self.active and requested in ("auto", "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.local_rank}"
+        return requested
+
+    def init(self, device: str) -> None:
+        """Join the process group (NCCL for CUDA devices, gloo otherwise) plus a gloo group with a long timeout for
+        the coordination (barriers, gathering small objects), whose store is namespaced per restart attempt
+        (``TORCHELASTIC_RESTART_COUNT``) so that ``--max-restarts`` attempts never meet a stale one. One process:
+        nothing to do. Needs ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; under srun export them).
+
+        Raises:
+            ConfigError: the launcher said several processes but the group has one.
+        """
+        if not self.active:
+            return
+        import torch
+        import torch.distributed as td
+
+        timeout = timedelta(hours=2)
+        addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not addr or not port:
+            raise ConfigError(None, "several processes but no MASTER_ADDR/MASTER_PORT: launch with torchrun, or "
+                                    "export them for srun (the first node's address and a free port)")
+        store = td.TCPStore(addr, int(port), self.world, is_master=self.rank == 0, timeout=timeout)
+        store = td.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+        cuda = str(device).startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(self.local_rank)
+        td.init_process_group("nccl" if cuda else "gloo", store=store, rank=self.rank, world_size=self.world,
+                              timeout=timeout)
+        self._group = True
+        self._coord = td.new_group(backend="gloo", timeout=timeout) if cuda else None
+        if td.get_world_size() != self.world:
+            raise ConfigError(None, f"WORLD_SIZE is {self.world} but the process group has {td.get_world_size()} "
+                                    "process(es): start the job with torchrun, accelerate launch or srun")
+
+    def shard(self, todo: Sequence[Any]) -> list:
+        """This rank's share of ``todo``, round-robin (every rank must pass the same list)."""
+        return list(todo[self.rank::self.world])
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self._group:
+            import torch.distributed as td
+
+            td.barrier(group=self._coord)
+
+    def gather(self, value: Any) -> list:
+        """``value`` of every rank, in rank order (one process: ``[value]``)."""
+        if not self._group:
+            return [value]
+        import torch.distributed as td
+
+        out: list = [None] * self.world
+        td.all_gather_object(out, value, group=self._coord)
+        return out
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self._group:
+            return value
+        import torch.distributed as td
+
+        box = [value]
+        td.broadcast_object_list(box, src=0, group=self._coord)
+        return box[0]
+
+    def close(self) -> None:
+        """Leave the process group (so a restart attempt starts clean)."""
+        if self._group:
+            import torch.distributed as td
+
+            td.destroy_process_group()
+            self._group = False

@@ -1,0 +1,48 @@
+"""The launcher's view of a job (date_edit.distributed.Dist): environment, round-robin shards, clear refusals."""
+
+import pytest
+
+from date_edit.distributed import Dist
+from date_edit.errors import ConfigError
+
+
+def test_one_process_without_a_launcher(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"):
+        monkeypatch.delenv(name, raising=False)
+    dist = Dist.from_env()
+    assert (dist.rank, dist.world, dist.active, dist.main) == (0, 1, False, True)
+    dist.init("cpu")  # nothing to join
+    assert dist.gather("x") == ["x"] and dist.broadcast(3) == 3 and dist.shard([1, 2, 3]) == [1, 2, 3]
+
+
+def test_launcher_environment_and_round_robin_shards(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    dist = Dist.from_env()
+    assert (dist.rank, dist.world, dist.local_rank, dist.active, dist.main) == (1, 3, 1, True, False)
+    todo = list(range(8))
+    shards = [Dist(rank=r, world=3).shard(todo) for r in range(3)]
+    assert shards[1] == dist.shard(todo) == [1, 4, 7]
+    assert sorted(x for s in shards for x in s) == todo  # every item exactly once
+
+
+def test_slurm_variables_are_read(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    assert (Dist.from_env().rank, Dist.from_env().world) == (2, 4)
+
+
+def test_inconsistent_or_unreachable_launch_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(ConfigError, match="rank 5 of 2"):
+        Dist.from_env()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        Dist.from_env().init("cpu")
