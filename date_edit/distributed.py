@@ -53,11 +53,12 @@ class Dist:
         return self.rank == 0
 
     def device(self, requested: str) -> str:
-        """The device of this rank: ``cuda:LOCAL_RANK`` when several ranks share CUDA, else ``requested``."""
+        """The device of this rank: ``cuda:LOCAL_RANK`` when several ranks share CUDA (modulo the GPUs this process
+        sees: under ``srun --gpus-per-task 1`` each sees one), else ``requested``."""
         import torch
 
         if self.active and requested in ("auto", "cuda") and torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
+            return f"cuda:{self.local_rank % torch.cuda.device_count()}"
         return requested
 
     def init(self, device: str) -> None:
@@ -83,7 +84,7 @@ class Dist:
         store = td.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         cuda = str(device).startswith("cuda")
         if cuda:
-            torch.cuda.set_device(self.local_rank)
+            torch.cuda.set_device(torch.device(device))
         td.init_process_group("nccl" if cuda else "gloo", store=store, rank=self.rank, world_size=self.world,
                               timeout=timeout)
         self._group = True
