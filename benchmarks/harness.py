@@ -249,10 +249,12 @@ def _check_same_model(out: Path, model: str, backbone, resuming: bool) -> None:
     meta_path.write_text(json.dumps({"model": model, "fingerprint": fingerprint}) + "\n")
 
 
-def run(args) -> Path:
-    """Run a suite; returns the output folder. Under a launcher (torchrun, accelerate launch, srun) every rank
-    takes its round-robin share of what is left, writes its own ``records.rank<N>.jsonl``, and rank 0 merges them
-    into ``records.jsonl`` and writes the reports from the union of all ranks' records."""
+def run(args) -> Optional[Path]:
+    """Run a suite; returns the output folder (None on ranks other than 0, which write no reports).
+
+    Under a launcher (torchrun, accelerate launch, srun) every rank takes its round-robin share of what is left,
+    writes its own ``records.rank<N>.jsonl``, and rank 0 merges them into ``records.jsonl`` and writes the reports
+    from the union of all ranks' records."""
     from date_edit.distributed import Dist
 
     dist = Dist.from_env()
@@ -264,7 +266,7 @@ def run(args) -> Path:
         dist.close()
 
 
-def _run(args, dist, device: str) -> Path:
+def _run(args, dist, device: str) -> Optional[Path]:
     from date_edit.backbones import load_backbone
 
     methods = [parse_method(m, args.updates) for m in expand_sweep(args.methods.split(","), args.sweep)]
@@ -295,7 +297,7 @@ def _run(args, dist, device: str) -> Path:
         runner.run_all(dist.shard(_todo(equal, items, seeds, done)), log, done, equal_factor)
     dist.barrier()
     if not dist.main:
-        return out
+        return None
     records = _merge_records(out, methods, items)
     fid = compute_fid(out, methods, args.fid_ref, backbone.device) if args.fid_ref else {}
     write_reports(out, records, fid=fid, meta={"suite": args.suite, "model": args.model, "seeds": seeds,
@@ -605,7 +607,8 @@ def main(argv=None) -> int:
     r.add_argument("--guidance", type=float, default=7.5, help="CFG scale of generation")
     r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
     r.add_argument("--model", default=None,
-                   help=f"backbone (toy, tiny, tiny-sdxl offline; default: toy for --suite toy, else {DEFAULT_MODEL})")
+                   help=f"backbone (toy and tiny, tiny-sdxl, tiny-sd3, tiny-flux offline; default: toy for --suite "
+                        f"toy, else {DEFAULT_MODEL})")
     r.add_argument("--dtype", default="fp32")
     r.add_argument("--device", default="auto")
     r.add_argument("--eval-clip", default=None, help="CLIP of the metrics (coco5k default: open_clip ViT-g-14)")
@@ -621,6 +624,8 @@ def main(argv=None) -> int:
     except DateEditError as exc:  # bad input or an unavailable model; anything else is a bug: its traceback shows
         print(f"benchmarks: error: {str(exc).splitlines()[0]}")
         return 2
+    if out is None:  # a rank other than 0: rank 0 writes and prints the reports
+        return 0
     print((out / "summary.md").read_text())
     print(f"wrote {out}/summary.md, summary.csv, plots/, index.html")
     return 0
