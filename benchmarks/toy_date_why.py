@@ -1,6 +1,6 @@
 """Why DATE's gain in the toy world is small: a fresh replication and an analysis of the per-image records.
 
-    python benchmarks/toy_date_why.py --stage replicate   # fixed, DATE, random direction on fresh seeds (~8 min)
+    python benchmarks/toy_date_why.py --stage replicate   # fixed, DATE, random direction on fresh seeds (~10 min)
     python benchmarks/toy_date_why.py                     # rewrite the analysis from toy_date.json, running nothing
 
 ``make toy-date`` ran the test split once (320 pairs) and DATE's overall gain was within its 95% interval. Two
@@ -143,7 +143,7 @@ def write(data: dict, results: Path) -> None:
     a = analyse(data)
     (results / "toy_date_why.json").write_text(json.dumps(a, indent=1))
     lines = ["# Why DATE's gain in the toy world is small", "",
-             "Command: `python benchmarks/toy_date_why.py --stage replicate` (runs the replication, ~8 min on a "
+             "Command: `python benchmarks/toy_date_why.py --stage replicate` (runs the replication, about 10 min on a "
              "2-core CPU), then `python benchmarks/toy_date_why.py` (this report from "
              "benchmarks/results/toy_date.json). " + data["setup"], "",
              f"DATE: rho_relative {data['test']['chosen']['rho_relative']}, updates "
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the replication (``--stage replicate``) and/or rewrite the analysis."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("replicate", "report"), default="report",
-                   help="replicate: run fixed/DATE/random on the fresh seeds first (~8 min); report: analyse only")
+                   help="replicate: run fixed/DATE/random on the fresh seeds first (~10 min); report: analyse only")
     p.add_argument("--results-dir", type=Path, default=td.RESULTS)
     args = p.parse_args(argv)
     path = args.results_dir / "toy_date.json"
