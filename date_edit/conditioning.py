@@ -10,7 +10,7 @@ family without knowing which it is. A plain ``(B, L, D)`` tensor is accepted whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence, Union
+from typing import Mapping, Union
 
 import torch
 
@@ -86,10 +86,6 @@ class Conditioning:
     def clone(self) -> "Conditioning":
         """Every tensor copied."""
         return self.map(torch.Tensor.clone)
-
-    def select(self, index: Union[slice, Sequence[int], torch.Tensor]) -> "Conditioning":
-        """The rows ``index`` of the batch."""
-        return self.map(lambda t: t[index])
 
     def mask(self, name: str) -> torch.Tensor | None:
         """The movable-entry mask of tensor ``name`` (None: every entry may move)."""

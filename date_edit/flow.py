@@ -73,11 +73,6 @@ class FlowSchedule:
         """``s = t / num_train_timesteps`` (0 for the step after the last)."""
         return float(t) / self.num_train_timesteps
 
-    def abar(self, t: float) -> float:
-        """The equivalent VP ``abar = a^2 / (a^2 + s^2)`` of the point ``t`` of the path (for reports)."""
-        s = self.sigma(t)
-        return (1.0 - s) ** 2 / ((1.0 - s) ** 2 + s**2)
-
     def next_timestep(self, timesteps: Sequence[float], i: int) -> float:
         """The timestep step ``i`` lands on: the next one, or 0 (sigma 0, the clean latent) after the last."""
         return float(timesteps[i + 1]) if i + 1 < len(timesteps) else 0.0
