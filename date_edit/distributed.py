@@ -10,7 +10,7 @@ a launcher everything here is a no-op for one process.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Sequence
 
@@ -30,6 +30,8 @@ class Dist:
     local_rank: int = 0
     _group: bool = False
     _coord: Any = None  # the gloo group of the coordination (None: the default group is gloo already)
+    _store: Any = None  # the job's key-value store (this attempt's namespace); None for one process
+    _counts: dict = field(default_factory=dict)  # one process: the counters of :meth:`add`
 
     @classmethod
     def from_env(cls) -> "Dist":
@@ -80,14 +82,17 @@ class Dist:
         if not addr or not port:
             raise ConfigError(None, "several processes but no MASTER_ADDR/MASTER_PORT: launch with torchrun, or "
                                     "export them for srun (the first node's address and a free port)")
-        store = td.TCPStore(addr, int(port), self.world, is_master=self.rank == 0, timeout=timeout)
+        # torchrun's agent already serves the store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE): join it as a client
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+        store = td.TCPStore(addr, int(port), self.world, is_master=self.rank == 0 and not agent_store,
+                            timeout=timeout)
         store = td.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         cuda = str(device).startswith("cuda")
         if cuda:
             torch.cuda.set_device(torch.device(device))
         td.init_process_group("nccl" if cuda else "gloo", store=store, rank=self.rank, world_size=self.world,
                               timeout=timeout)
-        self._group = True
+        self._group, self._store = True, store
         self._coord = td.new_group(backend="gloo", timeout=timeout) if cuda else None
         if td.get_world_size() != self.world:
             raise ConfigError(None, f"WORLD_SIZE is {self.world} but the process group has {td.get_world_size()} "
@@ -124,10 +129,18 @@ class Dist:
         td.broadcast_object_list(box, src=0, group=self._coord)
         return box[0]
 
+    def add(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the job-wide counter ``key`` and return its new value (0 reads it); every rank sees
+        one counter, kept in the store of this attempt (one process: a local one)."""
+        if self._store is None:
+            self._counts[key] = self._counts.get(key, 0) + amount
+            return self._counts[key]
+        return int(self._store.add(key, amount))
+
     def close(self) -> None:
         """Leave the process group (so a restart attempt starts clean)."""
         if self._group:
             import torch.distributed as td
 
             td.destroy_process_group()
-            self._group = False
+            self._group, self._store = False, None
