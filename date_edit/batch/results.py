@@ -8,10 +8,11 @@ import enum
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,12 +119,74 @@ class ResultsLog:
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Append one record as one line and make it durable before returning."""
+        self.extend([record])
+
+    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Append records, one line each, and make them durable (one fsync) before returning."""
         if self._fd is None:
             raise RuntimeError("ResultsLog is not open; use it as a context manager")
-        view = memoryview((dumps_record(record) + "\n").encode("utf-8"))
+        view = memoryview("".join(dumps_record(r) + "\n" for r in records).encode("utf-8"))
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)
+
+
+def rank_log_name(rank: int) -> str:
+    """The log of rank ``rank`` of a job with several processes, in OUT_DIR (merged into results.jsonl by rank 0)."""
+    return f"results.rank{rank}.jsonl"
+
+
+_RANK_LOG_RE = re.compile(r"^results\.rank\d+\.jsonl$")
+
+
+def _read_records(path: Path) -> list[dict]:
+    """The parsable JSON objects of a log, line by line (a torn line of a killed rank is left out)."""
+    if path.is_symlink():
+        raise BatchError(f"{path} is a symlink; logs are written only inside the output folder: remove the link")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in data.split(b"\n"):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line) if line.strip() else None
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def merge_rank_logs(out_dir: PathLike, log: ResultsLog) -> int:
+    """Move the records of every ``results.rank<N>.jsonl`` in ``out_dir`` into ``log`` (results.jsonl, open), then
+    remove those files; returns how many records were added.
+
+    Records are merged by ``record_id`` (``<run id>:<item index>``): one already in ``log`` is not added again, so
+    a merge that a kill cut short is finished by the next one without a duplicate. They are added in run, then item
+    order, so results.jsonl reads like a one-process run's. Only rank 0 (or the one process) calls this, while no
+    rank writes its log.
+    """
+    out = Path(out_dir)
+    paths = sorted(p for p in out.iterdir() if _RANK_LOG_RE.match(p.name))
+    if not paths:
+        return 0
+    have = {r.get("record_id") for r in _read_records(log.path)} - {None}
+    new: dict[str, dict] = {}
+    for path in paths:
+        for record in _read_records(path):
+            rid = record.get("record_id")
+            if rid is None or (rid not in have and rid not in new):
+                new[rid if rid is not None else f"?{len(new)}"] = record
+
+    def order(record: dict) -> tuple:
+        run, _, index = str(record.get("record_id") or "").rpartition(":")
+        return (run, int(index) if index.isdigit() else -1)
+
+    log.extend(sorted(new.values(), key=order))
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    _fsync_dir(out)
+    return len(new)
 
 
 def clean_temp_files(out_dir: PathLike) -> int:
