@@ -69,6 +69,10 @@ def batch(input_dir, **opts) -> None:
     recorded as failed with a one-line reason and never stops the batch.
 
     \b
+    On several GPUs or nodes, start it with a launcher; the ranks share the work:
+      torchrun --standalone --nproc-per-node 4 --no-python date-edit batch photos/ -p "..." -o edited/
+
+    \b
     Exit codes: 0 every item ok or up to date; 3 some items failed (see results.jsonl);
     2 usage error (options, folder, manifest); 1 the model could not be loaded;
     130 interrupted by SIGINT/SIGTERM (rerun the same command to finish).
@@ -105,17 +109,34 @@ def _body(input_dir, opts: dict) -> None:
 
     base = {k: v for k, v in opts.items() if k not in _NOT_OUTPUT}
     on_record = (lambda rec: click.echo(json.dumps(rec))) if opts["as_json"] else None
+    dist = _join(opts)
+    tell = say if not dist.active else (lambda text: say(f"rank {dist.rank}: {text}"))
     try:
         summary = jobs.run_batch(
             items, out, base_options=base, resolve=_resolver(opts["max_pixels"]), load_model=_model_loader(opts),
             make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
             max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
-            say=say, on_record=on_record,
+            say=tell, on_record=on_record, dist=dist,
         )
     except jobs.BatchError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    say(summary.line())
+    finally:
+        dist.close()
+    if dist.main:
+        say(summary.line() if not dist.active else f"{summary.line()} ({dist.world} processes)")
     sys.exit(summary.exit_code)
+
+
+def _join(opts: dict):
+    """This process's place in the job: one process, or a rank of a torchrun / accelerate / srun launch (joined,
+    on ``cuda:LOCAL_RANK`` when it uses CUDA: ``opts["device"]`` is set to this rank's device)."""
+    from date_edit.distributed import Dist
+
+    dist = Dist.from_env()
+    if dist.active:
+        opts["device"] = dist.device(opts["device"])
+        dist.init(opts["device"])
+    return dist
 
 
 def _resolver(max_pixels: int):

@@ -1,12 +1,12 @@
 """Folder and manifest jobs: plan the items, skip what is up to date, edit the rest, record every item.
 
 Rooms: :mod:`.items` (items, settings, hashes), :mod:`.plan` (folder walk, manifests), :mod:`.results` (the
-files in the output folder), :mod:`.decision` (the pure per-item decision), :mod:`.run` (the run). This
-package re-exports the API.
+files in the output folder), :mod:`.decision` (the pure per-item decision), :mod:`.run` (running items),
+:mod:`.job` (the job, on one process or several). This package re-exports the API.
 
 A job is a list of :class:`Item` (an input file, its output path, its prompt and per-item option
 overrides), planned from a folder (:func:`plan_folder`) or a CSV/JSONL/JSON manifest
-(:func:`plan_manifest`). :func:`run_batch` loads the model once, batches items that share a processed
+(:func:`plan_manifest`). :func:`run_batch` (:mod:`.job`) loads the model once, batches items that share a processed
 size and settings, and appends one record per item to ``OUT_DIR/results.jsonl`` (flushed and fsynced).
 One bad item never stops the rest: it is recorded as ``failed`` with a one-line reason.
 
@@ -25,6 +25,9 @@ as regular files whose size is checked before a byte is read (:func:`date_edit.i
 back as inputs (``OUT_DIR`` equal to, or containing, ``INPUT_DIR`` is refused); a lock file keeps two
 runs out of one ``OUT_DIR`` (removed when the run ends); temp files a killed run left behind are removed at
 the next start; a torn last line of ``results.jsonl`` is dropped.
+
+Several processes. Under torchrun, ``accelerate launch`` or srun (``dist``), the ranks share the to-do list
+round-robin, each writes its own log, and rank 0 merges them by record id (:mod:`.job`).
 """
 
 from ..errors import BatchError  # noqa: F401
@@ -35,7 +38,8 @@ from .items import (  # noqa: F401
 )
 from .plan import check_out_dir, plan_folder, plan_manifest, stays_inside, walk_inputs  # noqa: F401
 from .results import (  # noqa: F401
-    ResultsLog, _locked, clean_temp_files, dumps_record, output_state, repair_results,
+    ResultsLog, _locked, clean_temp_files, dumps_record, merge_rank_logs, output_state, rank_log_name, repair_results,
 )
 from .decision import Decision, decide  # noqa: F401
-from .run import as_float32, basic_record, is_out_of_memory, reason, run_batch  # noqa: F401
+from .run import as_float32, basic_record, is_out_of_memory, reason  # noqa: F401
+from .job import run_batch  # noqa: F401

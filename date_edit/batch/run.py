@@ -1,11 +1,11 @@
-"""Running a job: per item, decide (skip, fail or edit), load the model once, edit in batches of equal
-settings and size, retry (smaller batches after OOM, float32 after non-finite output), write and record."""
+"""Running items: per item, decide (skip, fail or edit), load the model once, edit in batches of equal settings
+and size, retry (smaller batches after OOM, float32 after non-finite output), write and record. The job around it
+(the lock, the housekeeping, the order of items, the ranks of a job of several processes) is :mod:`.job`."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import sys
 import time
 import uuid
@@ -15,19 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BatchError, DateEditError
-from ..limits import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
     from ..backbones import Backbone
     from ..imaging import LoadedImage
     from ..pipeline import Result
 from .items import (
-    _PER_ITEM, METADATA_KEY, RESULTS_NAME, BatchInterrupted, Item, ItemSettings, PathLike, Status, Summary,
+    _PER_ITEM, METADATA_KEY, RESULTS_NAME, BatchInterrupted, Item, ItemSettings, Status, Summary,
     options_hash, sha256_file,
 )
 from .decision import decide
 from .plan import stays_inside
-from .results import ResultsLog, _Interrupts, _json_safe, _locked, clean_temp_files, dumps_record, output_state
+from .results import ResultsLog, _Interrupts, _json_safe, dumps_record, output_state
 
 # ------------------------------------------------------------------------------------------------ running
 
@@ -142,7 +141,8 @@ class _Runner:
         self.hashes: dict[str, str] = {}
         self.bar: Any = None
         self.interrupts = _Interrupts()
-        self.log: ResultsLog | None = None
+        self.log: ResultsLog | None = None  # where records go: results.jsonl, or this rank's log (set by the job)
+        self.tick: Callable[[], None] | None = None  # called after every record (the job's progress count)
 
     # -- messages and records
 
@@ -158,15 +158,13 @@ class _Runner:
             self.log.append(record)
         if self.on_record is not None:
             self.on_record(_json_safe(record))
-        if self.bar is not None:
-            s = self.summary
-            self.bar.set_postfix_str(f"ok {s.ok}, skipped {s.skipped}, failed {s.failed}", refresh=False)
-            self.bar.update(1)
+        if self.tick is not None:
+            self.tick()
 
     def _base_record(self, item: Item, status: Status, input_hash: str | None) -> dict:
         return {"status": status.value, "error": None, "input": str(item.source), "label": item.label,
                 "row": item.row, "output": str(item.output) if item.output else None, "input_sha256": input_hash,
-                "run_id": self.run_id}
+                "run_id": self.run_id, "record_id": f"{self.run_id}:{item.index}"}
 
     def fail(self, item: Item, why: str, input_hash: str | None = None, ohash: str | None = None) -> None:
         rec = self._base_record(item, Status.FAILED, input_hash)
@@ -385,90 +383,3 @@ class _Runner:
                 self._append(record)
         if failure:
             self.fail(item, failure, work.input_hash, work.options_hash)
-
-    def run(self) -> Summary:
-        start = time.perf_counter()
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BatchError(f"cannot create the output folder {self.out}: {e.strerror or e}") from None
-        if not os.access(self.out, os.W_OK):
-            raise BatchError(f"the output folder {self.out} is not writable; choose another folder")
-        with _locked(self.out), self.interrupts, ResultsLog(self.out / RESULTS_NAME) as log:
-            self.log = log
-            self.summary.cleaned = clean_temp_files(self.out)
-            self.summary.repaired = log.dropped
-            if self.summary.cleaned:
-                self.say(f"removed {self.summary.cleaned} temporary file(s) an interrupted run left in {self.out}")
-            if log.dropped:
-                self.say(f"dropped {log.dropped} unreadable line(s) of {log.path} (an interrupted write)")
-            if self.show_progress:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=len(self.items), unit="img", desc="batch", file=sys.stderr, dynamic_ncols=True)
-            try:
-                for item in self.items:
-                    self.interrupts.check()
-                    try:
-                        work = self.prepare(item)
-                    except (BatchError, BatchInterrupted):
-                        raise
-                    except Exception as e:  # noqa: BLE001
-                        self.fail(item, reason(e))
-                        continue
-                    if work is None:
-                        continue
-                    self.ensure_model(work.settings)  # a model that cannot load stops the run (not one item's fault)
-                    self.add(work)
-                self.flush()
-            except BatchInterrupted as e:
-                self.summary.interrupted = e.signum
-            finally:
-                if self.bar is not None:
-                    self.bar.close()
-                    self.bar = None
-        self.summary.seconds = time.perf_counter() - start
-        return self.summary
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def run_batch(
-    items: Sequence[Item],
-    out_dir: PathLike,
-    *,
-    base_options: Mapping[str, Any],
-    resolve: Callable[[Mapping[str, Any]], ItemSettings],
-    load_model: Callable[[bool], tuple[Backbone, Any]],
-    make_record: Callable[..., dict] = basic_record,
-    batch_size: int | None = None,
-    force: bool = False,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    show_progress: bool = False,
-    say: Callable[[str], None] = _stderr,
-    on_record: Callable[[dict], None] | None = None,
-    edit_fn: Callable[..., Result] | None = None,
-) -> Summary:
-    """Run a job: skip up-to-date items, edit the rest in batches, append one record per item to results.jsonl.
-
-    Args:
-        items: from :func:`plan_folder` or :func:`plan_manifest`.
-        out_dir: OUT_DIR (created); holds the outputs, ``results.jsonl`` and the lock file.
-        base_options: the job's options (CLI names, see ``OPTION_TYPES``); each item's ``options`` override them.
-        resolve: merged options -> :class:`ItemSettings`; a ValueError fails the item (or, when the item
-            overrides nothing, is the job's own usage error: :class:`BatchError`).
-        load_model: ``(needs_date) -> (backbone, scorer)``, called once, when the first item needs work.
-        make_record: ``(result, settings, loaded, backbone, scorer) -> dict``, the item's edit record.
-        batch_size: items per forward pass (same processed size and settings); None: 4 on CUDA, 1 on CPU.
-        force: redo up-to-date items and replace outputs not written by date-edit batch (never an input).
-        max_pixels: inputs with more pixels fail (checked before decoding).
-        edit_fn: the edit function (default :func:`date_edit.pipeline.edit`; tests inject failures here).
-
-    Returns the :class:`Summary`. SIGINT/SIGTERM abandon the current batch (its items get no record) and set
-    ``summary.interrupted``; outputs and results stay consistent and a rerun completes the job.
-    """
-    return _Runner(items, Path(out_dir), base_options=base_options, resolve=resolve, load_model=load_model,
-                   make_record=make_record, batch_size=batch_size, force=force, max_pixels=max_pixels,
-                   show_progress=show_progress, say=say, on_record=on_record, edit_fn=edit_fn).run()
