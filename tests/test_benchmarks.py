@@ -119,6 +119,7 @@ def test_lpips_random_variant_is_a_distance():
         lpips(a, b[:, :, :32])
 
 
+@pytest.mark.slow
 def test_toy_suite_under_torchrun_matches_one_process_and_resumes(tmp_path):
     """Two torchrun ranks (gloo, CPU) share the work round-robin; rank 0 merges their records and summarises the
     union: the same figures as one process. A rerun without a launcher then finds nothing left to do."""
