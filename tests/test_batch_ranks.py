@@ -232,3 +232,14 @@ def test_one_process_counts_and_merges_leftover_rank_logs(tmp_path):
     assert recs[0]["record_id"] == "old:1" and [r["status"] for r in recs[1:]] == ["ok", "ok"]
     assert all(r["record_id"] == f"{r['run_id']}:{i}" for i, r in enumerate(recs[1:]))
     assert not (out / "results.rank1.jsonl").exists()
+
+
+def test_a_launch_without_a_rendezvous_is_one_line_and_writes_nothing(tmp_path):
+    """WORLD_SIZE=2 without MASTER_ADDR/MASTER_PORT (srun without the exports): exit 2, one line, no --out made."""
+    src = photos(tmp_path / "src", 2)
+    env = dict(ENV, WORLD_SIZE="2", RANK="0")
+    done = subprocess.run([EXE, *batch_args(src, tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "MASTER_ADDR/MASTER_PORT" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

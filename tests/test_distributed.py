@@ -46,3 +46,20 @@ def test_inconsistent_or_unreachable_launch_is_one_clear_error(monkeypatch):
     monkeypatch.delenv("MASTER_PORT", raising=False)
     with pytest.raises(ConfigError, match="MASTER_ADDR"):
         Dist.from_env().init("cpu")
+
+
+def test_a_group_smaller_than_the_launch_is_refused(monkeypatch):
+    """WORLD_SIZE says 2 but the initialised group has 1 process (a launcher that did not start the others):
+    refused in one line, naming both numbers. The store and the group are the real calls' stand-ins here."""
+    import torch.distributed as td
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(td, "TCPStore", lambda *a, **k: td.HashStore())
+    monkeypatch.setattr(td, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(td, "get_world_size", lambda *a, **k: 1)
+    monkeypatch.setattr(td, "destroy_process_group", lambda *a, **k: None)
+    dist = Dist.from_env()
+    with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but the process group has 1"):
+        dist.init("cpu")
+    dist.close()
