@@ -17,6 +17,39 @@ from typing import Any, Sequence
 from .errors import ConfigError
 
 
+JOIN_TIMEOUT_ENV = "DATE_EDIT_JOIN_TIMEOUT"  # seconds the ranks wait for each other at the start (default 900)
+
+
+def _join_timeout() -> timedelta:
+    """How long the ranks wait for each other to start: ``$DATE_EDIT_JOIN_TIMEOUT`` seconds, 900 by default."""
+    raw = os.environ.get(JOIN_TIMEOUT_ENV, "").strip() or "900"
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(None, f"{JOIN_TIMEOUT_ENV}={raw!r}: give a number of seconds above 0")
+    return timedelta(seconds=seconds)
+
+
+def _wait_for_port(addr: str, port: int, join: timedelta) -> None:
+    """Wait until something listens on ``addr:port`` (rank 0's store), at most ``join``."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + join.total_seconds()
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise ConfigError(None, f"nothing answers at MASTER_ADDR:MASTER_PORT {addr}:{port} after "
+                                        f"{join.total_seconds():.0f} s ({e.strerror or e}): start rank 0 there, "
+                                        f"or raise {JOIN_TIMEOUT_ENV}") from None
+            time.sleep(0.5)
+
+
 @dataclass
 class Dist:
     """This process's place in the job.
@@ -67,10 +100,11 @@ class Dist:
         """Join the process group (NCCL for CUDA devices, gloo otherwise) plus a gloo group with a long timeout for
         the coordination (barriers, gathering small objects), whose store is namespaced per restart attempt
         (``TORCHELASTIC_RESTART_COUNT``) so that ``--max-restarts`` attempts never meet a stale one. One process:
-        nothing to do. Needs ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; under srun export them).
+        nothing to do. Needs ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; under srun export them). The
+        ranks wait for each other at most ``$DATE_EDIT_JOIN_TIMEOUT`` seconds (900) to start, then 2 hours a step.
 
         Raises:
-            ConfigError: the launcher said several processes but the group has one.
+            ConfigError: the launcher said several processes but the group has one, or they did not all start.
         """
         if not self.active:
             return
@@ -84,8 +118,18 @@ class Dist:
                                     "export them for srun (the first node's address and a free port)")
         # torchrun's agent already serves the store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE): join it as a client
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
-        store = td.TCPStore(addr, int(port), self.world, is_master=self.rank == 0 and not agent_store,
-                            timeout=timeout)
+        join = _join_timeout()
+        if self.rank != 0 or agent_store:
+            _wait_for_port(addr, int(port), join)  # so the store's own retries (and their C++ logs) never start
+        try:  # the first wait (rank 0 for the others, the others for rank 0) is bounded by the join timeout
+            store = td.TCPStore(addr, int(port), self.world, is_master=self.rank == 0 and not agent_store,
+                                timeout=join)
+        except td.DistError as e:
+            first = (str(e).strip().splitlines() or ["no answer"])[0][:200]
+            raise ConfigError(None, f"the {self.world} processes did not all meet at {addr}:{port} within "
+                                    f"{join.total_seconds():.0f} s ({first}): start every rank (torchrun, srun), "
+                                    f"check MASTER_ADDR/MASTER_PORT, or raise {JOIN_TIMEOUT_ENV}") from None
+        store.set_timeout(timeout)
         store = td.PrefixStore(f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
         cuda = str(device).startswith("cuda")
         if cuda:

@@ -243,3 +243,46 @@ def test_a_launch_without_a_rendezvous_is_one_line_and_writes_nothing(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "MASTER_ADDR/MASTER_PORT" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, port: int, **extra: str) -> dict:
+    """What srun plus the README's exports give a rank: no torchrun agent, rank 0 serves the store."""
+    return dict(ENV, WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port), **extra)
+
+
+@pytest.mark.slow
+def test_ranks_started_by_hand_out_of_order_meet_and_finish(tmp_path):
+    """An srun-style launch (MASTER_ADDR/PORT exported, each rank its own process): rank 1 starts first and waits
+    for rank 0's store; together they do every item once."""
+    src, out, port = photos(tmp_path / "src", 4), tmp_path / "out", free_port()
+    late = subprocess.Popen([EXE, *batch_args(src, out)], cwd=tmp_path, env=rank_env(1, port),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    main = subprocess.run([EXE, *batch_args(src, out)], cwd=tmp_path, env=rank_env(0, port), capture_output=True,
+                          text=True, timeout=300)
+    _, late_err = late.communicate(timeout=300)
+    assert (main.returncode, late.returncode) == (0, 0), main.stderr + late_err
+    assert "4 done, 0 skipped, 0 failed" in main.stderr and "(2 processes)" in main.stderr
+    assert "batch:" not in late_err, "only rank 0 prints the summary"
+    recs = records(out)
+    assert sorted(r["label"] for r in recs) == [f"p{i}.png" for i in range(4)] and len(outputs(out)) == 4
+
+
+@pytest.mark.parametrize("rank, says", [(0, "did not all meet"), (1, "nothing answers at MASTER_ADDR")])
+def test_a_rank_whose_peers_never_come_stops_in_one_line(tmp_path, rank, says):
+    """WORLD_SIZE=2 but only one process started: after $DATE_EDIT_JOIN_TIMEOUT seconds, exit 2 with one line (no
+    C++ log, no traceback), nothing written."""
+    src = photos(tmp_path / "src", 2)
+    done = subprocess.run([EXE, *batch_args(src, tmp_path / "out")], cwd=tmp_path, timeout=120, capture_output=True,
+                          text=True, env=rank_env(rank, free_port(), DATE_EDIT_JOIN_TIMEOUT="2"))
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and says in lines[-1] and "DATE_EDIT_JOIN_TIMEOUT" in lines[-1]
+    assert not [line for line in lines if "Traceback" in line or "frame #" in line or "[E" in line], done.stderr
+    assert not (tmp_path / "out").exists()

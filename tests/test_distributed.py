@@ -63,3 +63,12 @@ def test_a_group_smaller_than_the_launch_is_refused(monkeypatch):
     with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but the process group has 1"):
         dist.init("cpu")
     dist.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5"])
+def test_a_bad_join_timeout_is_named(monkeypatch, value):
+    for name, v in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1",
+                    "DATE_EDIT_JOIN_TIMEOUT": value}.items():
+        monkeypatch.setenv(name, v)
+    with pytest.raises(ConfigError, match="DATE_EDIT_JOIN_TIMEOUT=.*seconds above 0"):
+        Dist.from_env().init("cpu")
