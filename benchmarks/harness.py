@@ -7,6 +7,10 @@
 Runs are resumable (a rerun skips every (method, item, seed) already in records.jsonl) and seeded.
 A method may carry overrides after ``@``: ``date-clip@rho=1.0``, ``date-clip@updates=20%``;
 ``--sweep rho=0.25,0.5,1`` adds those variants of every DATE method.
+
+On many GPUs or nodes start it with torchrun (``torchrun --standalone --nproc-per-node 8 -m benchmarks run ...``),
+``accelerate launch`` or srun (with MASTER_ADDR/MASTER_PORT exported); the ranks wait DATE_EDIT_JOIN_TIMEOUT
+seconds (900) for each other to start.
 """
 
 from __future__ import annotations

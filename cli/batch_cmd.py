@@ -71,6 +71,7 @@ def batch(input_dir, **opts) -> None:
     \b
     On several GPUs or nodes, start it with a launcher; the ranks share the work:
       torchrun --standalone --nproc-per-node 4 --no-python date-edit batch photos/ -p "..." -o edited/
+    (srun: export MASTER_ADDR and MASTER_PORT; ranks wait DATE_EDIT_JOIN_TIMEOUT seconds, 900, for each other.)
 
     \b
     Exit codes: 0 every item ok or up to date; 3 some items failed (see results.jsonl);
