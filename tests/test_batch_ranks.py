@@ -39,6 +39,12 @@ def photos(folder: Path, n: int = 8) -> Path:
     return folder
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def batch_args(src: Path, out: Path) -> list[str]:
     return ["batch", str(src), "--prompt", "a dog", "--out", str(out), *FAST]
 
@@ -163,7 +169,7 @@ def test_max_restarts_finishes_in_one_command_after_a_rank_dies(tmp_path):
     _, err = agent.communicate(timeout=240)
     assert agent.returncode == 0, err[-3000:]
     assert killed_at < 8 and sorted(outputs(out)) == [f"p{i}.png" for i in range(8)]
-    assert max(ok_counts(out).values()) == 1 and min(ok_counts(out).values()) >= 0
+    assert max(ok_counts(out).values()) == 1
     last = [r for r in records(out) if r["run_id"] == records(out)[-1]["run_id"]]
     assert sorted(r["label"] for r in last) == [f"p{i}.png" for i in range(8)]
     assert not list(out.glob("results.rank*.jsonl")) and not (out / jobs.LOCK_NAME).exists()
@@ -171,10 +177,7 @@ def test_max_restarts_finishes_in_one_command_after_a_rank_dies(tmp_path):
 
 @pytest.mark.slow
 def test_two_nodes_on_one_machine_complete_a_batch(tmp_path):
-    src, out = photos(tmp_path / "in", n=6), tmp_path / "out"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    src, out, port = photos(tmp_path / "in", n=6), tmp_path / "out", free_port()
     node = [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
             f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", "--no-python", EXE, *batch_args(src, out)]
     agents = [subprocess.Popen(node, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -243,12 +246,6 @@ def test_a_launch_without_a_rendezvous_is_one_line_and_writes_nothing(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "MASTER_ADDR/MASTER_PORT" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_env(rank: int, port: int, **extra: str) -> dict:

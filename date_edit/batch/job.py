@@ -57,23 +57,19 @@ class _Job:
         _make_out_dir(r.out)
         with r.interrupts, contextlib.ExitStack() as stack:
             self.housekeeping(stack)
-            r.log = self.main_log if not d.active else stack.enter_context(ResultsLog(r.out / rank_log_name(d.rank)))
             r.tick = self.tick
             try:
                 if r.show_progress and d.main:
                     from tqdm import tqdm
 
                     r.bar = tqdm(total=len(r.items), unit="img", desc="batch", file=sys.stderr, dynamic_ncols=True)
-                try:
-                    if d.active:
-                        self.sharded()
-                    else:
-                        self.process(r.items)
-                finally:
-                    if d.active:
-                        r.log.__exit__(None, None, None)  # closed before rank 0 may merge it
                 if d.active:
+                    with ResultsLog(r.out / rank_log_name(d.rank)) as r.log:  # closed before rank 0 merges it
+                        self.sharded()
                     self.wait_for_all()
+                else:
+                    r.log = self.main_log
+                    self.process(r.items)
             except BatchInterrupted as e:
                 r.summary.interrupted = e.signum
             finally:

@@ -169,19 +169,20 @@ def merge_rank_logs(out_dir: PathLike, log: ResultsLog) -> int:
     paths = sorted(p for p in out.iterdir() if _RANK_LOG_RE.match(p.name))
     if not paths:
         return 0
-    have = {r.get("record_id") for r in _read_records(log.path)} - {None}
-    new: dict[str, dict] = {}
+    seen = {r.get("record_id") for r in _read_records(log.path)} - {None}
+    new: list[dict] = []
     for path in paths:
         for record in _read_records(path):
             rid = record.get("record_id")
-            if rid is None or (rid not in have and rid not in new):
-                new[rid if rid is not None else f"?{len(new)}"] = record
+            if rid is None or rid not in seen:
+                seen.add(rid)
+                new.append(record)
 
     def order(record: dict) -> tuple:
         run, _, index = str(record.get("record_id") or "").rpartition(":")
         return (run, int(index) if index.isdigit() else -1)
 
-    log.extend(sorted(new.values(), key=order))
+    log.extend(sorted(new, key=order))
     for path in paths:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
