@@ -9,6 +9,7 @@ a launcher everything here is a no-op for one process.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -137,8 +138,12 @@ class Dist:
         td.init_process_group("nccl" if cuda else "gloo", store=store, rank=self.rank, world_size=self.world,
                               timeout=timeout)
         self._group, self._store = True, store
+        # a gloo group still alive when the interpreter exits, its peer gone, aborts the process (SIGABRT,
+        # "terminate called without an active exception"): leave it on every way out, errors included
+        atexit.register(self.close)
         self._coord = td.new_group(backend="gloo", timeout=timeout) if cuda else None
         if td.get_world_size() != self.world:
+            self.close()
             raise ConfigError(None, f"WORLD_SIZE is {self.world} but the process group has {td.get_world_size()} "
                                     "process(es): start the job with torchrun, accelerate launch or srun")
 
@@ -182,9 +187,11 @@ class Dist:
         return int(self._store.add(key, amount))
 
     def close(self) -> None:
-        """Leave the process group (so a restart attempt starts clean)."""
+        """Leave the process group (so a restart attempt starts clean, and the exit never aborts); again: no-op."""
         if self._group:
             import torch.distributed as td
 
-            td.destroy_process_group()
-            self._group, self._store = False, None
+            self._group, self._store, self._coord = False, None, None
+            atexit.unregister(self.close)
+            if td.is_initialized():
+                td.destroy_process_group()

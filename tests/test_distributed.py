@@ -58,11 +58,15 @@ def test_a_group_smaller_than_the_launch_is_refused(monkeypatch):
     monkeypatch.setattr(td, "TCPStore", lambda *a, **k: td.HashStore())
     monkeypatch.setattr(td, "init_process_group", lambda *a, **k: None)
     monkeypatch.setattr(td, "get_world_size", lambda *a, **k: 1)
-    monkeypatch.setattr(td, "destroy_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(td, "is_initialized", lambda: True)
+    left = []
+    monkeypatch.setattr(td, "destroy_process_group", lambda *a, **k: left.append(1))
     dist = Dist.from_env()
     with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but the process group has 1"):
         dist.init("cpu")
+    assert left == [1], "the group is left before the error goes up (no gloo group alive at the exit)"
     dist.close()
+    assert left == [1], "closing twice leaves once"
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-5"])
@@ -72,3 +76,31 @@ def test_a_bad_join_timeout_is_named(monkeypatch, value):
         monkeypatch.setenv(name, v)
     with pytest.raises(ConfigError, match="DATE_EDIT_JOIN_TIMEOUT=.*seconds above 0"):
         Dist.from_env().init("cpu")
+
+
+@pytest.mark.slow
+def test_the_group_is_left_at_exit_even_when_close_is_never_called(tmp_path):
+    """A rank that exits on an error path without :meth:`Dist.close` must not keep a gloo group alive into the
+    interpreter's teardown (with its peer gone, that aborts: SIGABRT). A handler registered before the join runs
+    after Dist's own (atexit is last in, first out) and reports whether the group was still up."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import atexit, sys, torch.distributed as td\n"
+        "atexit.register(lambda: print('initialized at exit:', td.is_initialized(), flush=True))\n"
+        "from date_edit.distributed import Dist\n"
+        "d = Dist.from_env()\n"
+        "d.init('cpu')\n"
+        "d.barrier()\n"
+        "sys.exit(3)  # no close()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(script)], cwd=tmp_path,
+                          env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180)
+    assert proc.stdout.count("initialized at exit: False") == 2, proc.stdout + proc.stderr[-3000:]
+    assert "SIGABRT" not in proc.stderr
