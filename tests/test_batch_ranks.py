@@ -192,6 +192,19 @@ def test_two_nodes_on_one_machine_complete_a_batch(tmp_path):
     assert sorted(outputs(out)) == [f"p{i}.png" for i in range(6)] and len(records(out)) == 6
 
 
+@pytest.mark.slow
+def test_accelerate_launch_multi_gpu_runs_the_ranks(tmp_path):
+    """``accelerate launch --multi_gpu`` starts its ranks through torchrun's launcher; without CUDA they run on the
+    CPU (gloo), which is what this machine can show of that path."""
+    src, out = photos(tmp_path / "in", n=4), tmp_path / "out"
+    proc = run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", EXE, *batch_args(src, out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("4 done, 0 skipped, 0 failed") == 1 and "(2 processes)" in proc.stderr
+    assert sorted(outputs(out)) == [f"p{i}.png" for i in range(4)]
+    assert [r["label"] for r in records(out)] == [f"p{i}.png" for i in range(4)]
+
+
 # ------------------------------------------------------------------------------------- in-process pieces
 
 
