@@ -20,7 +20,9 @@ import html
 import json
 import os
 import re
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,6 +31,7 @@ import torch
 
 from date_edit.choices import DEFAULT_MODEL, OFFLINE_MODELS
 from date_edit.date import DateConfig
+from date_edit.distributed import JobProgress
 from date_edit.errors import ConfigError, DateEditError
 from date_edit.multiconcept import mean_ci95
 from date_edit.pipeline import psnr_db as psnr
@@ -291,15 +294,22 @@ def _run(args, dist, device: str) -> Optional[Path]:
     seeds = list(range(args.seed, args.seed + args.seeds))
     started = time.perf_counter()
     log_path = out / (f"records.rank{dist.rank}.jsonl" if dist.active else "records.jsonl")
-    plain = [m for m in methods if m.base != "fixed-equal-compute"]
     equal = [m for m in methods if m.base == "fixed-equal-compute"]
-    with open(log_path, "a") as log:
-        runner.run_all(dist.shard(_todo(plain, items, seeds, done)), log, done, None)
-        dist.barrier()
-        # one-off: DATE's time over fixed, measured on every rank's records, computed once and sent to all
-        equal_factor = dist.broadcast(_equal_compute_factor(methods, _load_all_records(out)) if dist.main else None)
-        runner.run_all(dist.shard(_todo(equal, items, seeds, done)), log, done, equal_factor)
-    dist.barrier()
+    todo = _todo([m for m in methods if m not in equal], items, seeds, done)
+    todo_equal, has_equal = _todo(equal, items, seeds, done), bool(equal)
+    progress = JobProgress(dist, len(todo) + len(todo_equal), enabled=not args.quiet and sys.stderr.isatty(),
+                           desc=args.suite, key="date-edit/benchmarks")
+    try:
+        with open(log_path, "a") as log:
+            runner.run_all(dist.shard(todo), log, done, None, progress.step)
+            progress.wait_all()
+            # one-off: DATE's time over fixed, measured on every rank's records, computed once and sent to all
+            equal_factor = dist.broadcast(_equal_compute_factor(methods, _load_all_records(out)) if dist.main
+                                          else None)
+            runner.run_all(dist.shard(todo_equal), log, done, equal_factor, progress.step)
+        progress.wait_all()  # every rank's log is closed: rank 0 may merge them
+    finally:
+        progress.close()
     if not dist.main:
         return None
     records = _merge_records(out, methods, items)
@@ -308,7 +318,7 @@ def _run(args, dist, device: str) -> Optional[Path]:
                                                "steps": runner.steps, "limit": args.limit, "processes": dist.world,
                                                "wall_s": time.perf_counter() - started,
                                                "device": str(backbone.device),
-                                               "equal_compute_factor": equal_factor if equal else None})
+                                               "equal_compute_factor": equal_factor if has_equal else None})
     return out
 
 
@@ -331,13 +341,15 @@ class _Runner:
         self.sources: dict[str, torch.Tensor] = {}
         self.host = socket.gethostname()
 
-    def run_all(self, todo: list[tuple], log, done: dict, equal_factor: Optional[float]) -> None:
-        """Run ``todo``, appending one JSON line per image to ``log`` and to ``done``."""
+    def run_all(self, todo: list[tuple], log, done: dict, equal_factor: Optional[float],
+                on_record: Callable[[], None] = lambda: None) -> None:
+        """Run ``todo``, appending one JSON line per image to ``log`` and to ``done``; ``on_record()`` after each."""
         for method, item, seed in todo:
             rec = self.one(method, item, seed, equal_factor)
             log.write(json.dumps(rec) + "\n")
             log.flush()
             done[(method.label, item.id, seed)] = rec
+            on_record()
 
     def _scorer(self, method: Method):
         from date_edit.scorers import build_scorer
@@ -619,6 +631,8 @@ def main(argv=None) -> int:
     r.add_argument("--captioner", default=None, help="ane: BLIP captioner (default blip)")
     r.add_argument("--out", default=None, help="run folder (default benchmarks/runs/<suite>)")
     r.add_argument("--fid-ref", default=None, help="FID reference: a folder of images or pytorch-fid .npz stats")
+    r.add_argument("--quiet", action="store_true", help="no progress bar (it runs on rank 0 while stderr is a "
+                                                           "terminal, counting the images of every rank)")
     args = p.parse_args(argv)
     if getattr(args, "model", "") is None:  # the toy suite's prompts only make sense to the toy model
         args.model = "toy" if args.suite == "toy" else DEFAULT_MODEL

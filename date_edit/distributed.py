@@ -195,3 +195,60 @@ class Dist:
             atexit.unregister(self.close)
             if td.is_initialized():
                 td.destroy_process_group()
+
+
+class JobProgress:
+    """A progress bar of a whole job, on rank 0 only: it counts the items every rank has finished (through the
+    job's store), so under several processes it shows the job, not rank 0's share.
+
+    Args:
+        dist: this process's place in the job (joined already).
+        total: items of the whole job (every rank passes the same number).
+        enabled: draw a bar at all (e.g. stderr is a terminal and no ``--quiet``); off, only the counting runs.
+        desc: the bar's label.
+    """
+
+    def __init__(self, dist: Dist, total: int, *, enabled: bool, desc: str, key: str = "date-edit/progress") -> None:
+        self.dist, self.key, self._phase, self.bar = dist, key, 0, None
+        if enabled and dist.main and total > 0:
+            import sys
+
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr, dynamic_ncols=True)
+
+    def step(self, n: int = 1) -> None:
+        """This rank finished ``n`` more items."""
+        self._show(self.dist.add(f"{self.key}/done", n))
+
+    def wait_all(self, poll_s: float = 0.25, stall_s: float = 7200.0) -> None:
+        """This rank's share is done: rank 0 keeps its bar moving until every rank's is, then all meet (a barrier).
+        Rank 0 stops waiting on the bar after ``stall_s`` seconds without progress (the barrier's own timeout
+        then names what is wrong)."""
+        import time
+
+        d = self.dist
+        self._phase += 1
+        finished = f"{self.key}/finished{self._phase}"
+        d.add(finished, 1)
+        if self.bar is not None and d.active:
+            last, since = -1, time.monotonic()
+            while d.add(finished, 0) < d.world and time.monotonic() - since < stall_s:
+                done = d.add(f"{self.key}/done", 0)
+                if done != last:
+                    last, since = done, time.monotonic()
+                self._show(done)
+                time.sleep(poll_s)
+        self._show(d.add(f"{self.key}/done", 0))
+        d.barrier()
+
+    def close(self) -> None:
+        """Take the bar off the terminal's last line (leaving its final state)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _show(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()

@@ -41,3 +41,45 @@ def sd_schedule():
     from date_edit.schedule import NoiseSchedule
 
     return NoiseSchedule.from_config(SD_SCHEDULER_CONFIG)
+
+
+def run_on_a_terminal(cmd: list, cwd, env: dict, timeout: float = 300) -> tuple:
+    """Run ``cmd`` with stderr on a pseudo-terminal of 100 columns (so progress bars draw); (exit code, stderr)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=slave)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer has closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture
+def terminal():
+    """:func:`run_on_a_terminal`: run a command with stderr on a pseudo-terminal, to see its progress bars."""
+    return run_on_a_terminal

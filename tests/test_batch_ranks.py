@@ -205,6 +205,16 @@ def test_accelerate_launch_multi_gpu_runs_the_ranks(tmp_path):
     assert [r["label"] for r in records(out)] == [f"p{i}.png" for i in range(4)]
 
 
+@pytest.mark.slow
+def test_one_bar_on_rank_0_counts_the_items_of_every_rank(tmp_path, terminal):
+    src, out = photos(tmp_path / "in", n=6), tmp_path / "out"
+    args = [a for a in batch_args(src, out) if a != "--quiet"]
+    code, err = terminal(torchrun(2) + args, tmp_path, ENV)
+    assert code == 0, err[-3000:]
+    assert err.count("| 0/6 [") == 1, "one bar (rank 0's); the other rank draws none"
+    assert "6/6 [" in err, "rank 0 did 3 items; its bar counts the 6 of both ranks"
+
+
 # ------------------------------------------------------------------------------------- in-process pieces
 
 

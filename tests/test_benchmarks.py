@@ -120,9 +120,10 @@ def test_lpips_random_variant_is_a_distance():
 
 
 @pytest.mark.slow
-def test_toy_suite_under_torchrun_matches_one_process_and_resumes(tmp_path):
+def test_toy_suite_under_torchrun_matches_one_process_and_resumes(tmp_path, terminal):
     """Two torchrun ranks (gloo, CPU) share the work round-robin; rank 0 merges their records and summarises the
-    union: the same figures as one process. A rerun without a launcher then finds nothing left to do."""
+    union: the same figures as one process. Run on a terminal, rank 0 alone draws a bar counting the images of
+    both. A rerun without a launcher then finds nothing left to do."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     common = ["run", "--suite", "toy", "--model", "tiny", "--methods", "fixed,date-clip", "--limit", "3",
               "--seeds", "2", "--steps", "4"]
@@ -135,12 +136,13 @@ def test_toy_suite_under_torchrun_matches_one_process_and_resumes(tmp_path):
     runs = {"one": [sys.executable, "-m", "benchmarks"],
             "two": [torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
                     "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "benchmarks"]}
-    logs = {}
-    for name, launcher in runs.items():
-        out = subprocess.run([*launcher, *common, "--out", str(tmp_path / name)], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=600)
-        logs[name] = out.stdout[-2000:] + out.stderr[-3000:]
-        assert out.returncode == 0, logs[name]
+    out = subprocess.run([*runs["one"], *common, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    logs = {"one": out.stdout[-2000:] + out.stderr[-3000:]}
+    assert out.returncode == 0, logs["one"]
+    code, logs["two"] = terminal([*runs["two"], *common, "--out", str(tmp_path / "two")], ROOT, env, timeout=600)
+    assert code == 0, logs["two"][-3000:]
+    assert logs["two"].count("| 0/12 [") == 1 and "12/12 [" in logs["two"], logs["two"][-3000:]
     one, two = (json.loads((tmp_path / n / "summary.json").read_text()) for n in runs)
     assert two["meta"]["processes"] == 2 and one["meta"]["processes"] == 1
     for method in ("fixed", "date-clip"):

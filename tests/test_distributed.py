@@ -104,3 +104,20 @@ def test_the_group_is_left_at_exit_even_when_close_is_never_called(tmp_path):
                           env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180)
     assert proc.stdout.count("initialized at exit: False") == 2, proc.stdout + proc.stderr[-3000:]
     assert "SIGABRT" not in proc.stderr
+
+
+def test_job_progress_counts_every_step_and_draws_only_when_enabled(capsys):
+    from date_edit.distributed import JobProgress
+
+    shown = JobProgress(Dist(), 3, enabled=True, desc="toy")
+    for _ in range(3):
+        shown.step()
+    shown.wait_all()
+    assert shown.bar.n == 3
+    shown.close()
+    assert "3/3" in capsys.readouterr().err
+    hidden = JobProgress(Dist(), 3, enabled=False, desc="toy")
+    hidden.step()
+    hidden.wait_all()
+    hidden.close()
+    assert hidden.bar is None and capsys.readouterr().err == ""
