@@ -13,7 +13,7 @@ import atexit
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import ConfigError
 
@@ -206,10 +206,13 @@ class JobProgress:
         total: items of the whole job (every rank passes the same number).
         enabled: draw a bar at all (e.g. stderr is a terminal and no ``--quiet``); off, only the counting runs.
         desc: the bar's label.
+        key: the counters' name in the job's store (one per kind of job).
+        postfix: one process only: text after the bar, read at each step (e.g. ok / skipped / failed counts).
     """
 
-    def __init__(self, dist: Dist, total: int, *, enabled: bool, desc: str, key: str = "date-edit/progress") -> None:
-        self.dist, self.key, self._phase, self.bar = dist, key, 0, None
+    def __init__(self, dist: Dist, total: int, *, enabled: bool, desc: str, key: str = "date-edit/progress",
+                 postfix: Callable[[], str] | None = None) -> None:
+        self.dist, self.key, self.postfix, self._phase, self.bar = dist, key, postfix, 0, None
         if enabled and dist.main and total > 0:
             import sys
 
@@ -221,19 +224,21 @@ class JobProgress:
         """This rank finished ``n`` more items."""
         self._show(self.dist.add(f"{self.key}/done", n))
 
-    def wait_all(self, poll_s: float = 0.25, stall_s: float = 7200.0) -> None:
-        """This rank's share is done: rank 0 keeps its bar moving until every rank's is, then all meet (a barrier).
-        Rank 0 stops waiting on the bar after ``stall_s`` seconds without progress (the barrier's own timeout
-        then names what is wrong)."""
+    def wait_all(self, check: Callable[[], None] | None = None, poll_s: float = 0.25, stall_s: float = 7200.0) -> None:
+        """This rank's share is done: rank 0 keeps its bar moving (and calls ``check()``, which may raise: an
+        interrupt, say) until every rank's is, then all meet (a barrier). Rank 0 stops waiting on the others after
+        ``stall_s`` seconds without progress (the barrier's own timeout then names what is wrong)."""
         import time
 
         d = self.dist
         self._phase += 1
         finished = f"{self.key}/finished{self._phase}"
         d.add(finished, 1)
-        if self.bar is not None and d.active:
+        if d.active and d.main and (self.bar is not None or check is not None):
             last, since = -1, time.monotonic()
             while d.add(finished, 0) < d.world and time.monotonic() - since < stall_s:
+                if check is not None:
+                    check()
                 done = d.add(f"{self.key}/done", 0)
                 if done != last:
                     last, since = done, time.monotonic()
@@ -251,4 +256,6 @@ class JobProgress:
     def _show(self, done: int) -> None:
         if self.bar is not None:
             self.bar.n = done
+            if self.postfix is not None and not self.dist.active:
+                self.bar.set_postfix_str(self.postfix(), refresh=False)
             self.bar.refresh()

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..distributed import Dist
+from ..distributed import Dist, JobProgress
 from ..errors import BatchError, DateEditError
 from ..limits import DEFAULT_MAX_PIXELS
 from .items import RESULTS_NAME, BatchInterrupted, Item, ItemSettings, PathLike, Summary
@@ -39,8 +39,7 @@ if TYPE_CHECKING:
     from ..backbones import Backbone
     from ..pipeline import Result
 
-DONE_KEY = "date-edit/batch/records"  # the job's counter of records written, by all ranks
-FINISHED_KEY = "date-edit/batch/finished"  # ranks that have written their share
+PROGRESS_KEY = "date-edit/batch"  # the job's counters in the store: records written by all ranks, ranks done
 
 
 class _Job:
@@ -57,25 +56,23 @@ class _Job:
         _make_out_dir(r.out)
         with r.interrupts, contextlib.ExitStack() as stack:
             self.housekeeping(stack)
-            r.tick = self.tick
+            s = r.summary
+            progress = JobProgress(d, len(r.items), enabled=r.show_progress, desc="batch", key=PROGRESS_KEY,
+                                   postfix=lambda: f"ok {s.ok}, skipped {s.skipped}, failed {s.failed}")
+            r.bar, r.tick = progress.bar, progress.step  # the runner writes its messages above the bar
             try:
-                if r.show_progress and d.main:
-                    from tqdm import tqdm
-
-                    r.bar = tqdm(total=len(r.items), unit="img", desc="batch", file=sys.stderr, dynamic_ncols=True)
                 if d.active:
                     with ResultsLog(r.out / rank_log_name(d.rank)) as r.log:  # closed before rank 0 merges it
                         self.sharded()
-                    self.wait_for_all()
+                    progress.wait_all(check=r.interrupts.check)  # rank 0's bar moves until every rank is done
                 else:
                     r.log = self.main_log
                     self.process(r.items)
             except BatchInterrupted as e:
                 r.summary.interrupted = e.signum
             finally:
-                if r.bar is not None:
-                    r.bar.close()
-                    r.bar = None
+                progress.close()
+                r.bar = None
             if d.active and r.summary.interrupted is None:
                 self.finish()
         r.summary.seconds = time.perf_counter() - start
@@ -108,20 +105,6 @@ class _Job:
                 r.say(f"dropped {s.repaired} unreadable line(s) of {self.main_log.path} (an interrupted write)")
             if merged:
                 r.say(f"merged {merged} record(s) an interrupted run left in its rank logs into {self.main_log.path}")
-
-    def tick(self) -> None:
-        """After each record: count it job-wide; rank 0's bar shows the count of all ranks."""
-        done = self.dist.add(DONE_KEY, 1)
-        self.show(done)
-
-    def show(self, done: int) -> None:
-        """Move rank 0's bar to ``done`` items of the whole job (no-op without a bar)."""
-        bar, s = self.runner.bar, self.runner.summary
-        if bar is not None:
-            bar.n = done
-            if not self.dist.active:
-                bar.set_postfix_str(f"ok {s.ok}, skipped {s.skipped}, failed {s.failed}", refresh=False)
-            bar.refresh()
 
     def prepare(self, item: Item) -> _Work | None:
         """The runner's :meth:`prepare`, an unexpected error being that item's failure."""
@@ -163,18 +146,6 @@ class _Job:
         by_index = {item.index: item for item in r.items}
         todo = sorted(i for share, _ in gathered for i in share)
         self.process([by_index[i] for i in d.shard(todo)])
-
-    def wait_for_all(self) -> None:
-        """Say this rank is done; rank 0 keeps its bar moving until every rank is, then all meet."""
-        d = self.dist
-        d.add(FINISHED_KEY, 1)
-        if d.main:
-            while d.add(FINISHED_KEY, 0) < d.world:
-                self.runner.interrupts.check()
-                self.show(d.add(DONE_KEY, 0))
-                time.sleep(0.25)
-            self.show(d.add(DONE_KEY, 0))
-        d.barrier()
 
     def finish(self) -> None:
         """Rank 0 merges the rank logs; every rank takes the whole job's counts (so all exit with one code)."""

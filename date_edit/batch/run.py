@@ -250,7 +250,9 @@ class _Runner:
 
     def ensure_model(self, settings: ItemSettings) -> None:
         if self.backbone is None:
-            self.backbone, self.scorer = self.load_model(settings.config.date is not None)
+            # what loading prints (notes, library warnings) goes above the bar, not into its line
+            with self.bar.external_write_mode(file=sys.stderr) if self.bar is not None else contextlib.nullcontext():
+                self.backbone, self.scorer = self.load_model(settings.config.date is not None)
             default = 4 if self.backbone.device.type == "cuda" else 1
             self.batch_size = max(1, self.requested_batch_size or default)
 
