@@ -294,9 +294,9 @@ def _run(args, dist, device: str) -> Optional[Path]:
     seeds = list(range(args.seed, args.seed + args.seeds))
     started = time.perf_counter()
     log_path = out / (f"records.rank{dist.rank}.jsonl" if dist.active else "records.jsonl")
+    plain = [m for m in methods if m.base != "fixed-equal-compute"]
     equal = [m for m in methods if m.base == "fixed-equal-compute"]
-    todo = _todo([m for m in methods if m not in equal], items, seeds, done)
-    todo_equal, has_equal = _todo(equal, items, seeds, done), bool(equal)
+    todo, todo_equal = _todo(plain, items, seeds, done), _todo(equal, items, seeds, done)
     progress = JobProgress(dist, len(todo) + len(todo_equal), enabled=not args.quiet and sys.stderr.isatty(),
                            desc=args.suite, key="date-edit/benchmarks")
     try:
@@ -318,7 +318,7 @@ def _run(args, dist, device: str) -> Optional[Path]:
                                                "steps": runner.steps, "limit": args.limit, "processes": dist.world,
                                                "wall_s": time.perf_counter() - started,
                                                "device": str(backbone.device),
-                                               "equal_compute_factor": equal_factor if has_equal else None})
+                                               "equal_compute_factor": equal_factor if equal else None})
     return out
 
 

@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 
 JOIN_TIMEOUT_ENV = "DATE_EDIT_JOIN_TIMEOUT"  # seconds the ranks wait for each other at the start (default 900)
+STEP_TIMEOUT = timedelta(hours=2)  # the longest one collective or store call of a running job may wait
 
 
 def _join_timeout() -> timedelta:
@@ -112,7 +113,7 @@ class Dist:
         import torch
         import torch.distributed as td
 
-        timeout = timedelta(hours=2)
+        timeout = STEP_TIMEOUT
         addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
         if not addr or not port:
             raise ConfigError(None, "several processes but no MASTER_ADDR/MASTER_PORT: launch with torchrun, or "
@@ -224,7 +225,8 @@ class JobProgress:
         """This rank finished ``n`` more items."""
         self._show(self.dist.add(f"{self.key}/done", n))
 
-    def wait_all(self, check: Callable[[], None] | None = None, poll_s: float = 0.25, stall_s: float = 7200.0) -> None:
+    def wait_all(self, check: Callable[[], None] | None = None, poll_s: float = 0.25,
+                 stall_s: float = STEP_TIMEOUT.total_seconds()) -> None:
         """This rank's share is done: rank 0 keeps its bar moving (and calls ``check()``, which may raise: an
         interrupt, say) until every rank's is, then all meet (a barrier). Rank 0 stops waiting on the others after
         ``stall_s`` seconds without progress (the barrier's own timeout then names what is wrong)."""
