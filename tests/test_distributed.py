@@ -90,8 +90,11 @@ def test_the_group_is_left_at_exit_even_when_close_is_never_called(tmp_path):
 
     script = tmp_path / "rank.py"
     script.write_text(
-        "import atexit, sys, torch.distributed as td\n"
-        "atexit.register(lambda: print('initialized at exit:', td.is_initialized(), flush=True))\n"
+        "import atexit, os, sys, torch.distributed as td\n"
+        "def report():\n"
+        "    with open(f\"rank{os.environ['RANK']}.txt\", 'w') as f:\n"
+        "        f.write(f'initialized at exit: {td.is_initialized()}')\n"
+        "atexit.register(report)\n"
         "from date_edit.distributed import Dist\n"
         "d = Dist.from_env()\n"
         "d.init('cpu')\n"
@@ -102,7 +105,10 @@ def test_the_group_is_left_at_exit_even_when_close_is_never_called(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(script)], cwd=tmp_path,
                           env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180)
-    assert proc.stdout.count("initialized at exit: False") == 2, proc.stdout + proc.stderr[-3000:]
+    # one file per rank: the two ranks share torchrun's stdout, where their lines can interleave
+    reports = [(tmp_path / f"rank{r}.txt").read_text() if (tmp_path / f"rank{r}.txt").exists() else "missing"
+               for r in (0, 1)]
+    assert reports == ["initialized at exit: False"] * 2, (reports, proc.stderr[-3000:])
     assert "SIGABRT" not in proc.stderr
 
 
