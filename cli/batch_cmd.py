@@ -12,8 +12,12 @@ import sys
 
 import click
 
+from date_edit.errors import ConfigError
+
 from . import common
-from .options import checked, date_options, edit_options, image_options, model_options, seed_option
+from .options import (
+    checked, control_options, date_options, edit_options, image_options, model_options, seed_option,
+)
 from .running import EXIT_USAGE, CliError, run_command, say
 
 _OWN = ("out", "overwrite", "as_json", "quiet", "seed")  # edit's options that batch defines with its own meaning
@@ -27,8 +31,9 @@ _NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
               help="A .csv (with a header), .jsonl or .json list of rows: image, prompt, and optional "
                    "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, rho, rho_relative, "
-                   "update_steps, update_mode, grad_iters, no_date, size, resize (empty: the command-line "
-                   "value). Image paths are relative to the manifest.")
+                   "update_steps, update_mode, grad_iters, no_date, size, resize, mask, p2p, cross_replace, "
+                   "self_replace (empty: the command-line value). Image and mask paths are relative to the "
+                   "manifest.")
 @click.option("--prompt", "-p", default=None,
               help="Target prompt of every image of INPUT_DIR (with --manifest: of rows without a prompt).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -49,6 +54,7 @@ _NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max
               help="Inputs with more pixels fail (checked before decoding), and so do files over 16 bytes per pixel "
                    "of it (610 MiB by default); --size must fit it too (size x size pixels).")
 @edit_options
+@control_options
 @date_options
 @image_options
 @model_options(exclude=_OWN)
@@ -150,9 +156,20 @@ def _resolver(max_pixels: int):
         from date_edit.pipeline import EditConfig
 
         check_size(options["size"], max_pixels=max_pixels)
+        mask_config, p2p_config = common.edit_controls(options)
+        if mask_config is not None and mask_config.source == "auto" and not options.get("source_prompt"):
+            raise ConfigError("mask", "auto needs a source prompt (--source-prompt, or a source_prompt column)")
+        if mask_config is not None and mask_config.source == "user":
+            from date_edit.batch import sha256_file
+
+            # the mask's content decides the output, so it is part of the resume key (a new mask redoes the item)
+            try:
+                options = dict(options, mask_sha256=sha256_file(options["mask"], max_bytes=64 * 2**20))
+            except ValueError as exc:  # ImageError: missing, a folder, a device, too large
+                raise ConfigError("mask", f"file: {exc}") from None
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
                             cfg_target=options["cfg_target"], seed=options["seed"], date=common.date_config(options),
-                            method=options.get("edit_method") or "auto")
+                            method=options.get("edit_method") or "auto", mask=mask_config, p2p=p2p_config)
         common.check_schedule(config.date, config.run_steps())
         return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
                             model=options["model"], model_config=options["model_config"], dtype=options["dtype"],
@@ -178,5 +195,6 @@ def _make_record(result, settings, loaded, backbone, scorer) -> dict:
     scores = common.score_images(scorer, result.images, result.prompts)
     extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
              "processed_size": list(loaded.processed_size), "cfg_source": settings.config.cfg_source,
-             "cfg_target": settings.config.cfg_target}
+             "cfg_target": settings.config.cfg_target, "mask": settings.options.get("mask"),
+             **common.control_record(result, settings.config)}
     return common.record("edit", result, backbone, options, scores, extra)

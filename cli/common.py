@@ -265,3 +265,84 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
     }
     rec.update(extra)
     return rec
+
+
+# ----------------------------------------------------------------------------------------- structure controls
+
+
+def edit_controls(opts: dict):
+    """``(MaskConfig or None, P2PConfig or None)`` from the control options (``--mask``, ``--p2p``, ...)."""
+    from date_edit.masks import MaskConfig
+
+    mask = opts.get("mask")
+    mask_config = None
+    if mask not in (None, ""):
+        mask_config = MaskConfig(source="auto" if str(mask).strip().lower() == "auto" else "user",
+                                 dilate=opts.get("mask_dilate"), feather=opts.get("mask_feather", 2),
+                                 threshold=opts.get("mask_threshold", 0.3))
+    elif opts.get("save_mask"):
+        raise ConfigError(None, "--save-mask needs --mask FILE or --mask auto")
+    p2p_config = None
+    if opts.get("p2p"):
+        from date_edit.p2p import P2PConfig
+
+        p2p_config = P2PConfig(cross_replace=opts.get("cross_replace", 0.4),
+                               self_replace=opts.get("self_replace", 0.6),
+                               reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
+    elif opts.get("reweight") or opts.get("local_blend"):
+        raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: add --p2p")
+    return mask_config, p2p_config
+
+
+def mask_path(path: Path) -> Path:
+    """Where ``--save-mask`` writes the mask of output ``path``: ``photo.png`` -> ``photo.mask.png``."""
+    return path.with_name(f"{path.stem}.mask.png")
+
+
+def load_user_mask(opts: dict, loaded, max_pixels=None):
+    """The ``--mask FILE`` as a ``(1, 1, H, W)`` tensor over the processed image ``loaded``, or None."""
+    mask = opts.get("mask")
+    if mask in (None, "") or str(mask).strip().lower() == "auto":
+        return None
+    from date_edit.masks import load_mask
+
+    return load_mask(mask, original_size=loaded.original_size, processed_size=loaded.processed_size,
+                     resize=opts.get("resize") or "fit", max_pixels=max_pixels)
+
+
+def precheck_mask(opts: dict, image: str) -> None:
+    """Fail on an unreadable ``--mask`` file (or ``--mask auto`` without a source prompt) before a model loads."""
+    mask = opts.get("mask")
+    if mask in (None, ""):
+        return
+    if str(mask).strip().lower() == "auto":
+        if not opts.get("source_prompt"):
+            raise CliError("--mask auto needs --source-prompt: the mask is where the source and target prompts' "
+                           "predictions differ; describe the input image, or give a mask file", EXIT_USAGE)
+        return
+    from date_edit.imaging import load_image
+
+    load_user_mask(opts, load_image(image, size=64, multiple=8, resize=opts.get("resize") or "fit"))
+
+
+def control_record(result, config) -> dict:
+    """What the record says of the structure controls: which ran, their settings and the mask's coverage."""
+    from date_edit.masks import coverage
+
+    return {"controls": config.controls(), "mask_coverage": coverage(getattr(result, "mask", None))}
+
+
+def write_mask(result, path: Path, overwrite: bool, protect: list[str]) -> Optional[Path]:
+    """Write the edit's mask (white = changed) as ``mask_path(path)``; None when the edit had no mask."""
+    import numpy as np
+    from PIL import Image
+
+    from date_edit.imaging import save_png
+
+    if getattr(result, "mask", None) is None:
+        return None
+    target = mask_path(path)
+    m = (result.mask[0, 0].numpy() > 0.5).astype(np.uint8) * 255
+    with running.SIGNALS.held():
+        save_png(Image.fromarray(m, "L"), target, overwrite=overwrite, protect=protect)
+    return target

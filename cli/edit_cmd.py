@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from . import common
-from .options import checked, date_options, edit_options, image_options, model_options
+from .options import checked, control_options, date_options, edit_options, image_options, model_options
 from .running import EXIT_USAGE, CliError, progress, run_command, say
 
 
@@ -17,6 +17,7 @@ from .running import EXIT_USAGE, CliError, progress, run_command, say
 @click.argument("image", type=click.Path(dir_okay=True))
 @click.argument("prompt")
 @edit_options
+@control_options
 @date_options
 @image_options
 @model_options()
@@ -32,23 +33,35 @@ def edit(image: str, prompt: str, **opts) -> None:
         seed = 0 if opts["seed"] is None else opts["seed"]
         # --out first: it costs no import of torch, so an unwritable one is answered at once
         path = common.output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
+        if opts["save_mask"]:
+            common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image])
         from date_edit.pipeline import EditConfig, edit as run_edit
 
+        mask_config, p2p_config = common.edit_controls(opts)
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
                             cfg_target=opts["cfg_target"], seed=seed, date=common.date_config(opts),
-                            method=opts["edit_method"])
+                            method=opts["edit_method"], mask=mask_config, p2p=p2p_config)
         common.check_schedule(config.date, config.run_steps())
         common.precheck_image(image)
+        common.precheck_mask(opts, image)
         backbone = common.load_model(opts)
         config = common.edit_method_defaults(config, backbone, given)
+        if config.p2p is not None:
+            from date_edit.p2p import check_supported
+
+            check_supported(backbone)
         loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
+        user_mask = common.load_user_mask(opts, loaded)
         scorer = common.build_scorer(opts, backbone, config.date is not None)
         result = run_edit(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], config=config,
-                          scorer=scorer, progress=progress(opts["quiet"]))
+                          scorer=scorer, progress=progress(opts["quiet"]), mask=user_mask)
         scores = common.score_images(scorer, result.images, result.prompts)
         extra = {"input": image, "source_prompt": opts["source_prompt"],
                  "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
-                 "cfg_target": config.cfg_target}
+                 "cfg_target": config.cfg_target, "mask": opts["mask"], **common.control_record(result, config)}
+        if opts["save_mask"]:
+            extra["mask_output"] = str(common.mask_path(path))
+            common.write_mask(result, path, opts["overwrite"], [image])
         common.write_outputs(result, path, common.record("edit", result, backbone, opts, scores, extra),
                              opts["overwrite"], [image], opts["as_json"])
 

@@ -168,3 +168,54 @@ def edit_options(f):
                           "flowedit, `edit` takes FlowEdit's published --steps/--skip/--cfg-* for the model (FLUX "
                           "28/4/1.5/5.5, SD3 50/17/3.5/13.5) unless you give them."),
     ])
+
+
+def _reweight(ctx: click.Context, param: click.Parameter, value):
+    """``WORD=FACTOR`` pairs as ``((word, factor), ...)``; a malformed one is a usage error naming the flag."""
+    import math
+
+    pairs = []
+    for text in value or ():
+        word, sep, factor = text.partition("=")
+        try:
+            number = float(factor)
+        except ValueError:
+            number = math.nan
+        if not sep or not word.strip() or not math.isfinite(number) or number < 0:
+            raise click.BadParameter(f"{text!r}: give WORD=FACTOR with a finite FACTOR >= 0 (e.g. red=2)", ctx, param)
+        pairs.append((word.strip(), number))
+    return tuple(pairs)
+
+
+def control_options(f):
+    """Structure controls of an edit: masks (user or automatic) and Prompt-to-Prompt attention control."""
+    return _apply(f, [
+        click.option("--mask", "mask", default=None, metavar="FILE|auto",
+                     help="Where the edit may change the image: a mask file (white = may change; any size and "
+                          "mode, resized with the image) or 'auto' (where the source and target prompts' noise "
+                          "predictions differ, DiffEdit-style; needs --source-prompt). Outside it every pixel "
+                          "stays the input's exactly."),
+        click.option("--save-mask", is_flag=True,
+                     help="Also write the mask used as <output>.mask.png (its coverage is in the --json record)."),
+        click.option("--mask-dilate", type=click.IntRange(0, 256), default=None,
+                     help="Pixels the mask grows by  [default: 0 for a file, one latent cell (8 px) for auto]."),
+        click.option("--mask-feather", type=click.IntRange(0, 256), default=2, show_default=True,
+                     help="Pixels of soft edge inside the mask where the edit is pasted into the input."),
+        click.option("--mask-threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+                     default=0.3, show_default=True,
+                     help="--mask auto: share of the difference map's maximum above which a latent cell may "
+                          "change."),
+        click.option("--p2p/--no-p2p", "p2p", default=False, show_default=True,
+                     help="Prompt-to-Prompt: run the source branch (its exact inverted trajectory) beside the "
+                          "target in each UNet call and inject its attention maps (SD 1.x/2.x, SDXL)."),
+        click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+                     help="--p2p: fraction of the edit's steps whose cross-attention maps come from the source "
+                          "(replace for a word swap, refine when words are added or removed)."),
+        click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=0.6, show_default=True,
+                     help="--p2p: fraction of the edit's steps whose self-attention maps are the source's."),
+        click.option("--reweight", multiple=True, metavar="WORD=FACTOR", callback=_reweight,
+                     help="--p2p: scale the attention to WORD of the target prompt by FACTOR (repeatable)."),
+        click.option("--local-blend", is_flag=True,
+                     help="--p2p: keep the latent outside the attention maps of the changed words on the "
+                          "source's trajectory."),
+    ])

@@ -48,6 +48,7 @@ def flow_edit(
     tar_scale: float,
     generators: Sequence[torch.Generator],
     cond_hook: Optional[CondHook] = None,
+    latent_mask: Optional[torch.Tensor] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> torch.Tensor:
     """Edit clean latents ``x_src`` ``(B, C, h, w)`` along ``timesteps`` (the steps to run, high to low, the last
@@ -59,6 +60,8 @@ def flow_edit(
         src_cond / src_uncond / src_scale: the source branch's condition and guidance.
         tar_cond / tar_uncond / tar_scale: the target branch's; ``cond_hook`` (DATE) may update ``tar_cond``.
         generators: one CPU generator per sample for the fresh noise of every step.
+        latent_mask: ``(B, 1, h, w)`` in [0, 1]: each step's velocity difference is multiplied by it, so where it
+            is 0 the edited latent stays the source's exactly.
     """
     z_edit = x_src.clone()
     ts = list(timesteps)
@@ -76,7 +79,10 @@ def flow_edit(
                 v_tar = state.eps_uncond + tar_scale * (denoiser(z_tar, t, tar_cond) - state.eps_uncond)
             else:
                 v_tar = guided_eps(denoiser, z_tar, t, tar_cond, tar_uncond, tar_scale)
-            z_edit = z_edit + (schedule.sigma(t_prev) - schedule.sigma(t)) * (v_tar - v_src)
+            delta = v_tar - v_src
+            if latent_mask is not None:
+                delta = delta * latent_mask.to(delta.device, delta.dtype)
+            z_edit = z_edit + (schedule.sigma(t_prev) - schedule.sigma(t)) * delta
         state.eps, state.x_prev = v_tar, z_edit
         if progress is not None:
             progress(i + 1, len(ts))

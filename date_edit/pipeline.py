@@ -6,12 +6,13 @@ resolved configuration so any output can be reproduced.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import resource
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 
@@ -22,7 +23,11 @@ from .date import DateConfig, DateHook, DateTrace, parse_update_steps
 from .errors import ConfigError
 from .inversion import Inversion, invert
 from .limits import check_dimensions, check_seed
+from .masks import MaskConfig
 from .sampling import sample
+
+if TYPE_CHECKING:
+    from .p2p import P2PConfig
 
 
 def _check_steps(steps: int) -> None:
@@ -49,9 +54,13 @@ class EditConfig:
     # ddpm (edit-friendly inversion, then resampling), flowedit (inversion-free, flow models), auto: flowedit for
     # FLUX (no true CFG for DDPM editing to use), ddpm for the rest
     method: str = "auto"
+    mask: Optional[MaskConfig] = None  # where the edit may change the image (user or automatic); None: everywhere
+    p2p: Optional["P2PConfig"] = None  # Prompt-to-Prompt attention control (SD 1.x/2.x, SDXL); None: off
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
+        if self.mask is not None and not isinstance(self.mask, MaskConfig):
+            raise ConfigError("mask", f"must be a MaskConfig or None, got {type(self.mask).__name__}")
         if self.method not in EDIT_METHODS:
             raise ConfigError("edit_method", f"{self.method!r}: use one of {', '.join(EDIT_METHODS)}")
         skip = self.resolved_skip()
@@ -93,7 +102,18 @@ class EditConfig:
         d = asdict(self)
         d["skip"] = self.resolved_skip()
         d["date"] = self.date.to_dict() if self.date else None
+        d["mask"] = self.mask.to_dict() if self.mask else None
+        d["p2p"] = self.p2p.to_dict() if self.p2p else None
         return d
+
+    def controls(self) -> list[str]:
+        """The structure controls this edit runs, by name (``mask-user``, ``mask-auto``, ``p2p``, ``local-blend``)."""
+        names = [f"mask-{self.mask.source}"] if self.mask else []
+        if self.p2p is not None:
+            names.append("p2p")
+            if self.p2p.local_blend:
+                names.append("local-blend")
+        return names
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,7 @@ class Result:
         config: the resolved configuration.
         inversion: the inversion (edits and reconstructions), else None.
         source_latents: ``(B, 4, h, w)`` latents of the input image (edits and reconstructions).
+        mask: ``(B, 1, H, W)`` the pixel mask the edit was confined to (user or automatic), else None.
     """
 
     images: torch.Tensor
@@ -152,6 +173,7 @@ class Result:
     config: dict
     inversion: Optional[Inversion] = None
     source_latents: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
 
     @property
     def embedding_update_norms(self) -> list[float]:
@@ -287,9 +309,14 @@ def edit(
     inversion: Optional[Inversion] = None,
     progress: Optional[Callable[[str, int, int], None]] = None,
     seeds: Optional[Sequence[int]] = None,
+    mask: Optional[torch.Tensor] = None,
 ) -> Result:
     """Edit images: invert under the source prompt, then resample from step ``skip`` under the target
     prompt with the stored noise maps, DATE updating the target embedding at the scheduled steps.
+
+    Structure controls (``config.mask``, ``config.p2p``) confine the edit: a mask keeps the latent outside it on
+    the source's exact trajectory and pastes the result into the input, so pixels outside are the input's;
+    Prompt-to-Prompt runs the source branch beside the target and injects its attention maps.
 
     Args:
         pixels: ``(B, 3, H, W)`` in [0, 1], sides multiples of ``backbone.size_multiple``.
@@ -298,35 +325,173 @@ def edit(
         inversion: reuse an earlier inversion of the same images with the same steps/seed/source.
         seeds: one inversion seed per image (overrides ``config.seed``), so each image's noise maps
             do not depend on the batch it runs in.
+        mask: ``(1 or B, 1, H, W)`` in [0, 1], 1 where the image may change: required by ``MaskConfig("user")``.
     """
     device = backbone.device
     b = pixels.shape[0]
     prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
     if len(prompts) != b:
         raise ValueError(f"{b} images but {len(prompts)} prompts")
+    sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
+    size = tuple(pixels.shape[-2:])
+    user_mask = _user_mask(config, mask, b, size)
+    if config.p2p is not None:
+        from .p2p import check_supported
+
+        check_supported(backbone)
+    if config.mask is not None and config.mask.source == "auto" and not all(sources):
+        raise ConfigError("mask", "auto needs a source prompt: the mask is where the source and target prompts' "
+                                  "predictions differ; describe the input image, or give a mask file")
     if config.resolved_method(backbone) == "flowedit":
-        return _flowedit(backbone, pixels, prompts, source_prompt=source_prompt, config=config, scorer=scorer,
-                         progress=progress, seeds=seeds)
+        if config.p2p is not None:
+            raise ConfigError("p2p", "runs with DDPM editing only (FlowEdit has no source trajectory to pair with);"
+                                     " use a mask with FlowEdit")
+        return _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
+                         progress=progress, seeds=seeds, user_mask=user_mask)
     clock = _Clock(device)
     if inversion is None:
-        inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
+        inversion = invert_image(backbone, pixels, source_prompt=sources, steps=config.steps,
                                  cfg_source=config.cfg_source, seed=config.seed if seeds is None else list(seeds),
                                  progress=_phase(progress, "invert"))
     clock.lap("inversion_s")
-    x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
-    size = tuple(pixels.shape[-2:])
-    cond, uncond, scale = backbone.guidance(backbone.encode_condition(prompts, size=size),
-                                            backbone.unconditional(b, size=size), config.cfg_target)
+    skip = config.resolved_skip()
+    x_start, timesteps, noise_maps = inversion.start(skip)
+    trajectory = inversion.x_ts[skip:]  # (n + 1, B, C, h, w): the source's latent at each step and where it lands
+    target_cond = backbone.encode_condition(prompts, size=size)
+    cond, uncond, scale = backbone.guidance(target_cond, backbone.unconditional(b, size=size), config.cfg_target)
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, noise_maps)
-    latents = sample(backbone, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                     guidance_scale=scale, noise_maps=noise_maps, cond_hook=hook, progress=_phase(progress, "edit"))
-    return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
-                           inversion=inversion, source_latents=inversion.x0.cpu())
+    source_cond = backbone.encode_condition(sources, size=size) if (config.p2p or config.mask) and all(sources) \
+        else backbone.unconditional(b, size=size)
+    latent_hw = tuple(x_start.shape[-2:])
+    pixel_mask, latent_mask = _edit_mask(
+        backbone, config.mask, user_mask, size, latent_hw,
+        noisy=lambda ks: [(trajectory[k], timesteps[k]) for k in ks], n_run=len(timesteps),
+        source=source_cond, target=target_cond)
+    denoiser, control, blend = backbone, contextlib.nullcontext(), None
+    if latent_mask is not None:
+        blend = _latent_blend(latent_mask, trajectory)
+    if config.p2p is not None:
+        denoiser, control, blend = _prompt_to_prompt(backbone, config.p2p, sources, prompts, trajectory,
+                                                     timesteps, source_cond, latent_mask, blend)
+    with control:
+        latents = sample(denoiser, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
+                         guidance_scale=scale, noise_maps=noise_maps, cond_hook=hook, blend=blend,
+                         progress=_phase(progress, "edit"))
+    result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
+                             inversion=inversion, source_latents=inversion.x0.cpu())
+    return _composited(result, pixels, pixel_mask, config.mask)
+
+
+def _user_mask(config: EditConfig, mask: Optional[torch.Tensor], batch: int,
+               size: tuple[int, int]) -> Optional[torch.Tensor]:
+    """The user's mask checked against the images, or None; refuses a mask without a user-mask config and back."""
+    from .masks import check_mask
+
+    wants = config.mask is not None and config.mask.source == "user"
+    if mask is None:
+        if wants:
+            raise ConfigError("mask", "is missing: MaskConfig(source='user') needs the mask tensor (white = may "
+                                      "change); pass mask=..., or use source='auto'")
+        return None
+    if not wants:
+        raise ConfigError("mask", "was given but config.mask is not MaskConfig(source='user'); set it, or leave "
+                                  "the mask out")
+    return check_mask(mask, batch, size)
+
+
+def _edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: Optional[torch.Tensor],
+               size: tuple[int, int], latent_hw: tuple[int, int], *, noisy: Callable[[list[int]], list],
+               n_run: int, source, target) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(pixel_mask (B, 1, H, W), latent_mask (B, 1, h, w))`` for the edit, or ``(None, None)`` without a mask.
+
+    An automatic mask (DiffEdit) averages the prediction difference over ``mask_config.draws`` of the run's noise
+    levels, evenly spaced over its first half (where the layout is decided); ``noisy(ks)`` gives those latents.
+    """
+    from .masks import auto_mask, dilate, to_latent, to_pixels
+
+    if mask_config is None:
+        return None, None
+    grow = mask_config.resolved_dilate(backbone.vae_scale_factor)
+    if user_mask is not None:
+        user_mask = dilate(user_mask, grow)
+        return user_mask, to_latent(user_mask, latent_hw).to(backbone.device)
+    half = max(1, (n_run + 1) // 2)
+    ks = sorted({round(i * (half - 1) / max(1, mask_config.draws - 1)) for i in range(mask_config.draws)})
+    latent_mask, _ = auto_mask(backbone, noisy(ks), source=source, target=target, threshold=mask_config.threshold)
+    pixel_mask = dilate(to_pixels(latent_mask.cpu(), size), grow)
+    if grow:
+        latent_mask = to_latent(pixel_mask, latent_hw)
+    return pixel_mask, latent_mask.to(backbone.device)
+
+
+def _latent_blend(latent_mask: torch.Tensor, trajectory: torch.Tensor):
+    from .masks import LatentBlend
+
+    return LatentBlend.fixed(latent_mask, trajectory)
+
+
+def _prompt_to_prompt(backbone: Backbone, p2p, sources: list[str], prompts: list[str], trajectory: torch.Tensor,
+                      timesteps: Sequence[int], source_cond, latent_mask: Optional[torch.Tensor], blend):
+    """``(denoiser, context, blend)`` of a Prompt-to-Prompt run: the paired denoiser, the installed processors
+    (removed when the context exits, also on an error), and the latent blend (local blend within any mask)."""
+    from .masks import LatentBlend
+    from .p2p import AttentionController, P2PDenoiser, attention_control, changed_words, token_alignment
+    from .p2p import word_token_indices
+
+    if len(set(zip(sources, prompts))) != 1:
+        raise ConfigError("p2p", "needs one source/target prompt pair per call: edit images with different prompts "
+                                 "in separate calls")
+    source, target = sources[0], prompts[0]
+    tokenizer = backbone.tokenizer
+    length = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    mapper, alphas, mode = token_alignment(tokenizer, source, target, length)
+    reweight = None
+    if p2p.reweight:
+        reweight = torch.ones(length)
+        for word, factor in p2p.reweight:
+            for j in word_token_indices(tokenizer, target, word):
+                reweight[j] = float(factor)
+    blend_src, blend_tar = [], []
+    if p2p.local_blend:
+        only_src, only_tar = changed_words(source, target)
+        blend_src = [j for w in only_src for j in word_token_indices(tokenizer, source, w)]
+        blend_tar = [j for w in only_tar for j in word_token_indices(tokenizer, target, w)]
+    controller = AttentionController(p2p, run_steps=len(timesteps), batch=len(prompts), mapper=mapper,
+                                     alphas=alphas, mode=mode, reweight=reweight, blend_tokens_source=blend_src,
+                                     blend_tokens_target=blend_tar)
+    denoiser = P2PDenoiser(backbone, controller, source_x_ts=trajectory, timesteps=timesteps,
+                           source_cond=source_cond)
+    if p2p.local_blend:
+        hw = tuple(trajectory.shape[-2:])
+
+        def mask_fn(state):
+            m = controller.blend_mask(hw)
+            if m is None:
+                return latent_mask
+            m = m.to(trajectory.device)
+            return m if latent_mask is None else m * latent_mask
+
+        blend = LatentBlend(mask_fn, trajectory)
+    return denoiser, attention_control(backbone.unet, controller), blend
+
+
+def _composited(result: Result, pixels: torch.Tensor, pixel_mask: Optional[torch.Tensor],
+                mask_config: Optional[MaskConfig]) -> Result:
+    """Paste the edit into the input under the feathered mask (pixels outside it become the input's exactly)."""
+    from .masks import composite
+
+    if pixel_mask is None or mask_config is None:
+        return result
+    result.mask = pixel_mask.cpu()
+    if mask_config.composite:
+        result.images = composite(result.images, pixels.cpu(), result.mask, mask_config.feather)
+    return result
 
 
 def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, source_prompt, config: EditConfig,
-              scorer, progress, seeds: Optional[Sequence[int]]) -> Result:
-    """FlowEdit (see :mod:`date_edit.flowedit`) from step ``skip``, DATE on the target branch."""
+              scorer, progress, seeds: Optional[Sequence[int]], user_mask: Optional[torch.Tensor] = None) -> Result:
+    """FlowEdit (see :mod:`date_edit.flowedit`) from step ``skip``, DATE on the target branch, its velocity
+    difference confined to the mask when there is one."""
     from .flowedit import flow_edit
 
     b = len(prompts)
@@ -338,16 +503,28 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
     timesteps = backbone.timesteps(config.steps, size)[config.resolved_skip():]
     src_cond, src_uncond, src_scale = backbone.guidance(*_source_conditions(backbone, sources, size),
                                                         config.cfg_source)
-    tar_cond, tar_uncond, tar_scale = backbone.guidance(backbone.encode_condition(prompts, size=size),
-                                                        backbone.unconditional(b, size=size), config.cfg_target)
+    target_cond = backbone.encode_condition(prompts, size=size)
+    tar_cond, tar_uncond, tar_scale = backbone.guidance(target_cond, backbone.unconditional(b, size=size),
+                                                        config.cfg_target)
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, tar_uncond, tar_scale, timesteps, None)
     seed_list = [config.seed + i for i in range(b)] if seeds is None else [int(s) for s in seeds]
+
+    def noisy(ks: list[int]) -> list:
+        gen = [torch.Generator().manual_seed(s + 104729) for s in seed_list]  # not the edit's own noise stream
+        return [(backbone.schedule.noisy(x_src, torch.stack([torch.randn(x_src.shape[1:], generator=g)
+                                                             for g in gen]).to(x_src.device), timesteps[k]),
+                 timesteps[k]) for k in ks]
+
+    source_only = backbone.encode_condition(sources, size=size) if all(sources) else None
+    pixel_mask, latent_mask = _edit_mask(backbone, config.mask, user_mask, size, tuple(x_src.shape[-2:]),
+                                         noisy=noisy, n_run=len(timesteps), source=source_only, target=target_cond)
     latents = flow_edit(backbone, x_src, timesteps, backbone.schedule, src_cond=src_cond, src_uncond=src_uncond,
                         src_scale=src_scale, tar_cond=tar_cond, tar_uncond=tar_uncond, tar_scale=tar_scale,
                         generators=[torch.Generator().manual_seed(s) for s in seed_list], cond_hook=hook,
-                        progress=_phase(progress, "edit"))
-    return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
-                           config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
+                        latent_mask=latent_mask, progress=_phase(progress, "edit"))
+    result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
+                             config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
+    return _composited(result, pixels, pixel_mask, config.mask)
 
 
 def reconstruct(

@@ -37,8 +37,13 @@ def guided_eps(
 ) -> torch.Tensor:
     """Classifier-free guidance ``eps = eps_u + w (eps_c - eps_u)`` in one batched call (Ho & Salimans 2022).
 
-    With ``guidance_scale == 1`` or no unconditional embedding, only the conditional branch runs.
+    With ``guidance_scale == 1`` or no unconditional embedding, only the conditional branch runs. A denoiser that
+    builds its own guided batch (Prompt-to-Prompt runs the source branch in the same call) has a ``guided_eps``
+    method with this signature, and it is used instead.
     """
+    custom = getattr(denoiser, "guided_eps", None)
+    if custom is not None:
+        return custom(x_t, t, cond, uncond, guidance_scale)
     if uncond is None or guidance_scale == 1.0:
         return denoiser(x_t, t, cond)
     eps_u, eps_c = denoiser(torch.cat([x_t, x_t]), t, cat_conditions(uncond, cond)).chunk(2)
@@ -62,6 +67,7 @@ class StepState:
 
 CondHook = Callable[[StepState], Condition]
 Observer = Callable[[StepState], None]
+Blend = Callable[[StepState], torch.Tensor]
 
 
 def sample(
@@ -76,6 +82,7 @@ def sample(
     noise_maps: Optional[torch.Tensor] = None,
     cond_hook: Optional[CondHook] = None,
     observers: Sequence[Observer] = (),
+    blend: Optional[Blend] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> torch.Tensor:
     """Denoise ``x_start`` through ``timesteps`` and return the final latents.
@@ -90,6 +97,8 @@ def sample(
         cond_hook: called before each step's eps with the state; returns the condition to use
             for this step and every later one (DATE is such a hook).
         observers: read-only callbacks after each step (``eps``, ``x_prev`` filled in).
+        blend: after each step, returns the latent the loop goes on from (a mask's blend with the source's
+            trajectory, :class:`~date_edit.masks.LatentBlend`); observers see the blended ``x_prev``.
     """
     x = x_start
     ts = list(timesteps)
@@ -112,6 +121,9 @@ def sample(
             else:
                 x_prev = schedule.ddim(x, eps, t, t_prev)
         state.eps, state.x_prev = eps, x_prev
+        if blend is not None:
+            with torch.no_grad():
+                state.x_prev = x_prev = blend(state)
         for observer in observers:
             observer(state)
         if progress is not None:

@@ -57,6 +57,15 @@ OPTION_TYPES: dict[str, Any] = {
     "edit_method": EDIT_METHODS,
     "size": int,
     "resize": RESIZE_MODES,
+    "mask": str,  # a mask file (relative to the manifest in a manifest row) or "auto"; its content is hashed too
+    "mask_dilate": int,
+    "mask_feather": int,
+    "mask_threshold": float,
+    "p2p": bool,
+    "cross_replace": float,
+    "self_replace": float,
+    "reweight": str,
+    "local_blend": bool,
 }
 # moot without DATE
 DATE_OPTIONS = ("rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "scorer", "ablation",
@@ -64,7 +73,7 @@ DATE_OPTIONS = ("rho", "rho_relative", "update_steps", "update_mode", "grad_iter
 # manifest columns (CSV header / JSON keys); the rest of OPTION_TYPES (model, dtype, scorer, ...) is per job
 MANIFEST_COLUMNS = ("image", "output", "prompt", "source_prompt", "seed", "steps", "skip", "cfg_source",
                     "cfg_target", "rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "no_date",
-                    "size", "resize")
+                    "size", "resize", "mask", "p2p", "cross_replace", "self_replace")
 _ALIASES = {"target_prompt": "prompt", "path": "image", "file": "image"}
 _PER_ITEM = ("prompt", "seed", "source_prompt")  # per-item values that cannot make a configuration invalid
 
@@ -136,8 +145,9 @@ class ItemSettings:
     def group_key(self) -> str:
         """Items with equal keys (and processed sizes) can share a batch: all but prompts and seed agree."""
         d = self.resolved()
-        d.pop("prompt")
-        d["source_prompt"] = bool(d["source_prompt"])  # empty sources run without CFG, so they batch apart
+        if self.config.p2p is None:  # Prompt-to-Prompt aligns one prompt pair per forward pass
+            d.pop("prompt")
+            d["source_prompt"] = bool(d["source_prompt"])  # empty sources run without CFG, so they batch apart
         d["config"] = {**d["config"], "seed": None}
         return _digest(d)
 

@@ -250,6 +250,12 @@ def plan_manifest(manifest: PathLike, out_dir: PathLike, *, prompt: str | None =
                 raise ValueError("no image")
             options = {k: coerce_option(k, v) for k, v in raw.items() if k not in ("image", "output")}
             options.setdefault("prompt", prompt)
+            mask = options.get("mask")
+            if mask and str(mask).strip().lower() != "auto":  # a mask file is relative to the manifest, as images are
+                mask_path = Path(str(mask)).expanduser()
+                options["mask"] = str(mask_path if mask_path.is_absolute() else base / mask_path)
+            elif not mask:
+                options.pop("mask", None)
             if options["prompt"] is None:
                 raise ValueError("no prompt (add a prompt column, or pass --prompt for rows without one)")
             image_path = Path(image).expanduser()

@@ -112,10 +112,22 @@ class _Work:
 
 def _item_result(result: Result, i: int, seed: int) -> Result:
     """Item ``i`` of a batched result (the DATE trace stays the batch's: its norms are means over the batch)."""
-    source = result.source_latents
+    source, mask = result.source_latents, getattr(result, "mask", None)
     return replace(result, images=result.images[i:i + 1], latents=result.latents[i:i + 1],
                    prompts=[result.prompts[i]], config={**result.config, "seed": seed}, inversion=None,
-                   source_latents=None if source is None else source[i:i + 1])
+                   source_latents=None if source is None else source[i:i + 1],
+                   mask=None if mask is None else mask[i:i + 1])
+
+
+def _user_mask(work: _Work, max_pixels: int | None):
+    """The item's mask file as a ``(1, 1, H, W)`` tensor over its processed image, or None (no mask, or auto)."""
+    mask = work.settings.options.get("mask")
+    if not mask or str(mask).strip().lower() == "auto":
+        return None
+    from ..masks import load_mask
+
+    return load_mask(mask, original_size=work.loaded.original_size, processed_size=work.loaded.processed_size,
+                     resize=work.settings.resize, max_pixels=max_pixels)
 
 
 class _Runner:
@@ -289,9 +301,11 @@ class _Runner:
         if edit_fn is None:
             from ..pipeline import edit as edit_fn
         pixels = torch.cat([w.loaded.pixels for w in chunk])  # (B, 3, H, W)
+        masks = [_user_mask(w, self.max_pixels) for w in chunk]
+        extra = {"mask": torch.cat(masks)} if all(m is not None for m in masks) else {}
         return edit_fn(self.backbone, pixels, [w.settings.prompt for w in chunk],
                        source_prompt=[w.settings.source_prompt for w in chunk], config=chunk[0].settings.config,
-                       scorer=self.scorer, seeds=[w.settings.config.seed for w in chunk])
+                       scorer=self.scorer, seeds=[w.settings.config.seed for w in chunk], **extra)
 
     def free_memory(self) -> None:
         gc.collect()
@@ -385,3 +399,18 @@ class _Runner:
                 self._append(record)
         if failure:
             self.fail(item, failure, work.input_hash, work.options_hash)
+        elif work.settings.options.get("save_mask") and getattr(result, "mask", None) is not None:
+            self._save_mask(work, result.mask)
+
+    def _save_mask(self, work: _Work, mask) -> None:
+        """``--save-mask``: the item's mask beside its output (``photo.mask.png``); a failure here is a note."""
+        from PIL import Image
+
+        from ..imaging import save_png
+
+        target = work.item.output.with_name(f"{work.item.output.stem}.mask.png")
+        try:
+            save_png(Image.fromarray(((mask[0, 0] > 0.5).numpy() * 255).astype("uint8"), "L"), target,
+                     overwrite=True, protect=[work.item.source], within=self.out)
+        except (OSError, ValueError) as e:
+            self.say(f"{work.item.label}: the mask could not be saved: {reason(e)}")
