@@ -161,10 +161,11 @@ def _resolver(max_pixels: int):
             raise ConfigError("mask", "auto needs a source prompt (--source-prompt, or a source_prompt column)")
         if mask_config is not None and mask_config.source == "user":
             from date_edit.batch import sha256_file
+            from date_edit.batch.items import MAX_MASK_BYTES
 
             # the mask's content decides the output, so it is part of the resume key (a new mask redoes the item)
             try:
-                options = dict(options, mask_sha256=sha256_file(options["mask"], max_bytes=64 * 2**20))
+                options = dict(options, mask_sha256=sha256_file(options["mask"], max_bytes=MAX_MASK_BYTES))
             except ValueError as exc:  # ImageError: missing, a folder, a device, too large
                 raise ConfigError("mask", f"file: {exc}") from None
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],

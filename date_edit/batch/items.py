@@ -28,6 +28,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 RESULTS_NAME = "results.jsonl"  # one record per item and run, in OUT_DIR
 LOCK_NAME = ".date-edit-batch.lock"  # held (flock) while a run writes to OUT_DIR
 METADATA_KEY = "date-edit"  # the PNG text chunk holding an output's record
+MAX_MASK_BYTES = 64 * 2**20  # a mask file larger than this is refused before it is read
 
 # temp files of save_png (".<name>.<8 hex>.tmp") and of the results repair, left behind by a killed run
 _TEMP_RE = re.compile(r"^\..+\.(png|json|jsonl)\.[0-9a-f]{8}\.tmp$")
@@ -258,4 +259,9 @@ def options_hash(options: Mapping[str, Any]) -> str:
     if d["no_date"]:
         d.update(dict.fromkeys(DATE_OPTIONS))
     d["source_prompt"] = d["source_prompt"] or ""
+    if d.get("mask") and str(d["mask"]).strip().lower() != "auto":  # a mask file decides by its content, not name
+        try:
+            d["mask_sha256"] = sha256_file(d["mask"], max_bytes=MAX_MASK_BYTES)
+        except (OSError, ValueError):  # unreadable now: the item fails when it runs, with the reason
+            d["mask_sha256"] = None
     return _digest(d)
