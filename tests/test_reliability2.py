@@ -1,0 +1,145 @@
+"""Issue 28, "Reliability, round two": what a hostile user found after issue 13.
+
+The contract: bad input is one clear line and a non-zero exit, no traceback, no half-written file, no touched
+source; a batch never dies on one bad item. Real ``date-edit`` processes (offline, CPU, ``--model tiny``) where the
+behaviour is a process's; the library's own promises (only :mod:`date_edit.errors` types) in-process.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from date_edit import batch as jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "chelsea.png"
+EXE = shutil.which("date-edit", path=str(Path(sys.executable).parent)) or "date-edit"
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+FAST = ("--model", "tiny", "--steps", 4, "-q")
+
+
+def cli(*args, cwd, timeout=120, env=None):
+    """Run ``date-edit ARGS`` (str, bytes or paths); the CompletedProcess gets ``seconds``, the wall time."""
+    start = time.perf_counter()
+    argv = [EXE, *(a if isinstance(a, bytes) else str(a) for a in args)]
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="backslashreplace", timeout=timeout,
+                          env=env or ENV, check=False)
+    proc.seconds = time.perf_counter() - start
+    return proc
+
+
+def one_error(proc) -> str:
+    """The single error line of a failed run (and no traceback, no C++ log)."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / jobs.RESULTS_NAME).read_text().splitlines()]
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
+
+
+def noise(w: int = 64, h: int = 64, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+# --------------------------------------------------------------------- items 1, 2: text that is not UTF-8
+
+
+@pytest.mark.slow
+def test_a_file_name_that_is_not_utf8_never_stops_the_batch(tmp_path):
+    """``b_caf\\xe9.png`` (Latin-1 bytes) made every run exit 1 with an "unexpected UnicodeEncodeError", c_ok.png
+    never edited: the record was encoded strictly, and so was the failure record. Now it is edited, its name escaped
+    in the record, and a rerun skips all three."""
+    photos, out = tmp_path / "in", tmp_path / "out"
+    photos.mkdir()
+    for i, name in enumerate((b"a_ok.png", b"b_caf\xe9.png", b"c_ok.png")):
+        noise(seed=i).save(os.path.join(os.fsencode(photos), name))
+    proc = cli("batch", photos, "-p", "a dog", "-o", out, *FAST, "--no-date", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "bug" not in proc.stderr
+    by_label = {r["label"]: r for r in records(out)}
+    assert {k: v["status"] for k, v in by_label.items()} == {"a_ok.png": "ok", "b_caf\\xe9.png": "ok",
+                                                              "c_ok.png": "ok"}
+    assert by_label["b_caf\\xe9.png"]["output"].endswith("b_caf\\xe9.png")
+    assert os.path.exists(os.path.join(os.fsencode(out), b"b_caf\xe9.png"))
+    assert (out / jobs.RESULTS_NAME).read_bytes().decode("utf-8")  # strict UTF-8, every line JSON (above)
+    rerun = cli("batch", photos, "-p", "a dog", "-o", out, *FAST, "--no-date", cwd=tmp_path, timeout=240)
+    assert rerun.returncode == 0 and "0 done, 3 skipped, 0 failed" in rerun.stderr, rerun.stderr
+
+
+def test_a_manifest_prompt_that_is_not_text_fails_its_row_alone(tmp_path):
+    """A JSONL row with ``"prompt": "\\ud800"`` stopped the batch like the file name did; now that row fails with a
+    reason (before any model loads) and the record is strict UTF-8 JSON."""
+    noise().save(tmp_path / "a.png")
+    (tmp_path / "m.jsonl").write_text('{"image": "a.png", "prompt": "\\ud800"}\n'
+                                      '{"image": "missing.png", "prompt": "a cat"}\n')
+    out = tmp_path / "out"
+    proc = cli("batch", "--manifest", tmp_path / "m.jsonl", "-o", out, *FAST, "--no-date", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "bug" not in proc.stderr and "note: --model" not in proc.stderr
+    first, second = records(out)
+    assert first["status"] == "failed" and "\\ud800" in first["error"] and "UTF-8" in first["error"]
+    assert second["status"] == "failed" and "missing.png" in second["error"]
+    (out / jobs.RESULTS_NAME).read_bytes().decode("utf-8")
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line_and_no_error_file(tmp_path):
+    """``generate --json $'caf\\xe9 ...'`` printed a 60-line traceback (the bug reporter wrote the argument strictly)
+    and left an empty error file. Now: one line naming PROMPT, exit 2, before the model loads, nothing written."""
+    env = dict(ENV, TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    for args in (("generate", "--json", b"caf\xe9 dog", "-o", tmp_path / "g.png"),
+                 ("edit", SAMPLE, b"caf\xe9 dog", "--json", "-o", tmp_path / "e.png"),
+                 ("edit", SAMPLE, "a dog", "--source-prompt", b"caf\xe9", "-o", tmp_path / "e.png")):
+        proc = cli(*args, *FAST, cwd=tmp_path, env=env)
+        assert proc.returncode == 2, (args, proc.stderr)
+        line = one_error(proc)
+        assert "caf\\xe9" in line and "UTF-8" in line and ("PROMPT" in line or "--source-prompt" in line), line
+        assert "note: --model" not in proc.stderr
+    assert tree(tmp_path) == ["tmp"], "no output, no error file"
+
+
+def test_the_bug_reporter_never_fails_on_text(capsys, monkeypatch, tmp_path):
+    """An unexpected error whose message and command line hold undecodable bytes is still one line, and its
+    traceback file is written whole (the bytes escaped)."""
+    import tempfile
+
+    from date_edit_cli.running import DEBUG_ENV, run_command
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(sys, "argv", ["date-edit", "generate", "caf\udce9 \ud800"])
+
+    def body():
+        raise RuntimeError("cannot take caf\udce9")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(body)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1 and "cannot take caf\\xe9" in err, err
+    saved = list(tmp_path.glob("date-edit-error-*.txt"))
+    assert len(saved) == 1
+    text = saved[0].read_text(encoding="utf-8")
+    assert "generate caf\\xe9 \\ud800" in text and "Traceback" in text and "body" in text
+
+
+def test_records_always_encode():
+    record = {"input": "b_caf\udce9.png", "prompt": "\ud800 x", "score": float("nan"), "ok": "café"}
+    line = jobs.dumps_record(record)
+    assert json.loads(line.encode("utf-8")) == {"input": "b_caf\\xe9.png", "prompt": "\\ud800 x", "score": None,
+                                                "ok": "café"}
