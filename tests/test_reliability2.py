@@ -143,3 +143,69 @@ def test_records_always_encode():
     line = jobs.dumps_record(record)
     assert json.loads(line.encode("utf-8")) == {"input": "b_caf\\xe9.png", "prompt": "\\ud800 x", "score": None,
                                                 "ok": "café"}
+
+
+# ------------------------------------------------------------------------------ item 3: --json's own file
+
+
+@pytest.mark.slow
+def test_json_record_file_follows_the_output_rules(tmp_path):
+    """``edit --json --out out/photo.png`` replaced an existing out/photo.png.json without --overwrite, destroyed an
+    *input* of that name (exit 0), and, when that name was a folder, wrote the PNG and then failed as a "bug" (a
+    rerun then refused the PNG). Each is now one line and exit 2 before the model loads, nothing written."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept.png.json").write_text("keep me")
+    shutil.copy(SAMPLE, out / "photo.png.json")  # an input image that happens to have that name
+    (out / "dir.png.json").mkdir()
+    cases = [(SAMPLE, out / "kept.png", "exists; pass --overwrite"),
+             (out / "photo.png.json", out / "photo.png", "is the input image"),
+             (out / "photo.png.json", out / "photo.png", "is the input image", "--overwrite"),
+             (SAMPLE, out / "dir.png", "is a folder"),
+             (SAMPLE, out / "dir.png", "is a folder", "--overwrite")]
+    before = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for image, target, needle, *more in cases:
+        proc = cli("edit", image, "a dog", "--json", "--out", target, *more, *FAST, cwd=tmp_path)
+        assert proc.returncode == 2, (target, more, proc.stderr)
+        line = one_error(proc)
+        assert needle in line and ".png.json" in line, line
+        assert "note: --model" not in proc.stderr and proc.stdout == ""
+    assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert tree(out) == ["dir.png.json", "kept.png.json", "photo.png.json"]
+    # generate checks the same name; without --json the file beside it does not matter
+    gen = cli("generate", "a cat", "--json", "--out", out / "kept.png", *FAST, cwd=tmp_path)
+    assert gen.returncode == 2 and "kept.png.json exists" in one_error(gen)
+
+
+@pytest.mark.slow
+def test_json_record_file_is_written_atomically_and_only_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    first = cli("generate", "a cat", "--json", "--out", out / "g.png", "--no-date", *FAST, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((out / "g.png.json").read_text())["output"] == str(out / "g.png")
+    (out / "g.png.json").write_text("old")
+    again = cli("generate", "a cat", "--json", "--out", out / "g.png", "--overwrite", "--no-date", *FAST,
+                cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "g.png.json").read_text())["command"] == "generate"
+    assert tree(out) == ["g.png", "g.png.json"], "no temp file left"
+
+
+def test_save_text_keeps_the_input_and_folders():
+    import tempfile
+
+    from date_edit.errors import OutputError
+    from date_edit.outputs import save_text
+
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "in.json"
+        src.write_text("input")
+        with pytest.raises(OutputError, match="input image"):
+            save_text("x", src, overwrite=True, protect=[src])
+        (Path(d) / "f.json").mkdir()
+        with pytest.raises(OutputError, match="is a directory"):
+            save_text("x", Path(d) / "f.json", overwrite=True)
+        with pytest.raises(OutputError, match="exists"):
+            save_text("x", src)
+        assert src.read_text() == "input"
+        assert save_text("caf\udce9", Path(d) / "n.json").read_bytes() == b"caf\\udce9"
