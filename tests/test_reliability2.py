@@ -209,3 +209,34 @@ def test_save_text_keeps_the_input_and_folders():
             save_text("x", src)
         assert src.read_text() == "input"
         assert save_text("caf\udce9", Path(d) / "n.json").read_bytes() == b"caf\\udce9"
+
+
+# -------------------------------------------------------------------------- item 4: gradient iterations
+
+
+@pytest.mark.slow
+def test_gradient_iterations_have_an_upper_bound(tmp_path):
+    """``--grad-iters 1000000000000`` (or a manifest row with it) ran forever and the rows after it never ran."""
+    from date_edit import limits
+    from date_edit.date import DateConfig
+    from date_edit.errors import ConfigError
+
+    proc = cli("edit", SAMPLE, "a dog", "--grad-iters", 10**12, *FAST, "-o", tmp_path / "x.png", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.seconds < 15, proc.stderr
+    line = one_error(proc)
+    assert "--grad-iters" in line and f"at most {limits.MAX_GRAD_ITERS}" in line, line
+    assert "note: --model" not in proc.stderr
+    helped = cli("edit", "--help", cwd=tmp_path)
+    assert f"1 to {limits.MAX_GRAD_ITERS}" in " ".join(helped.stdout.split())
+    with pytest.raises(ConfigError, match=f"^iterations {10**12} is too many"):
+        DateConfig(iterations=10**12)
+    assert DateConfig(iterations=limits.MAX_GRAD_ITERS).iterations == limits.MAX_GRAD_ITERS
+    noise().save(tmp_path / "a.png")
+    noise(seed=1).save(tmp_path / "b.png")
+    (tmp_path / "m.csv").write_text(f"image,prompt,grad_iters,no_date\na.png,a dog,{10**12},\nb.png,a cat,,true\n")
+    out = tmp_path / "out"
+    batch = cli("batch", "--manifest", tmp_path / "m.csv", "-o", out, *FAST, cwd=tmp_path, timeout=180)
+    assert batch.returncode == 3, batch.stderr
+    a, b = records(out)
+    assert a["status"] == "failed" and f"at most {limits.MAX_GRAD_ITERS}" in a["error"], a
+    assert b["status"] == "ok", b
