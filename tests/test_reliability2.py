@@ -240,3 +240,33 @@ def test_gradient_iterations_have_an_upper_bound(tmp_path):
     a, b = records(out)
     assert a["status"] == "failed" and f"at most {limits.MAX_GRAD_ITERS}" in a["error"], a
     assert b["status"] == "ok", b
+
+
+# -------------------------------------------------------------------- item 7: the launcher's environment
+
+
+def test_a_bad_distributed_environment_is_one_line_and_exit_2(tmp_path):
+    """``WORLD_SIZE=abc``, ``RANK=x``, ``MASTER_PORT=abc|99999|-1``, ``DATE_EDIT_JOIN_TIMEOUT=inf``: exit 1 "bug"."""
+    from date_edit.distributed import Dist
+    from date_edit.errors import ConfigError
+
+    noise().save(tmp_path / "a.png")
+    two = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}
+    cases = [({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"), ({**two, "RANK": "x"}, "RANK='x'"),
+             ({**two, "MASTER_PORT": "abc"}, "MASTER_PORT='abc'"), ({**two, "MASTER_PORT": "99999"}, "65535"),
+             ({**two, "MASTER_PORT": "-1"}, "MASTER_PORT='-1'"),
+             ({**two, "DATE_EDIT_JOIN_TIMEOUT": "inf"}, "DATE_EDIT_JOIN_TIMEOUT='inf'"),
+             ({**two, "DATE_EDIT_PEER_TIMEOUT": "nan"}, "DATE_EDIT_PEER_TIMEOUT='nan'"),
+             ({"WORLD_SIZE": "2", "RANK": "5"}, "rank 5")]
+    for i, (env, needle) in enumerate(cases):
+        proc = cli("batch", tmp_path, "-p", "a dog", "-o", tmp_path / f"out{i}", *FAST, cwd=tmp_path,
+                   env=dict(ENV, **env), timeout=60)
+        assert proc.returncode == 2, (env, proc.stderr)
+        assert needle in one_error(proc) and "bug" not in proc.stderr, (env, proc.stderr)
+        assert "note: --model" not in proc.stderr and not (tmp_path / f"out{i}" / "results.jsonl").exists()
+    for env in ({"WORLD_SIZE": "abc"}, {**two, "DATE_EDIT_JOIN_TIMEOUT": "inf"}, {**two, "MASTER_PORT": "0"}):
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            with pytest.raises(ConfigError):
+                Dist.from_env()
