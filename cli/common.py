@@ -211,26 +211,44 @@ def precheck_image(image: str) -> None:
     load_image(image, size=64, multiple=8, resize="stretch")
 
 
+def check_finite(result, record: dict) -> None:
+    """Fail in one line (exit 1), before anything is written, when the output latents or a score are not finite
+    (NaN/Inf: an fp16 overflow, a DATE radius far too large), as ``batch`` fails such an item."""
+    import math
+
+    import torch
+
+    if not bool(torch.isfinite(result.latents.float()).all()):
+        raise CliError("non-finite values (NaN/Inf) in the output latents; nothing was written. Try a smaller --rho "
+                       "(or --rho-relative), fewer --update-steps, or --dtype fp32")
+    bad = [name for name, value in (record.get("scores") or {}).items() if not math.isfinite(value)]
+    if bad:
+        raise CliError(f"the score {bad[0]} of the output is not finite (NaN/Inf); nothing was written")
+
+
 def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: list[str], as_json: bool) -> None:
     """Save the images (and with ``as_json`` the record beside them), whole or not at all: a signal waits."""
+    from date_edit.batch.results import json_safe
     from date_edit.imaging import save_png, to_pil
     from date_edit.outputs import save_text
 
+    check_finite(result, record)
     images = to_pil(result.images)
     record["output"] = str(path)
     outputs = [path] if len(images) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}")
                                                for i in range(len(images))]
     if len(images) > 1:
         record["outputs"] = [str(p) for p in outputs]
-    metadata = {"date-edit": json.dumps(record, default=str)}
+    record = json_safe(record)  # strict JSON: what is not finite is null, text that is not UTF-8 escaped
+    metadata = {"date-edit": json.dumps(record, allow_nan=False)}
     signals = running.SIGNALS
     with signals.held():  # a signal now waits the milliseconds until every file is whole
         for image, target in zip(images, outputs):
             save_png(image, target, metadata=metadata, overwrite=overwrite, protect=protect)
         if as_json:  # the record's file follows the PNG's rules: atomic, never over the input or a folder
-            save_text(json.dumps(record, indent=2, default=str) + "\n", json_path(path), overwrite=overwrite,
+            save_text(json.dumps(record, indent=2, allow_nan=False) + "\n", json_path(path), overwrite=overwrite,
                       protect=protect)
-            click.echo(json.dumps(record, default=str))
+            click.echo(json.dumps(record, allow_nan=False))
         else:
             say(f"wrote {', '.join(str(p) for p in outputs)}")
     if signals.pending is not None:

@@ -270,3 +270,38 @@ def test_a_bad_distributed_environment_is_one_line_and_exit_2(tmp_path):
                 mp.setenv(key, value)
             with pytest.raises(ConfigError):
                 Dist.from_env()
+
+
+# ------------------------------------------------------------------------------- item 8: silent garbage
+
+
+@pytest.mark.slow
+def test_non_finite_output_fails_in_one_line_and_writes_nothing(tmp_path):
+    """``generate --rho 1e30 --update-steps 0 --json`` wrote an all-black image with exit 0 and a record holding
+    NaN/Infinity (not JSON); batch failed such items, edit and generate did not."""
+    for args in (("generate", "a cat"), ("edit", SAMPLE, "a cat")):
+        proc = cli(*args, "--rho", "1e30", "--update-steps", "0", "--json", "-o", tmp_path / "o" / "x.png", *FAST,
+                   cwd=tmp_path)
+        assert proc.returncode == 1, (args, proc.stderr)
+        line = one_error(proc)
+        assert "non-finite" in line and "--rho" in line and "bug" not in line, line
+        assert proc.stdout == "" and tree(tmp_path) == [], "no PNG, no record, no folder"
+
+
+def test_records_of_edit_and_generate_are_strict_json(tmp_path):
+    """A score that is not finite fails the run; any other NaN in a record (a DATE trace) is written as null."""
+    import torch
+
+    from date_edit.pipeline import Result
+    from date_edit_cli import common
+    from date_edit_cli.running import CliError
+
+    result = Result(images=torch.rand(1, 3, 16, 16), latents=torch.zeros(1, 4, 2, 2), prompts=["p"],
+                    update_steps=[], trace=None, timings={}, peak_memory_mb=0.0, config={})
+    with pytest.raises(CliError, match="score clip of the output is not finite"):
+        common.write_outputs(result, tmp_path / "x.png", {"scores": {"clip": float("nan")}}, False, [], True)
+    assert tree(tmp_path) == []
+    common.write_outputs(result, tmp_path / "x.png", {"scores": {"clip": 0.5}, "date_scores": [float("inf")]},
+                         False, [], True)
+    assert json.loads((tmp_path / "x.png.json").read_text())["date_scores"] == [None]
+    assert "Infinity" not in Image.open(tmp_path / "x.png").text["date-edit"]

@@ -25,7 +25,7 @@ from .items import _NOFOLLOW, _TEMP_RE, LOCK_NAME, METADATA_KEY, BatchInterrupte
 # ------------------------------------------------------------------------------------------ results file
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Strict JSON: NaN and infinities become null (other readers than Python reject them), and text that is not
     valid Unicode (a file name whose bytes are not UTF-8) is escaped (``\\xe9``), so a record always encodes."""
     if isinstance(obj, float):
@@ -33,19 +33,19 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, str):
         return printable(obj)
     if isinstance(obj, dict):
-        return {printable(str(k)): _json_safe(v) for k, v in obj.items()}
+        return {printable(str(k)): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if obj is None or isinstance(obj, (int, bool)):
         return obj
     if isinstance(obj, enum.Enum):
-        return _json_safe(obj.value)
+        return json_safe(obj.value)
     return printable(str(obj))  # a Path too
 
 
 def dumps_record(record: Mapping[str, Any]) -> str:
-    """One record as one line of strict JSON; never fails on text (see :func:`_json_safe`)."""
-    return json.dumps(_json_safe(dict(record)), ensure_ascii=False, allow_nan=False)
+    """One record as one line of strict JSON; never fails on text (see :func:`json_safe`)."""
+    return json.dumps(json_safe(dict(record)), ensure_ascii=False, allow_nan=False)
 
 
 def _fsync_dir(directory: Path) -> None:
