@@ -7,7 +7,6 @@ command gets that far. Imports nothing from :mod:`.main`.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -80,9 +79,11 @@ def scorer_spec(spec: str, model: str) -> str:
     return offline_scorer_spec(spec, model)
 
 
-def output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str], count: int = 1) -> Path:
+def output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str], count: int = 1,
+                as_json: Optional[bool] = None) -> Path:
     """Resolve ``--out`` and check, before any work, that it can be written: a .png name, not the input, not there
-    yet (unless ``overwrite``), in a folder that exists or can be created and takes new files. Creates nothing."""
+    yet (unless ``overwrite``), in a folder that exists or can be created and takes new files; with ``as_json``
+    (None: the command's ``--json``), the same for the record's ``<output>.json``. Creates nothing."""
     if out is None:
         path = Path("outputs") / default_name
     else:
@@ -92,16 +93,25 @@ def output_path(out: Optional[str], default_name: str, overwrite: bool, protect:
     if path.suffix.lower() != ".png":
         raise CliError(f"--out {out}: outputs are PNG files; use a name ending in .png or a folder", EXIT_USAGE)
     targets = [path] if count == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
-    for target in targets:
+    if as_json is None:
+        ctx = click.get_current_context(silent=True)
+        as_json = bool(ctx and ctx.params.get("as_json"))
+    for target in targets + ([json_path(path)] if as_json else []):
+        what = "the --json record " if target.suffix == ".json" else ""
         for src in protect:
             if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
-                raise CliError(f"--out {target} is the input image; the input is never overwritten", EXIT_USAGE)
+                raise CliError(f"--out {what}{target} is the input image; the input is never overwritten", EXIT_USAGE)
         if target.is_dir():
-            raise CliError(f"--out {target} is a folder; give a file name ending in .png", EXIT_USAGE)
+            raise CliError(f"--out {what}{target} is a folder; choose another --out", EXIT_USAGE)
         if os.path.lexists(target) and not overwrite:
-            raise CliError(f"{target} exists; pass --overwrite or choose another --out", EXIT_USAGE)
+            raise CliError(f"{what}{target} exists; pass --overwrite or choose another --out", EXIT_USAGE)
     check_can_create(path.parent, path.name)
     return path
+
+
+def json_path(path: Path) -> Path:
+    """Where ``--json`` saves the record of the output ``path``: ``<output>.json`` beside it."""
+    return path.parent / (path.name + ".json")
 
 
 _ERRNO_WORDS = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
@@ -201,31 +211,44 @@ def precheck_image(image: str) -> None:
     load_image(image, size=64, multiple=8, resize="stretch")
 
 
+def check_finite(result, record: dict) -> None:
+    """Fail in one line (exit 1), before anything is written, when the output latents or a score are not finite
+    (NaN/Inf: an fp16 overflow, a DATE radius far too large), as ``batch`` fails such an item."""
+    import math
+
+    import torch
+
+    if not bool(torch.isfinite(result.latents.float()).all()):
+        raise CliError("non-finite values (NaN/Inf) in the output latents; nothing was written. Try a smaller --rho "
+                       "(or --rho-relative), fewer --update-steps, or --dtype fp32")
+    bad = [name for name, value in (record.get("scores") or {}).items() if not math.isfinite(value)]
+    if bad:
+        raise CliError(f"the score {bad[0]} of the output is not finite (NaN/Inf); nothing was written")
+
+
 def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: list[str], as_json: bool) -> None:
     """Save the images (and with ``as_json`` the record beside them), whole or not at all: a signal waits."""
+    from date_edit.batch.results import json_safe
     from date_edit.imaging import save_png, to_pil
+    from date_edit.outputs import save_text
 
+    check_finite(result, record)
     images = to_pil(result.images)
     record["output"] = str(path)
     outputs = [path] if len(images) == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}")
                                                for i in range(len(images))]
     if len(images) > 1:
         record["outputs"] = [str(p) for p in outputs]
-    metadata = {"date-edit": json.dumps(record, default=str)}
+    record = json_safe(record)  # strict JSON: what is not finite is null, text that is not UTF-8 escaped
+    metadata = {"date-edit": json.dumps(record, allow_nan=False)}
     signals = running.SIGNALS
     with signals.held():  # a signal now waits the milliseconds until every file is whole
         for image, target in zip(images, outputs):
             save_png(image, target, metadata=metadata, overwrite=overwrite, protect=protect)
-        json_path = path.parent / (path.name + ".json")
-        if as_json:
-            tmp = json_path.with_name(f".{json_path.name}.{secrets.token_hex(4)}.tmp")
-            try:
-                tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-                os.replace(tmp, json_path)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            click.echo(json.dumps(record, default=str))
+        if as_json:  # the record's file follows the PNG's rules: atomic, never over the input or a folder
+            save_text(json.dumps(record, indent=2, allow_nan=False) + "\n", json_path(path), overwrite=overwrite,
+                      protect=protect)
+            click.echo(json.dumps(record, allow_nan=False))
         else:
             say(f"wrote {', '.join(str(p) for p in outputs)}")
     if signals.pending is not None:

@@ -126,8 +126,8 @@ def date_options(f):
                           "or 'none'. Indices count the steps actually run (after --skip for edits)."),
         click.option("--update-mode", type=click.Choice(UPDATE_MODES), default="accumulate", show_default=True,
                      help="accumulate: start each update from the last one; restart: from the original embedding."),
-        click.option("--grad-iters", type=int, default=1, show_default=True,
-                     help="Gradient iterations per update step."),
+        click.option("--grad-iters", type=int, default=1, show_default=True, callback=checked("check_grad_iters"),
+                     help="Gradient iterations per update step, 1 to 100."),
         click.option("--scorer", "-s", default="clip", show_default=True,
                      help="DATE objective and reported score: clip (ViT-L/14), clip:tiny, clip:toy, clip:<id>, "
                           "other registered scorers (`date-edit scorers`), or a weighted sum 'clip=1,imagereward=0.5'."

@@ -19,7 +19,10 @@ from typing import Optional
 
 import click
 
-from date_edit.errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, DateEditError  # noqa: F401
+from date_edit.errors import (  # noqa: F401
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, DateEditError, check_text, printable,
+)
+
 DEBUG_ENV = "DATE_EDIT_DEBUG"  # set to 1: an unexpected error prints its traceback instead of saving it
 
 # library parameter -> the flag that sets it, where the two are not simply --the-name-with-dashes
@@ -37,7 +40,7 @@ class CliError(Exception):
 
 def say(message: str) -> None:
     """One line on stderr, prefixed ``date-edit:``."""
-    click.echo(f"date-edit: {message}", err=True)
+    click.echo(f"date-edit: {printable(message)}", err=True)
 
 
 def _is_ours(category: type, filename: str) -> bool:
@@ -140,18 +143,35 @@ def _report_bug(exc: BaseException) -> None:
     ``DATE_EDIT_DEBUG=1``, raised so that Python prints it)."""
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         raise exc
-    first = (str(exc).strip().splitlines() or [""])[0]
+    first = printable((str(exc).strip().splitlines() or [""])[0])
     where = "(the traceback could not be saved)"
-    try:
+    try:  # text that is not UTF-8 (an argument's bytes, a file name) is escaped, never a second error
         fd, path = tempfile.mkstemp(prefix=f"date-edit-error-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".txt")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"date-edit {' '.join(sys.argv[1:])}\n\n")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"date-edit {' '.join(printable(a) for a in sys.argv[1:])}\n\n")
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=f)
         where = f"the traceback is in {path}"
-    except OSError:
+    except (OSError, ValueError):  # UnicodeError is a ValueError
         pass
     say(f"error: unexpected {type(exc).__name__}: {first}. This is a bug, not bad input: {where} "
         f"({DEBUG_ENV}=1 prints it); please report it")
+
+
+TEXT_PARAMS = ("prompt", "source_prompt")  # parameters that reach a tokenizer: valid UTF-8 text only
+
+
+def check_text_params() -> None:
+    """Refuse a prompt whose bytes are not UTF-8 (``$'caf\\xe9'`` in a shell) in one line (exit 2), before any work."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        if param.name in TEXT_PARAMS and isinstance(ctx.params.get(param.name), str):
+            name = param.human_readable_name if isinstance(param, click.Argument) else max(param.opts, key=len)
+            try:
+                check_text(ctx.params[param.name], name)
+            except ConfigError as exc:
+                raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def run_command(fn):
@@ -165,6 +185,7 @@ def run_command(fn):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         with SIGNALS.installed():
+            check_text_params()
             return fn()
     except SystemExit:
         raise

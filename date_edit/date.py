@@ -19,6 +19,7 @@ import torch
 
 from .conditioning import TARGETS, Condition, Conditioning, as_conditioning
 from .errors import ConfigError
+from .limits import check_grad_iters
 from .sampling import Denoiser, StepState
 from .scorers.preprocess import reference_grad_preprocessing
 from .schedule import NoiseSchedule
@@ -100,8 +101,7 @@ class DateConfig:
                 raise ConfigError(name, f"must be a finite number >= 0, got {value}")
         if self.targets not in TARGETS:
             raise ConfigError("date_targets", f"{self.targets!r}: use one of {', '.join(TARGETS)}")
-        if self.iterations < 1:
-            raise ConfigError("iterations", f"must be >= 1, got {self.iterations}")
+        check_grad_iters(self.iterations)
         parse_update_steps(self.update_steps, None)  # syntax check only; range checked per run
 
     @property

@@ -19,19 +19,60 @@ from .errors import ConfigError
 
 
 JOIN_TIMEOUT_ENV = "DATE_EDIT_JOIN_TIMEOUT"  # seconds the ranks wait for each other at the start (default 900)
+PEER_TIMEOUT_ENV = "DATE_EDIT_PEER_TIMEOUT"  # seconds a rank's heartbeat may stop before the others give up (60)
 STEP_TIMEOUT = timedelta(hours=2)  # the longest one collective or store call of a running job may wait
+MAX_WAIT_S = 7 * 24 * 3600.0  # the longest a timeout read from the environment may be
 
 
 def _join_timeout() -> timedelta:
     """How long the ranks wait for each other to start: ``$DATE_EDIT_JOIN_TIMEOUT`` seconds, 900 by default."""
-    raw = os.environ.get(JOIN_TIMEOUT_ENV, "").strip() or "900"
+    return timedelta(seconds=_env_seconds(JOIN_TIMEOUT_ENV, 900.0))
+
+
+def _peer_timeout() -> float:
+    """How long a rank may go without a heartbeat before the others stop: ``$DATE_EDIT_PEER_TIMEOUT`` seconds, 60
+    by default."""
+    return _env_seconds(PEER_TIMEOUT_ENV, 60.0)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """``$name`` as a number of seconds (``default`` when unset): finite, above 0, at most a week."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
     try:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if not seconds > 0:
-        raise ConfigError(None, f"{JOIN_TIMEOUT_ENV}={raw!r}: give a number of seconds above 0")
-    return timedelta(seconds=seconds)
+    if not 0 < seconds <= MAX_WAIT_S:  # also refuses nan and inf (timedelta cannot hold inf)
+        raise ConfigError(None, f"{name}={raw!r}: give a number of seconds above 0 and at most {MAX_WAIT_S:.0f}")
+    return seconds
+
+
+def _env_int(names: Sequence[str], default: int) -> int:
+    """The first of the environment variables ``names`` that is set, as an integer (``default``: none is)."""
+    for name in names:
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(None, f"{name}={raw!r} is not a whole number: check what the launcher "
+                                        "(torchrun, srun) or your script sets") from None
+    return default
+
+
+def master_port() -> int:
+    """``$MASTER_PORT`` as a TCP port (1 to 65535); ConfigError in one line otherwise."""
+    raw = os.environ.get("MASTER_PORT", "").strip()
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(None, f"MASTER_PORT={raw!r} is not a TCP port: give a free port from 1 to 65535 "
+                                "(e.g. 29500)")
+    return port
 
 
 def _wait_for_port(addr: str, port: int, join: timedelta) -> None:
@@ -70,13 +111,23 @@ class Dist:
 
     @classmethod
     def from_env(cls) -> "Dist":
-        """Read ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (SLURM's ``SLURM_NTASKS``/``SLURM_PROCID`` too)."""
-        env = os.environ
-        world = int(env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or 1)
-        rank = int(env.get("RANK") or env.get("SLURM_PROCID") or 0)
-        local = int(env.get("LOCAL_RANK") or env.get("SLURM_LOCALID") or 0)
-        if world < 1 or not 0 <= rank < world:
-            raise ConfigError(None, f"the launcher says rank {rank} of {world} processes: check WORLD_SIZE and RANK")
+        """Read ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (SLURM's ``SLURM_NTASKS``/``SLURM_PROCID`` too).
+
+        Raises:
+            ConfigError: one line, for a value that is not a whole number, a rank outside the world, or (with
+                several processes) a bad ``MASTER_PORT``, ``DATE_EDIT_JOIN_TIMEOUT`` or ``DATE_EDIT_PEER_TIMEOUT``.
+        """
+        world = _env_int(("WORLD_SIZE", "SLURM_NTASKS"), 1)
+        rank = _env_int(("RANK", "SLURM_PROCID"), 0)
+        local = _env_int(("LOCAL_RANK", "SLURM_LOCALID"), 0)
+        if world < 1 or not 0 <= rank < world or local < 0:
+            raise ConfigError(None, f"the launcher says rank {rank} (local {local}) of {world} processes: check "
+                                    "WORLD_SIZE, RANK and LOCAL_RANK")
+        if world > 1:  # what init will need, checked before anything loads
+            _join_timeout()
+            _peer_timeout()
+            if os.environ.get("MASTER_PORT"):
+                master_port()
         return cls(rank=rank, world=world, local_rank=local)
 
     @property
@@ -114,17 +165,18 @@ class Dist:
         import torch.distributed as td
 
         timeout = STEP_TIMEOUT
-        addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-        if not addr or not port:
+        addr = os.environ.get("MASTER_ADDR")
+        if not addr or not os.environ.get("MASTER_PORT"):
             raise ConfigError(None, "several processes but no MASTER_ADDR/MASTER_PORT: launch with torchrun, or "
                                     "export them for srun (the first node's address and a free port)")
+        port = master_port()
         # torchrun's agent already serves the store on MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE): join it as a client
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
         join = _join_timeout()
         if self.rank != 0 or agent_store:
-            _wait_for_port(addr, int(port), join)  # so the store's own retries (and their C++ logs) never start
+            _wait_for_port(addr, port, join)  # so the store's own retries (and their C++ logs) never start
         try:  # the first wait (rank 0 for the others, the others for rank 0) is bounded by the join timeout
-            store = td.TCPStore(addr, int(port), self.world, is_master=self.rank == 0 and not agent_store,
+            store = td.TCPStore(addr, port, self.world, is_master=self.rank == 0 and not agent_store,
                                 timeout=join)
         except td.DistError as e:
             first = (str(e).strip().splitlines() or ["no answer"])[0][:200]

@@ -14,10 +14,33 @@ A ``ValueError`` or ``RuntimeError`` that is *not* one of these is a bug (ours o
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 # the process exit statuses of the CLI, here so that the batch summary and the CLI use the same numbers
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: undecodable bytes (surrogateescape), bad JSON
+
+
+def printable(text: str) -> str:
+    """``text`` with every lone surrogate escaped, so that it always encodes (as UTF-8, in JSON, on a terminal).
+
+    Python keeps the bytes of a file name or argument that are not UTF-8 as lone surrogates (``b"caf\\xe9"`` reads
+    ``"caf\\udce9"``); those become ``\\xe9`` again, any other lone surrogate (``"\\ud800"`` from a JSON file)
+    ``\\ud800``. Valid text, non-ASCII included, is returned unchanged.
+    """
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(lambda m: (f"\\x{ord(m.group()) - 0xDC00:02x}" if "\udc80" <= m.group() <= "\udcff"
+                                     else f"\\u{ord(m.group()):04x}"), text)
+
+
+def check_text(value: str, param: Optional[str]) -> str:
+    """``value`` if it is valid Unicode text; a :class:`ConfigError` naming ``param`` if it holds bytes that are not
+    UTF-8 (or lone surrogates), which no tokenizer takes."""
+    if isinstance(value, str) and _SURROGATE.search(value):
+        raise ConfigError(param, f"'{printable(value)}' is not valid UTF-8 text; give it in UTF-8")
+    return value
 
 
 class DateEditError(Exception):

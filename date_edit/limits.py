@@ -18,6 +18,8 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (negati
 BYTES_PER_PIXEL = 16  # input file size allowed per pixel of the budget (16-bit RGBA is 8, float RGB 12)
 MIN_INPUT_BYTES = 64 * 2**20  # the input file size limit is never below this
 UNLIMITED_PIXELS_INPUT_BYTES = 4 * 2**30  # the input file size limit when no pixel budget is set
+MAX_GRAD_ITERS = 100  # gradient iterations per DATE update step (each costs about five plain steps)
+MAX_SCORER_TERMS = 8  # distinct terms of a scorer spec (each loads a model); repeated terms are merged first
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -97,6 +99,18 @@ def check_seed(seed: int | None, *, name: str = "seed") -> int | None:
     if not 0 <= seed <= MAX_SEED:
         raise ConfigError(name, f"{seed} is out of range: seeds are integers from 0 to 2**64-1 = {MAX_SEED}")
     return seed
+
+
+def check_grad_iters(iterations: int, *, name: str = "iterations") -> int:
+    """Validate DATE's gradient iterations per update step: an integer from 1 to :data:`MAX_GRAD_ITERS`."""
+    if not _is_int(iterations):
+        raise ConfigError(name, f"must be an integer, got {iterations!r}")
+    if iterations < 1:
+        raise ConfigError(name, f"must be >= 1, got {iterations}")
+    if iterations > MAX_GRAD_ITERS:
+        raise ConfigError(name, f"{iterations} is too many: at most {MAX_GRAD_ITERS} gradient iterations per update "
+                                "step (each costs about five plain steps)")
+    return iterations
 
 
 def check_device(device: str, *, name: str = "device") -> str:

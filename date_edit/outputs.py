@@ -103,6 +103,26 @@ def save_png(
     if target.suffix.lower() != ".png":
         raise OutputError(f"{target}: output must be a .png file; choose another output path")
     info = _png_info(metadata)
+    return _write_atomic(target, lambda f: image.save(f, format="PNG", pnginfo=info), overwrite=overwrite,
+                         protect=protect, within=within)
+
+
+def save_text(text: str, path: PathLike, *, overwrite: bool = False, protect: Iterable[PathLike] = (),
+              within: PathLike | None = None) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`save_png`'s rules: atomically, never over a ``protect``-ed
+    file (the input) or a folder, over an existing file only with ``overwrite``, inside ``within`` when given.
+
+    Raises:
+        OutputError: one line, as :func:`save_png`; no temporary file is left behind.
+    """
+    data = text.encode("utf-8", "backslashreplace")
+    return _write_atomic(Path(os.fspath(path)), lambda f: f.write(data), overwrite=overwrite, protect=protect,
+                         within=within)
+
+
+def _write_atomic(target: Path, write, *, overwrite: bool, protect: Iterable[PathLike],
+                  within: PathLike | None) -> Path:
+    """Create a temp file beside ``target``, ``write(file)`` into it, fsync, and rename it into place."""
     dir_fd = _open_output_folder(target, within)
     try:
         _check_target(target, dir_fd, protect, overwrite)
@@ -112,7 +132,7 @@ def save_png(
             raise OutputError(f"cannot write to directory {target.parent}: {e.strerror or e}") from e
         try:
             with os.fdopen(fd, "wb") as f:
-                image.save(f, format="PNG", pnginfo=info)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             if overwrite:

@@ -38,7 +38,8 @@ from .items import (  # noqa: F401
 )
 from .plan import check_out_dir, plan_folder, plan_manifest, stays_inside, walk_inputs  # noqa: F401
 from .results import (  # noqa: F401
-    ResultsLog, _locked, clean_temp_files, dumps_record, merge_rank_logs, output_state, rank_log_name, repair_results,
+    ResultsLog, _locked, clean_temp_files, dumps_record, json_safe, merge_rank_logs, output_state, rank_log_name,
+    repair_results,
 )
 from .decision import Decision, decide  # noqa: F401
 from .run import as_float32, basic_record, is_out_of_memory, reason  # noqa: F401

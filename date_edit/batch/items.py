@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..choices import ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, EDIT_METHODS, RESIZE_MODES, UPDATE_MODES
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError  # noqa: F401
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, check_text  # noqa: F401
 from ..limits import check_seed
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
@@ -246,6 +246,8 @@ def coerce_option(name: str, value: Any) -> Any:
         if not math.isfinite(number):
             raise ConfigError(name, f"{value!r}: expected a finite number")
         return number
+    if name in ("prompt", "source_prompt"):
+        check_text(value if isinstance(value, str) else text, name)  # no tokenizer takes lone surrogates
     return value if isinstance(value, str) else text
 
 

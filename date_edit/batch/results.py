@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BatchError
+from ..errors import BatchError, printable
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
     pass
@@ -25,26 +25,27 @@ from .items import _NOFOLLOW, _TEMP_RE, LOCK_NAME, METADATA_KEY, BatchInterrupte
 # ------------------------------------------------------------------------------------------ results file
 
 
-def _json_safe(obj: Any) -> Any:
-    """Strict JSON: NaN and infinities become null (other readers than Python reject them)."""
+def json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN and infinities become null (other readers than Python reject them), and text that is not
+    valid Unicode (a file name whose bytes are not UTF-8) is escaped (``\\xe9``), so a record always encodes."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return printable(obj)
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {printable(str(k)): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if obj is None or isinstance(obj, (str, int, bool)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (int, bool)):
         return obj
-    if isinstance(obj, Path):
-        return str(obj)
     if isinstance(obj, enum.Enum):
-        return obj.value
-    return str(obj)
+        return json_safe(obj.value)
+    return printable(str(obj))  # a Path too
 
 
 def dumps_record(record: Mapping[str, Any]) -> str:
-    """One record as one line of strict JSON."""
-    return json.dumps(_json_safe(dict(record)), ensure_ascii=False, allow_nan=False)
+    """One record as one line of strict JSON; never fails on text (see :func:`json_safe`)."""
+    return json.dumps(json_safe(dict(record)), ensure_ascii=False, allow_nan=False)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -125,7 +126,7 @@ class ResultsLog:
         """Append records, one line each, and make them durable (one fsync) before returning."""
         if self._fd is None:
             raise RuntimeError("ResultsLog is not open; use it as a context manager")
-        view = memoryview("".join(dumps_record(r) + "\n" for r in records).encode("utf-8"))
+        view = memoryview("".join(dumps_record(r) + "\n" for r in records).encode("utf-8", "backslashreplace"))
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)

@@ -26,7 +26,7 @@ from .items import (
 )
 from .decision import decide
 from .plan import stays_inside
-from .results import ResultsLog, _Interrupts, _json_safe, dumps_record, output_state
+from .results import ResultsLog, _Interrupts, json_safe, dumps_record, output_state
 
 # ------------------------------------------------------------------------------------------------ running
 
@@ -169,7 +169,7 @@ class _Runner:
         with self.interrupts.critical():
             self.log.append(record)
         if self.on_record is not None:
-            self.on_record(_json_safe(record))
+            self.on_record(json_safe(record))
         if self.tick is not None:
             self.tick()
 
