@@ -34,7 +34,7 @@ def edit(image: str, prompt: str, **opts) -> None:
         # --out first: it costs no import of torch, so an unwritable one is answered at once
         path = common.output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
         if opts["save_mask"]:
-            common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image])
+            common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image], as_json=False)
         from date_edit.pipeline import EditConfig, edit as run_edit
 
         mask_config, p2p_config = common.edit_controls(opts)
