@@ -435,30 +435,15 @@ def _prompt_to_prompt(backbone: Backbone, p2p, sources: list[str], prompts: list
     """``(denoiser, context, blend)`` of a Prompt-to-Prompt run: the paired denoiser, the installed processors
     (removed when the context exits, also on an error), and the latent blend (local blend within any mask)."""
     from .masks import LatentBlend
-    from .p2p import AttentionController, P2PDenoiser, attention_control, changed_words, token_alignment
-    from .p2p import word_token_indices
+    from .p2p import AttentionController, P2PDenoiser, attention_control
 
     if len(set(zip(sources, prompts))) != 1:
         raise ConfigError("p2p", "needs one source/target prompt pair per call: edit images with different prompts "
                                  "in separate calls")
-    source, target = sources[0], prompts[0]
     tokenizer = backbone.tokenizer
     length = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    mapper, alphas, mode = token_alignment(tokenizer, source, target, length)
-    reweight = None
-    if p2p.reweight:
-        reweight = torch.ones(length)
-        for word, factor in p2p.reweight:
-            for j in word_token_indices(tokenizer, target, word):
-                reweight[j] = float(factor)
-    blend_src, blend_tar = [], []
-    if p2p.local_blend:
-        only_src, only_tar = changed_words(source, target)
-        blend_src = [j for w in only_src for j in word_token_indices(tokenizer, source, w)]
-        blend_tar = [j for w in only_tar for j in word_token_indices(tokenizer, target, w)]
-    controller = AttentionController(p2p, run_steps=len(timesteps), batch=len(prompts), mapper=mapper,
-                                     alphas=alphas, mode=mode, reweight=reweight, blend_tokens_source=blend_src,
-                                     blend_tokens_target=blend_tar)
+    controller = AttentionController.from_prompts(p2p, tokenizer, sources[0], prompts[0], run_steps=len(timesteps),
+                                                  batch=len(prompts), length=length)
     denoiser = P2PDenoiser(backbone, controller, source_x_ts=trajectory, timesteps=timesteps,
                            source_cond=source_cond)
     if p2p.local_blend:
