@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import resource
-import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 
+from . import controls
+from .timing import Clock as _Clock, peak_memory_mb  # noqa: F401 - peak_memory_mb: API
 from .backbones import Backbone
 from .choices import EDIT_METHODS
 from .conditioning import Conditioning
@@ -186,46 +186,6 @@ class Result:
         return self.trace.final_drift if self.trace else 0.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated CUDA memory since the last reset, or the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-class _Clock:
-    """Wall-clock phases of one run, each read after the device has finished its work (CUDA is asynchronous);
-    resets the peak-memory counter when it starts."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        _reset_peak(device)
-        self.start = self.last = time.perf_counter()
-        self.phases: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        """End ``phase`` now (after a device sync)."""
-        _sync(self.device)
-        now = time.perf_counter()
-        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last
-        self.last = now
-
-    def timings(self, trace: Optional[DateTrace]) -> dict:
-        """``total_s``, ``inversion_s``, ``sampling_s`` (decoding included) and ``date_s`` (within sampling)."""
-        return {"total_s": self.last - self.start, "inversion_s": self.phases.get("inversion_s", 0.0),
-                "sampling_s": self.phases.get("sampling_s", 0.0), "date_s": trace.seconds if trace else 0.0}
-
-
 def _phase(progress: Optional[Callable[[str, int, int], None]], name: str) -> Optional[Callable[[int, int], None]]:
     """``progress`` bound to one phase name, or None."""
     return (lambda i, n: progress(name, i, n)) if progress else None
@@ -334,18 +294,9 @@ def edit(
         raise ValueError(f"{b} images but {len(prompts)} prompts")
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     size = tuple(pixels.shape[-2:])
-    user_mask = _user_mask(config, mask, b, size)
-    if config.p2p is not None:
-        from .p2p import check_supported
-
-        check_supported(backbone)
-    if config.mask is not None and config.mask.source == "auto" and not all(sources):
-        raise ConfigError("mask", "auto needs a source prompt: the mask is where the source and target prompts' "
-                                  "predictions differ; describe the input image, or give a mask file")
+    user_mask = controls.user_mask(config, mask, b, size)
+    controls.check(backbone, config, sources)
     if config.resolved_method(backbone) == "flowedit":
-        if config.p2p is not None:
-            raise ConfigError("p2p", "runs with DDPM editing only (FlowEdit has no source trajectory to pair with);"
-                                     " use a mask with FlowEdit")
         return _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
                          progress=progress, seeds=seeds, user_mask=user_mask)
     clock = _Clock(device)
@@ -363,15 +314,15 @@ def edit(
     source_cond = backbone.encode_condition(sources, size=size) if (config.p2p or config.mask) and all(sources) \
         else backbone.unconditional(b, size=size)
     latent_hw = tuple(x_start.shape[-2:])
-    pixel_mask, latent_mask = _edit_mask(
+    pixel_mask, latent_mask = controls.edit_mask(
         backbone, config.mask, user_mask, size, latent_hw,
         noisy=lambda ks: [(trajectory[k], timesteps[k]) for k in ks], n_run=len(timesteps),
         source=source_cond, target=target_cond)
     denoiser, control, blend = backbone, contextlib.nullcontext(), None
     if latent_mask is not None:
-        blend = _latent_blend(latent_mask, trajectory)
+        blend = controls.latent_blend(latent_mask, trajectory)
     if config.p2p is not None:
-        denoiser, control, blend = _prompt_to_prompt(backbone, config.p2p, sources, prompts, trajectory,
+        denoiser, control, blend = controls.prompt_to_prompt(backbone, config.p2p, sources, prompts, trajectory,
                                                      timesteps, source_cond, latent_mask, blend)
     with control:
         latents = sample(denoiser, x_start, timesteps, backbone.schedule, cond=cond, uncond=uncond,
@@ -379,98 +330,7 @@ def edit(
                          progress=_phase(progress, "edit"))
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
                              inversion=inversion, source_latents=inversion.x0.cpu())
-    return _composited(result, pixels, pixel_mask, config.mask)
-
-
-def _user_mask(config: EditConfig, mask: Optional[torch.Tensor], batch: int,
-               size: tuple[int, int]) -> Optional[torch.Tensor]:
-    """The user's mask checked against the images, or None; refuses a mask without a user-mask config and back."""
-    from .masks import check_mask
-
-    wants = config.mask is not None and config.mask.source == "user"
-    if mask is None:
-        if wants:
-            raise ConfigError("mask", "is missing: MaskConfig(source='user') needs the mask tensor (white = may "
-                                      "change); pass mask=..., or use source='auto'")
-        return None
-    if not wants:
-        raise ConfigError("mask", "was given but config.mask is not MaskConfig(source='user'); set it, or leave "
-                                  "the mask out")
-    return check_mask(mask, batch, size)
-
-
-def _edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: Optional[torch.Tensor],
-               size: tuple[int, int], latent_hw: tuple[int, int], *, noisy: Callable[[list[int]], list],
-               n_run: int, source, target) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``(pixel_mask (B, 1, H, W), latent_mask (B, 1, h, w))`` for the edit, or ``(None, None)`` without a mask.
-
-    An automatic mask (DiffEdit) averages the prediction difference over ``mask_config.draws`` of the run's noise
-    levels, evenly spaced over its first half (where the layout is decided); ``noisy(ks)`` gives those latents.
-    """
-    from .masks import auto_mask, dilate, to_latent, to_pixels
-
-    if mask_config is None:
-        return None, None
-    grow = mask_config.resolved_dilate(backbone.vae_scale_factor)
-    if user_mask is not None:
-        user_mask = dilate(user_mask, grow)
-        return user_mask, to_latent(user_mask, latent_hw).to(backbone.device)
-    half = max(1, (n_run + 1) // 2)
-    ks = sorted({round(i * (half - 1) / max(1, mask_config.draws - 1)) for i in range(mask_config.draws)})
-    latent_mask, _ = auto_mask(backbone, noisy(ks), source=source, target=target, threshold=mask_config.threshold)
-    pixel_mask = dilate(to_pixels(latent_mask.cpu(), size), grow)
-    if grow:
-        latent_mask = to_latent(pixel_mask, latent_hw)
-    return pixel_mask, latent_mask.to(backbone.device)
-
-
-def _latent_blend(latent_mask: torch.Tensor, trajectory: torch.Tensor):
-    from .masks import LatentBlend
-
-    return LatentBlend.fixed(latent_mask, trajectory)
-
-
-def _prompt_to_prompt(backbone: Backbone, p2p, sources: list[str], prompts: list[str], trajectory: torch.Tensor,
-                      timesteps: Sequence[int], source_cond, latent_mask: Optional[torch.Tensor], blend):
-    """``(denoiser, context, blend)`` of a Prompt-to-Prompt run: the paired denoiser, the installed processors
-    (removed when the context exits, also on an error), and the latent blend (local blend within any mask)."""
-    from .masks import LatentBlend
-    from .p2p import AttentionController, P2PDenoiser, attention_control
-
-    if len(set(zip(sources, prompts))) != 1:
-        raise ConfigError("p2p", "needs one source/target prompt pair per call: edit images with different prompts "
-                                 "in separate calls")
-    tokenizer = backbone.tokenizer
-    length = int(getattr(tokenizer, "model_max_length", 77) or 77)
-    controller = AttentionController.from_prompts(p2p, tokenizer, sources[0], prompts[0], run_steps=len(timesteps),
-                                                  batch=len(prompts), length=length)
-    denoiser = P2PDenoiser(backbone, controller, source_x_ts=trajectory, timesteps=timesteps,
-                           source_cond=source_cond)
-    if p2p.local_blend:
-        hw = tuple(trajectory.shape[-2:])
-
-        def mask_fn(state):
-            m = controller.blend_mask(hw)
-            if m is None:
-                return latent_mask
-            m = m.to(trajectory.device)
-            return m if latent_mask is None else m * latent_mask
-
-        blend = LatentBlend(mask_fn, trajectory)
-    return denoiser, attention_control(backbone.unet, controller), blend
-
-
-def _composited(result: Result, pixels: torch.Tensor, pixel_mask: Optional[torch.Tensor],
-                mask_config: Optional[MaskConfig]) -> Result:
-    """Paste the edit into the input under the feathered mask (pixels outside it become the input's exactly)."""
-    from .masks import composite
-
-    if pixel_mask is None or mask_config is None:
-        return result
-    result.mask = pixel_mask.cpu()
-    if mask_config.composite:
-        result.images = composite(result.images, pixels.cpu(), result.mask, mask_config.feather)
-    return result
+    return controls.composited(result, pixels, pixel_mask, config.mask)
 
 
 def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, source_prompt, config: EditConfig,
@@ -501,7 +361,7 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
                  timesteps[k]) for k in ks]
 
     source_only = backbone.encode_condition(sources, size=size) if all(sources) else None
-    pixel_mask, latent_mask = _edit_mask(backbone, config.mask, user_mask, size, tuple(x_src.shape[-2:]),
+    pixel_mask, latent_mask = controls.edit_mask(backbone, config.mask, user_mask, size, tuple(x_src.shape[-2:]),
                                          noisy=noisy, n_run=len(timesteps), source=source_only, target=target_cond)
     latents = flow_edit(backbone, x_src, timesteps, backbone.schedule, src_cond=src_cond, src_uncond=src_uncond,
                         src_scale=src_scale, tar_cond=tar_cond, tar_uncond=tar_uncond, tar_scale=tar_scale,
@@ -509,7 +369,7 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
                         latent_mask=latent_mask, progress=_phase(progress, "edit"))
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
                              config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
-    return _composited(result, pixels, pixel_mask, config.mask)
+    return controls.composited(result, pixels, pixel_mask, config.mask)
 
 
 def reconstruct(

@@ -1,0 +1,122 @@
+"""The pipeline's structure controls: the user's mask checked, the automatic mask computed, the latent blend,
+Prompt-to-Prompt's paired denoiser and processors, and the final composite (see :mod:`date_edit.masks` and
+:mod:`date_edit.p2p`). Kept apart from :mod:`date_edit.pipeline` so the edit reads as one short function."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+import torch
+
+from .errors import ConfigError
+from .masks import MaskConfig
+
+if TYPE_CHECKING:
+    from .backbones import Backbone
+
+
+def check(backbone: Backbone, config, sources: Sequence[str]) -> None:
+    """Refuse controls the run cannot honour: P2P without cross-attention or under FlowEdit, an automatic mask
+    without a source prompt."""
+    if config.p2p is not None:
+        from .p2p import check_supported
+
+        check_supported(backbone)
+        if config.resolved_method(backbone) == "flowedit":
+            raise ConfigError("p2p", "runs with DDPM editing only (FlowEdit has no source trajectory to pair with);"
+                                     " use a mask with FlowEdit")
+    if config.mask is not None and config.mask.source == "auto" and not all(sources):
+        raise ConfigError("mask", "auto needs a source prompt: the mask is where the source and target prompts' "
+                                  "predictions differ; describe the input image, or give a mask file")
+
+
+def user_mask(config, mask: Optional[torch.Tensor], batch: int,
+               size: tuple[int, int]) -> Optional[torch.Tensor]:
+    """The user's mask checked against the images, or None; refuses a mask without a user-mask config and back."""
+    from .masks import check_mask
+
+    wants = config.mask is not None and config.mask.source == "user"
+    if mask is None:
+        if wants:
+            raise ConfigError("mask", "is missing: MaskConfig(source='user') needs the mask tensor (white = may "
+                                      "change); pass mask=..., or use source='auto'")
+        return None
+    if not wants:
+        raise ConfigError("mask", "was given but config.mask is not MaskConfig(source='user'); set it, or leave "
+                                  "the mask out")
+    return check_mask(mask, batch, size)
+
+
+def edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: Optional[torch.Tensor],
+               size: tuple[int, int], latent_hw: tuple[int, int], *, noisy: Callable[[list[int]], list],
+               n_run: int, source, target) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(pixel_mask (B, 1, H, W), latent_mask (B, 1, h, w))`` for the edit, or ``(None, None)`` without a mask.
+
+    An automatic mask (DiffEdit) averages the prediction difference over ``mask_config.draws`` of the run's noise
+    levels, evenly spaced over its first half (where the layout is decided); ``noisy(ks)`` gives those latents.
+    """
+    from .masks import auto_mask, dilate, to_latent, to_pixels
+
+    if mask_config is None:
+        return None, None
+    grow = mask_config.resolved_dilate(backbone.vae_scale_factor)
+    if user_mask is not None:
+        user_mask = dilate(user_mask, grow)
+        return user_mask, to_latent(user_mask, latent_hw).to(backbone.device)
+    half = max(1, (n_run + 1) // 2)
+    ks = sorted({round(i * (half - 1) / max(1, mask_config.draws - 1)) for i in range(mask_config.draws)})
+    latent_mask, _ = auto_mask(backbone, noisy(ks), source=source, target=target, threshold=mask_config.threshold)
+    pixel_mask = dilate(to_pixels(latent_mask.cpu(), size), grow)
+    if grow:
+        latent_mask = to_latent(pixel_mask, latent_hw)
+    return pixel_mask, latent_mask.to(backbone.device)
+
+
+def latent_blend(latent_mask: torch.Tensor, trajectory: torch.Tensor):
+    """The loop's blend with one fixed latent mask ``(B, 1, h, w)`` against the source's ``trajectory``."""
+    from .masks import LatentBlend
+
+    return LatentBlend.fixed(latent_mask, trajectory)
+
+
+def prompt_to_prompt(backbone: Backbone, p2p, sources: list[str], prompts: list[str], trajectory: torch.Tensor,
+                      timesteps: Sequence[int], source_cond, latent_mask: Optional[torch.Tensor], blend):
+    """``(denoiser, context, blend)`` of a Prompt-to-Prompt run: the paired denoiser, the installed processors
+    (removed when the context exits, also on an error), and the latent blend (local blend within any mask)."""
+    from .masks import LatentBlend
+    from .p2p import AttentionController, P2PDenoiser, attention_control
+
+    if len(set(zip(sources, prompts))) != 1:
+        raise ConfigError("p2p", "needs one source/target prompt pair per call: edit images with different prompts "
+                                 "in separate calls")
+    tokenizer = backbone.tokenizer
+    length = int(getattr(tokenizer, "model_max_length", 77) or 77)
+    controller = AttentionController.from_prompts(p2p, tokenizer, sources[0], prompts[0], run_steps=len(timesteps),
+                                                  batch=len(prompts), length=length)
+    denoiser = P2PDenoiser(backbone, controller, source_x_ts=trajectory, timesteps=timesteps,
+                           source_cond=source_cond)
+    if p2p.local_blend:
+        hw = tuple(trajectory.shape[-2:])
+
+        def mask_fn(state):
+            m = controller.blend_mask(hw)
+            if m is None:
+                return latent_mask
+            m = m.to(trajectory.device)
+            return m if latent_mask is None else m * latent_mask
+
+        blend = LatentBlend(mask_fn, trajectory)
+    return denoiser, attention_control(backbone.unet, controller), blend
+
+
+def composited(result, pixels: torch.Tensor, pixel_mask: Optional[torch.Tensor],
+                mask_config: Optional[MaskConfig]):
+    """Paste the edit into the input under the feathered mask (pixels outside it become the input's exactly)."""
+    from .masks import composite
+
+    if pixel_mask is None or mask_config is None:
+        return result
+    result.mask = pixel_mask.cpu()
+    if mask_config.composite:
+        result.images = composite(result.images, pixels.cpu(), result.mask, mask_config.feather)
+    return result
