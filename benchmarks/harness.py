@@ -379,7 +379,8 @@ class _Runner:
                                                       multiple=backbone.size_multiple).pixels
             source = self.sources[item.image]
             result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt,
-                          config=EditConfig(steps=n_steps, seed=seed, date=method.date), scorer=scorer)
+                          config=EditConfig(steps=n_steps, seed=seed, date=method.date, **edit_controls(args)),
+                          scorer=scorer)
         else:
             cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date, universal_guidance=method.ug,
                                  guidance_scale=args.guidance)
@@ -394,6 +395,11 @@ class _Runner:
                "rho": method.date.rho if method.date else None,
                "updates": method.date.update_steps if method.date else None,
                "host": self.host, "device": str(backbone.device)}
+        if args.suite == "edit":
+            from date_edit.masks import coverage
+
+            rec.update(controls=EditConfig(steps=n_steps, **edit_controls(args)).controls(),
+                       mask_coverage=coverage(result.mask))
         rec.update(self.metrics(result.images, item, source))
         return rec
 
@@ -470,7 +476,7 @@ def _slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------- reports
 
 NON_METRICS = {"suite", "method", "base", "item", "group", "prompt", "seed", "steps", "image", "update_steps",
-               "date_scores", "rho", "updates", "host", "device"}
+               "date_scores", "rho", "updates", "host", "device", "controls"}
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
@@ -602,6 +608,20 @@ def _html(out: Path, records: list[dict]) -> None:
     (out / "index.html").write_text(page)
 
 
+def edit_controls(args) -> dict:
+    """The edit suite's structure controls as ``EditConfig`` fields (``--mask auto``, ``--p2p``)."""
+    from date_edit.masks import MaskConfig
+
+    controls = {}
+    if getattr(args, "mask", "none") == "auto":
+        controls["mask"] = MaskConfig("auto", threshold=args.mask_threshold)
+    if getattr(args, "p2p", False):
+        from date_edit.p2p import P2PConfig
+
+        controls["p2p"] = P2PConfig(cross_replace=args.cross_replace, self_replace=args.self_replace)
+    return controls
+
+
 def main(argv=None) -> int:
     """``python -m benchmarks run ...``"""
     import argparse
@@ -622,6 +642,12 @@ def main(argv=None) -> int:
     r.add_argument("--steps", type=int, default=None, help="steps (default 50; edit 100)")
     r.add_argument("--guidance", type=float, default=7.5, help="CFG scale of generation")
     r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
+    r.add_argument("--mask", choices=("none", "auto"), default="none",
+                   help="edit: confine each edit to an automatic mask (needs the items' source prompts)")
+    r.add_argument("--mask-threshold", type=float, default=0.3, help="edit, --mask auto: the mask's threshold")
+    r.add_argument("--p2p", action="store_true", help="edit: Prompt-to-Prompt attention control (SD, SDXL)")
+    r.add_argument("--cross-replace", type=float, default=0.4, help="edit, --p2p: cross-attention window")
+    r.add_argument("--self-replace", type=float, default=0.6, help="edit, --p2p: self-attention window")
     r.add_argument("--model", default=None,
                    help=f"backbone (toy and tiny, tiny-sdxl, tiny-sd3, tiny-flux offline; default: toy for --suite "
                         f"toy, else {DEFAULT_MODEL})")

@@ -224,3 +224,13 @@ def test_batch_manifest_mask_column_and_resume_key(photo, tmp_path):
     Image.fromarray((_box_mask(box=(0, 0, 20, 20))[0, 0] * 255).byte().numpy()).save(tmp_path / "mask.png")
     redo = _cli(*args, cwd=tmp_path)
     assert "1 done, 0 skipped" in redo.stderr, redo.stderr
+
+
+def test_benchmark_harness_edit_suite_runs_the_controls(tmp_path):
+    """``python -m benchmarks run --suite edit --mask auto --p2p``: every record names the controls that ran."""
+    from benchmarks.harness import main
+
+    assert main(["run", "--suite", "edit", "--model", "tiny", "--limit", "1", "--steps", "4", "--methods", "fixed",
+                 "--mask", "auto", "--p2p", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert rows and all(r["controls"] == ["mask-auto", "p2p"] and 0 < r["mask_coverage"] <= 1 for r in rows)
