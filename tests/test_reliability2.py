@@ -305,3 +305,159 @@ def test_records_of_edit_and_generate_are_strict_json(tmp_path):
                          False, [], True)
     assert json.loads((tmp_path / "x.png.json").read_text())["date_scores"] == [None]
     assert "Infinity" not in Image.open(tmp_path / "x.png").text["date-edit"]
+
+
+# ------------------------------------------------------- items 6, 9, 10: bad model files, caps, one line
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """The tiny SD model saved as a diffusers folder (weights as safetensors)."""
+    from date_edit.backbones import save_components, tiny_components
+
+    return save_components(tiny_components(), tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _bad_models(root: Path, tiny: Path) -> dict[str, Path]:
+    """Model files and folders a hostile user might pass, each broken one way."""
+    import argparse
+    import struct
+
+    import torch
+
+    root.mkdir(exist_ok=True)
+    bad = {}
+    bad["garbage"] = root / "garbage.safetensors"
+    bad["garbage"].write_bytes(os.urandom(4096))
+    bad["empty"] = root / "empty.safetensors"
+    bad["empty"].write_bytes(b"")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1024, 1024], "data_offsets": [0, 4 * 1024 * 1024]}}).encode()
+    bad["truncated"] = root / "truncated.safetensors"
+    bad["truncated"].write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 100)
+    bad["huge-header"] = root / "huge-header.safetensors"
+    bad["huge-header"].write_bytes(struct.pack("<Q", 2**40) + b"{}")
+    for name, index in (("list", []), ("null", None),
+                        ("component-5", {"_class_name": "StableDiffusion3Pipeline", "transformer": 5}),
+                        ("function", {"_class_name": "StableDiffusion3Pipeline",
+                                      "transformer": ["diffusers", "is_torch_available"]})):
+        folder = root / f"index-{name}"
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps(index))
+        (folder / "unet").mkdir()
+        bad[f"index-{name}"] = folder
+    bad["index-garbage"] = _copy_model(tiny, root / "index-garbage")
+    (bad["index-garbage"] / "model_index.json").write_bytes(b"\xff\xfe{not json")
+    bad["weights-garbage"] = _copy_model(tiny, root / "weights-garbage")
+    next((bad["weights-garbage"] / "unet").glob("*.safetensors")).write_bytes(os.urandom(1000))
+    bad["untrusted-bin"] = _copy_model(tiny, root / "untrusted-bin")
+    (bad["untrusted-bin"] / "text_encoder" / "model.safetensors").unlink()
+    torch.save({"x": argparse.Namespace()}, bad["untrusted-bin"] / "text_encoder" / "pytorch_model.bin")
+    bad["sparse-index"] = _copy_model(tiny, root / "sparse-index")
+    os.truncate(bad["sparse-index"] / "model_index.json", 5 * 2**30)
+    bad["sparse-unet-config"] = _copy_model(tiny, root / "sparse-unet-config")
+    os.truncate(bad["sparse-unet-config"] / "unet" / "config.json", 5 * 2**30)
+    return bad
+
+
+def test_bad_model_files_raise_only_library_errors(tiny_folder, tmp_path):
+    """Garbage, truncated, empty and huge-header .safetensors, a model_index.json that is a list, null, not JSON or
+    has a component 5 or a function as class, garbage weights, 5 GB sparse configs: SafetensorError, AttributeError,
+    TypeError ... (the CLI: "bug"). The API now raises ModelFileError (a BackboneError), one line, the big configs
+    unread (fast, no memory)."""
+    import resource
+
+    from date_edit.backbones import load_backbone
+    from date_edit.errors import ModelFileError
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for name, path in _bad_models(tmp_path, tiny_folder).items():
+        with pytest.raises(ModelFileError) as info:
+            load_backbone(str(path), device="cpu")
+        message = str(info.value)
+        assert "\n" not in message and len(message) < 600, (name, message)
+        if name.startswith("sparse"):
+            assert "5.0 GiB, over the limit of 64.0 MiB" in message, message
+    assert time.perf_counter() - start < 30
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 1024 * 1024, "no config read whole (KiB)"
+    assert load_backbone(str(tiny_folder), device="cpu").family == "sd", "the good folder still loads"
+
+
+@pytest.mark.slow
+def test_bad_model_files_are_one_line_and_exit_2(tiny_folder, tmp_path):
+    bad = _bad_models(tmp_path / "bad", tiny_folder)
+    for name in ("garbage", "index-list", "sparse-unet-config"):
+        proc = cli("generate", "a cat", "--model", bad[name], "--steps", 2, "-q", "-o", tmp_path / "g.png",
+                   cwd=tmp_path)
+        assert proc.returncode == 2, (name, proc.stderr)
+        line = one_error(proc)
+        assert "bug" not in line and ("could not load model" in line or "model_index.json" in line
+                                      or "5.0 GiB, over the limit" in line), line
+        assert len([x for x in proc.stderr.splitlines() if x.strip()]) == 1, proc.stderr
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_bad_scorer_files_and_specs_raise_only_scorer_errors(tmp_path):
+    """``clip:openclip/RN50/../../../etc/passwd`` and a checkpoint that is not one: IndexError, UnpicklingError."""
+    from date_edit.errors import ScorerError
+    from date_edit.scorers import build_scorer
+
+    noise().save(tmp_path / "not-a-checkpoint.png")
+    for spec in ("clip:openclip/RN50/../../../etc/passwd", f"clip:openclip/RN50/{tmp_path / 'not-a-checkpoint.png'}"):
+        with pytest.raises(ScorerError, match="^could not build scorer|^open_clip has no"):
+            build_scorer(spec)
+
+
+def test_repeated_scorer_terms_are_merged_and_terms_capped(tmp_path):
+    """500 copies of ``imagereward:tiny`` built 500 models (13.9 GB); now one, with the weights added, and more than
+    MAX_SCORER_TERMS different terms is one line naming the bound."""
+    from date_edit import limits
+    from date_edit.errors import ScorerError
+    from date_edit.scorers import build_scorer, offline_scorer_spec, parse_scorer_spec
+
+    assert parse_scorer_spec(",".join(["imagereward:tiny"] * 500)) == [("imagereward", "tiny", 500.0)]
+    assert parse_scorer_spec("clip=1,aesthetic:tiny,clip=0.5") == [("clip", None, 1.5), ("aesthetic", "tiny", 1.0)]
+    assert offline_scorer_spec("clip,clip:tiny=0.5", "tiny") == "clip:tiny=1.5"
+    scorer = build_scorer(",".join(["clip:tiny"] * 500))
+    assert scorer.name == "clip:tiny=500" and len(scorer.terms) == 1, "one model, weight 500"
+    many = ",".join(f"clip:v{i}" for i in range(limits.MAX_SCORER_TERMS + 1))
+    with pytest.raises(ScorerError, match=f"more than {limits.MAX_SCORER_TERMS} different scorers"):
+        parse_scorer_spec(many)
+    helped = cli("edit", "--help", cwd=tmp_path)
+    assert f"at most {limits.MAX_SCORER_TERMS} different scorers" in " ".join(helped.stdout.split())
+
+
+def test_a_manifest_over_the_size_cap_is_refused_unread(tmp_path):
+    """A 5 GB sparse manifest was read whole (6.3 GB resident), then "out of memory; try a smaller --size"."""
+    from date_edit import limits
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,prompt\n")
+    os.truncate(manifest, 5 * 2**30)
+    proc = cli("batch", "--manifest", manifest, "-o", tmp_path / "out", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.seconds < 15, proc.stderr
+    line = one_error(proc)
+    assert "5.0 GiB" in line and limits.format_bytes(limits.MAX_MANIFEST_BYTES) in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_loading_a_model_says_one_line(tiny_folder, tmp_path):
+    """A ``.bin`` VAE gave diffusers' "An error occurred while trying to fetch ..." and "Defaulting to unsafe
+    serialization ..." on stderr; now only date-edit's own line."""
+    import torch
+    from safetensors.torch import load_file
+
+    model = _copy_model(tiny_folder, tmp_path / "binvae")
+    weights = model / "vae" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), model / "vae" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    proc = cli("generate", "a cat", "--model", model, "--steps", 2, "-q", "--no-date", "--scorer", "clip:tiny",
+               "-o", tmp_path / "g.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [f"date-edit: wrote {tmp_path / 'g.png'}"]
