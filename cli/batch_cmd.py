@@ -33,7 +33,7 @@ _NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max
                    "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, rho, rho_relative, "
                    "update_steps, update_mode, grad_iters, no_date, size, resize, mask, p2p, cross_replace, "
                    "self_replace (empty: the command-line value). Image and mask paths are relative to the "
-                   "manifest.")
+                   "manifest; at most 128 MiB.")
 @click.option("--prompt", "-p", default=None,
               help="Target prompt of every image of INPUT_DIR (with --manifest: of rows without a prompt).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -77,11 +77,13 @@ def batch(input_dir, **opts) -> None:
     \b
     On several GPUs or nodes, start it with a launcher; the ranks share the work:
       torchrun --standalone --nproc-per-node 4 --no-python date-edit batch photos/ -p "..." -o edited/
-    (srun: export MASTER_ADDR and MASTER_PORT; ranks wait DATE_EDIT_JOIN_TIMEOUT seconds, 900, for each other.)
+    (srun: export MASTER_ADDR and MASTER_PORT; ranks wait DATE_EDIT_JOIN_TIMEOUT seconds, 900, for each other
+    to start; a rank that dies is named by the others within DATE_EDIT_PEER_TIMEOUT seconds, 60, and they stop.)
 
     \b
     Exit codes: 0 every item ok or up to date; 3 some items failed (see results.jsonl);
-    2 usage error (options, folder, manifest); 1 the model could not be loaded;
+    2 usage error (options, folder, manifest, launch environment); 1 the model could not be loaded, or a rank
+    of the job died;
     130 interrupted by SIGINT/SIGTERM (rerun the same command to finish).
     """
     run_command(lambda: _body(input_dir, opts))  # SIGTERM while planning: one line and 130 (the run has its own)

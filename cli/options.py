@@ -1,7 +1,7 @@
 """The options the commands share, checked where click parses them.
 
-Imports click and :mod:`date_edit.choices` only (the checks' module, :mod:`date_edit.limits`, is light too and
-loads only when a value is given), so every command module can import it, and ``--help`` loads no torch.
+Imports click, :mod:`date_edit.choices` and :mod:`date_edit.limits` only (both light: no torch), so every command
+module can import it, and ``--help`` loads no torch.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from date_edit.choices import (
     ABLATIONS, CHECKPOINTING_MODES, COMPILE_MODES, DATE_NORMS, DATE_TARGETS, DEFAULT_MODEL, DTYPE_NAMES, EDIT_METHODS,
     RESIZE_MODES, UPDATE_MODES,
 )
+from date_edit.limits import MAX_GRAD_ITERS, MAX_SCORER_TERMS
 
 
 def checked(check_name: str):
@@ -127,10 +128,12 @@ def date_options(f):
         click.option("--update-mode", type=click.Choice(UPDATE_MODES), default="accumulate", show_default=True,
                      help="accumulate: start each update from the last one; restart: from the original embedding."),
         click.option("--grad-iters", type=int, default=1, show_default=True, callback=checked("check_grad_iters"),
-                     help="Gradient iterations per update step, 1 to 100."),
+                     help=f"Gradient iterations per update step, 1 to {MAX_GRAD_ITERS}."),
         click.option("--scorer", "-s", default="clip", show_default=True,
                      help="DATE objective and reported score: clip (ViT-L/14), clip:tiny, clip:toy, clip:<id>, "
-                          "other registered scorers (`date-edit scorers`), or a weighted sum 'clip=1,imagereward=0.5'."
+                          "other registered scorers (`date-edit scorers`), or a weighted sum 'clip=1,imagereward=0.5' "
+                          f"of at most {MAX_SCORER_TERMS} different scorers (a scorer named twice is one term, its "
+                          "weights added)."
                           " With --model toy, clip and min-concept mean the toy world's CLIP; with --model tiny (and "
                           "toy, for the rest) a name means its random-weight ':tiny' variant."),
         click.option("--ablation", type=click.Choice(ABLATIONS), default="none", show_default=True,

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import atexit
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, DistributedError
 
 
 JOIN_TIMEOUT_ENV = "DATE_EDIT_JOIN_TIMEOUT"  # seconds the ranks wait for each other at the start (default 900)
 PEER_TIMEOUT_ENV = "DATE_EDIT_PEER_TIMEOUT"  # seconds a rank's heartbeat may stop before the others give up (60)
 STEP_TIMEOUT = timedelta(hours=2)  # the longest one collective or store call of a running job may wait
+HEARTBEAT_KEY = "date-edit/alive"  # <key>/<rank>: a counter each rank's heartbeat thread adds to
 MAX_WAIT_S = 7 * 24 * 3600.0  # the longest a timeout read from the environment may be
 
 
@@ -78,7 +81,6 @@ def master_port() -> int:
 def _wait_for_port(addr: str, port: int, join: timedelta) -> None:
     """Wait until something listens on ``addr:port`` (rank 0's store), at most ``join``."""
     import socket
-    import time
 
     deadline = time.monotonic() + join.total_seconds()
     while True:
@@ -108,6 +110,11 @@ class Dist:
     _coord: Any = None  # the gloo group of the coordination (None: the default group is gloo already)
     _store: Any = None  # the job's key-value store (this attempt's namespace); None for one process
     _counts: dict = field(default_factory=dict)  # one process: the counters of :meth:`add`
+    peer_timeout: float = 60.0  # seconds a peer's heartbeat may stop before this rank gives up on it
+    _beat: Any = None  # (thread, stop event) of this rank's heartbeat
+    _seen: dict = field(default_factory=dict)  # rank -> (its heartbeat count, when it last changed: monotonic s)
+    _checked: float = 0.0  # when the peers were last checked (monotonic s)
+    _meets: int = 0  # rendezvous points passed (each collective is one, in the same order on every rank)
 
     @classmethod
     def from_env(cls) -> "Dist":
@@ -121,9 +128,12 @@ class Dist:
         rank = _env_int(("RANK", "SLURM_PROCID"), 0)
         local = _env_int(("LOCAL_RANK", "SLURM_LOCALID"), 0)
         if world < 1 or not 0 <= rank < world or local < 0:
-            raise ConfigError(None, f"the launcher says rank {rank} (local {local}) of {world} processes: check "
-                                    "WORLD_SIZE, RANK and LOCAL_RANK")
+            raise ConfigError(None, f"the launcher says rank {rank} of {world} processes (local rank {local}): "
+                                    "check WORLD_SIZE, RANK and LOCAL_RANK")
         if world > 1:  # what init will need, checked before anything loads
+            # c10d's own warnings (a dead peer's socket, with 20 lines of C++ frames) would bury the one line that
+            # says what happened; read when torch is first imported, which the CLI has not done yet
+            os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
             _join_timeout()
             _peer_timeout()
             if os.environ.get("MASTER_PORT"):
@@ -154,7 +164,8 @@ class Dist:
         the coordination (barriers, gathering small objects), whose store is namespaced per restart attempt
         (``TORCHELASTIC_RESTART_COUNT``) so that ``--max-restarts`` attempts never meet a stale one. One process:
         nothing to do. Needs ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; under srun export them). The
-        ranks wait for each other at most ``$DATE_EDIT_JOIN_TIMEOUT`` seconds (900) to start, then 2 hours a step.
+        ranks wait for each other at most ``$DATE_EDIT_JOIN_TIMEOUT`` seconds (900) to start, then 2 hours a step;
+        each rank's heartbeat lets the others name it within ``$DATE_EDIT_PEER_TIMEOUT`` seconds (60) when it dies.
 
         Raises:
             ConfigError: the launcher said several processes but the group has one, or they did not all start.
@@ -191,6 +202,8 @@ class Dist:
         td.init_process_group("nccl" if cuda else "gloo", store=store, rank=self.rank, world_size=self.world,
                               timeout=timeout)
         self._group, self._store = True, store
+        self.peer_timeout = _peer_timeout()
+        self._start_heartbeat(addr, port, f"attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
         # a gloo group still alive when the interpreter exits, its peer gone, aborts the process (SIGABRT,
         # "terminate called without an active exception"): leave it on every way out, errors included
         atexit.register(self.close)
@@ -205,11 +218,12 @@ class Dist:
         return list(todo[self.rank::self.world])
 
     def barrier(self) -> None:
-        """Wait for every rank."""
+        """Wait for every rank (a dead one is named within :attr:`peer_timeout` seconds: :meth:`meet`)."""
         if self._group:
             import torch.distributed as td
 
-            td.barrier(group=self._coord)
+            self.meet()
+            self._collective(lambda: td.barrier(group=self._coord))
 
     def gather(self, value: Any) -> list:
         """``value`` of every rank, in rank order (one process: ``[value]``)."""
@@ -218,7 +232,8 @@ class Dist:
         import torch.distributed as td
 
         out: list = [None] * self.world
-        td.all_gather_object(out, value, group=self._coord)
+        self.meet()
+        self._collective(lambda: td.all_gather_object(out, value, group=self._coord))
         return out
 
     def broadcast(self, value: Any) -> Any:
@@ -228,7 +243,8 @@ class Dist:
         import torch.distributed as td
 
         box = [value]
-        td.broadcast_object_list(box, src=0, group=self._coord)
+        self.meet()
+        self._collective(lambda: td.broadcast_object_list(box, src=0, group=self._coord))
         return box[0]
 
     def add(self, key: str, amount: int = 1) -> int:
@@ -237,10 +253,95 @@ class Dist:
         if self._store is None:
             self._counts[key] = self._counts.get(key, 0) + amount
             return self._counts[key]
-        return int(self._store.add(key, amount))
+        return int(self._ask(lambda: self._store.add(key, amount)))
+
+    # -- liveness: every rank beats; a rank waiting on the others checks their beats, so a dead one is named
+
+    def _start_heartbeat(self, addr: str, port: int, prefix: str) -> None:
+        """Add to this rank's heartbeat counter in the store every few seconds, from a thread with its own store
+        connection (so it beats while the main thread computes, or waits in a collective)."""
+        import torch.distributed as td
+
+        client = td.PrefixStore(prefix, td.TCPStore(addr, port, is_master=False, wait_for_workers=False,
+                                                    timeout=timedelta(seconds=self.peer_timeout)))
+        stop, key, every = threading.Event(), f"{HEARTBEAT_KEY}/{self.rank}", self._beat_interval()
+
+        def beat() -> None:
+            while not stop.is_set():
+                try:
+                    client.add(key, 1)
+                except Exception:  # noqa: BLE001 - the store is gone: the main thread finds out and says so
+                    return
+                stop.wait(every)
+
+        thread = threading.Thread(target=beat, name="date-edit-heartbeat", daemon=True)
+        thread.start()
+        self._beat = (thread, stop)
+
+    def _beat_interval(self) -> float:
+        return max(0.1, min(5.0, self.peer_timeout / 6))
+
+    def check_peers(self) -> None:
+        """Raise :class:`DistributedError` naming a rank whose heartbeat has not moved for :attr:`peer_timeout`
+        seconds (``$DATE_EDIT_PEER_TIMEOUT``, 60): it was killed, or hangs. Cheap to call often (it reads the
+        store at most every heartbeat interval)."""
+        now = time.monotonic()
+        if not self._group or now - self._checked < self._beat_interval():
+            return
+        self._checked = now
+        for r in range(self.world):
+            if r == self.rank:
+                continue
+            count = int(self._ask(lambda r=r: self._store.add(f"{HEARTBEAT_KEY}/{r}", 0)))
+            seen = self._seen.get(r)
+            if seen is None or seen[0] != count:
+                self._seen[r] = (count, now)
+            elif now - seen[1] > self.peer_timeout:
+                raise DistributedError(f"rank {r} gave no sign of life for {now - seen[1]:.0f} s (killed, hung or its "
+                                       f"node lost; {PEER_TIMEOUT_ENV}={self.peer_timeout:g}): rank {self.rank} stops "
+                                       "too; rerun the same command to finish the job")
+
+    def meet(self) -> None:
+        """Wait in the store until every rank reaches this point, checking the others' heartbeats meanwhile; then a
+        collective right after it finds every rank there. Every rank passes the same points in the same order."""
+        if not self._group:
+            return
+        self._meets += 1
+        key = f"date-edit/meet/{self._meets}"
+        self._ask(lambda: self._store.add(key, 1))
+        while int(self._ask(lambda: self._store.add(key, 0))) < self.world:
+            self.check_peers()
+            time.sleep(0.05)
+
+    def _ask(self, call: Callable[[], Any]) -> Any:
+        """A store call; the store gone (rank 0, or torchrun's agent, that serves it died) is one line."""
+        import torch.distributed as td
+
+        try:
+            return call()
+        except (td.DistError, RuntimeError) as e:
+            raise DistributedError(f"rank {self.rank} lost the job's store at MASTER_ADDR:MASTER_PORT, which rank 0 "
+                                   f"serves: rank 0 was killed or its node lost ({type(e).__name__}); rerun the same "
+                                   "command to finish the job") from None
+
+    def _collective(self, call: Callable[[], Any]) -> Any:
+        """A collective among ranks that have all met; one that leaves meanwhile is one line."""
+        import torch.distributed as td
+
+        try:
+            return call()
+        except (td.DistError, RuntimeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise DistributedError(f"rank {self.rank} lost a peer in the middle of a collective ({first}); rerun the "
+                                   "same command to finish the job") from None
 
     def close(self) -> None:
         """Leave the process group (so a restart attempt starts clean, and the exit never aborts); again: no-op."""
+        if self._beat is not None:
+            thread, stop = self._beat
+            stop.set()
+            thread.join(timeout=2.0)
+            self._beat = None
         if self._group:
             import torch.distributed as td
 
@@ -282,8 +383,6 @@ class JobProgress:
         """This rank's share is done: rank 0 keeps its bar moving (and calls ``check()``, which may raise: an
         interrupt, say) until every rank's is, then all meet (a barrier). Rank 0 stops waiting on the others after
         ``stall_s`` seconds without progress (the barrier's own timeout then names what is wrong)."""
-        import time
-
         d = self.dist
         self._phase += 1
         finished = f"{self.key}/finished{self._phase}"
@@ -293,6 +392,7 @@ class JobProgress:
             while d.add(finished, 0) < d.world and time.monotonic() - since < stall_s:
                 if check is not None:
                     check()
+                d.check_peers()  # a rank that died is named within its peer timeout, not after stall_s
                 done = d.add(f"{self.key}/done", 0)
                 if done != last:
                     last, since = done, time.monotonic()

@@ -9,7 +9,9 @@ A ``ValueError`` or ``RuntimeError`` that is *not* one of these is a bug (ours o
 * :class:`ImageError`, :class:`OutputError` -- an input image or an output path that cannot be used.
 * :class:`ScorerError` -- a scorer spec that cannot be resolved or built.
 * :class:`BatchError` -- a batch job that cannot run as asked (folder, manifest, output folder).
-* :class:`BackboneError` -- a model that cannot be loaded (a runtime failure, not a usage error).
+* :class:`DistributedError` -- a job of several processes lost one of them (a runtime failure).
+* :class:`BackboneError` -- a model that cannot be loaded (a runtime failure, not a usage error);
+  :class:`ModelFileError`, one of them, a model file or folder that is malformed (a usage error).
 """
 
 from __future__ import annotations
@@ -87,3 +89,17 @@ class BackboneError(DateEditError, RuntimeError):
     """A backbone could not be loaded; ``str(e)`` is one line naming the model and what to do."""
 
     usage = False
+
+
+class DistributedError(DateEditError, RuntimeError):
+    """A job of several processes lost one of them (killed, hung, or its node gone); one line naming it. A runtime
+    failure: the CLI exits 1, and a rerun finishes the job."""
+
+    usage = False
+
+
+class ModelFileError(BackboneError):
+    """A model file or folder the user gave is not a usable model (garbage, truncated, a malformed or oversized
+    config, weights that do not fit it): bad input, so a front end's usage error, unlike a model it cannot fetch."""
+
+    usage = True

@@ -8,7 +8,9 @@ naming the parameter (``name``); the CLI passes its flag as ``name``.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 
 from .errors import ConfigError
 
@@ -20,6 +22,8 @@ MIN_INPUT_BYTES = 64 * 2**20  # the input file size limit is never below this
 UNLIMITED_PIXELS_INPUT_BYTES = 4 * 2**30  # the input file size limit when no pixel budget is set
 MAX_GRAD_ITERS = 100  # gradient iterations per DATE update step (each costs about five plain steps)
 MAX_SCORER_TERMS = 8  # distinct terms of a scorer spec (each loads a model); repeated terms are merged first
+MAX_CONFIG_BYTES = 64 * 2**20  # a model's JSON files (model_index.json, */config.json, tokenizer.json) at most
+MAX_MANIFEST_BYTES = 128 * 2**20  # a batch manifest at most (over a million rows of 100 bytes)
 DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -127,6 +131,32 @@ def max_input_bytes(max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
     if max_pixels is None:
         return UNLIMITED_PIXELS_INPUT_BYTES
     return max(MIN_INPUT_BYTES, BYTES_PER_PIXEL * check_max_pixels(max_pixels))
+
+
+def read_capped(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused before a byte is read when it is larger than ``max_bytes``
+    (and never more than ``max_bytes`` read, should it grow meanwhile). ``what`` names it in the message.
+
+    Raises:
+        ConfigError: one line: the file is over the limit, or not a regular file. OSError: it cannot be opened.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ConfigError(None, f"{what} {os.fspath(path)} is not a regular file")
+        data = f.read(max_bytes + 1) if size <= max_bytes else b""
+        if size > max_bytes or len(data) > max_bytes:
+            raise ConfigError(None, f"{what} {os.fspath(path)} is {format_bytes(max(size, len(data)))}, over the "
+                                    f"limit of {format_bytes(max_bytes)}; it was not read")
+    return data
+
+
+def check_file_size(path: str | os.PathLike, max_bytes: int, what: str) -> None:
+    """Refuse (ConfigError, one line) a file at ``path`` larger than ``max_bytes``, by its size alone."""
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        raise ConfigError(None, f"{what} {os.fspath(path)} is {format_bytes(size)}, over the limit of "
+                                f"{format_bytes(max_bytes)}; it was not read")
 
 
 def format_bytes(n: int) -> str:

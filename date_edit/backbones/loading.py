@@ -4,14 +4,18 @@ hub id) or from the checkpoint's tensor names (a single file)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ..choices import DEFAULT_MODEL
-from ..errors import BackboneError
+from ..errors import BackboneError, ConfigError, ModelFileError, printable
+from ..limits import MAX_CONFIG_BYTES, check_file_size, read_capped
 from ..hub import hub_reachable
 from .base import COMPONENT_NAMES, Backbone, resolve_device, resolve_dtype
 from .sd import StableDiffusion  # noqa: F401  (each family module registers itself in base.FAMILIES)
@@ -39,6 +43,9 @@ def family_of(index: dict, where: str = "the model") -> str:
     Raises:
         BackboneError: a pipeline class date-edit does not run.
     """
+    if not isinstance(index, dict):
+        raise ModelFileError(f"{where}: model_index.json holds a JSON {type(index).__name__}, not an object; it is "
+                             "not a diffusers model folder")
     name = str(index.get("_class_name", ""))
     if name in PIPELINE_FAMILIES:
         return PIPELINE_FAMILIES[name]
@@ -48,11 +55,38 @@ def family_of(index: dict, where: str = "the model") -> str:
                         "StableDiffusionXL, StableDiffusion3 and Flux pipeline folders")
 
 
+def read_model_index(path: Path) -> dict:
+    """A folder's ``model_index.json``, refused over :data:`~date_edit.limits.MAX_CONFIG_BYTES` before it is read,
+    and when it is not a JSON object (:class:`ModelFileError`, one line)."""
+    try:
+        index = json.loads(read_capped(path, MAX_CONFIG_BYTES, "model config").decode("utf-8"))
+    except ConfigError as e:
+        raise ModelFileError(str(e)) from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelFileError(f"{path} is not JSON ({str(e)[:120]})") from None
+    family_of(index, str(path.parent))  # a dict of a family date-edit runs
+    return index
+
+
+def check_configs(folder: Path) -> None:
+    """Refuse a diffusers folder whose JSON files (``model_index.json``, ``*/config.json``, tokenizer files) are over
+    :data:`~date_edit.limits.MAX_CONFIG_BYTES`, by their size, before diffusers reads any of them whole."""
+    for path in [*folder.glob("*.json"), *folder.glob("*/*.json")]:
+        try:
+            check_file_size(path, MAX_CONFIG_BYTES, "model config")
+        except ConfigError as e:
+            raise ModelFileError(str(e)) from None
+        except OSError:
+            continue  # a broken link: the loader names it if it needs it
+
+
 def _model_index(path: str, *, local_only: bool) -> dict:
     """``model_index.json`` of a folder or hub id (a folder without one, but with ``unet/``, is SD-shaped)."""
     folder = Path(path)
+    if folder.is_dir():
+        check_configs(folder)
     if (folder / "model_index.json").is_file():
-        return json.loads((folder / "model_index.json").read_text())
+        return read_model_index(folder / "model_index.json")
     if folder.is_dir():
         return {"unet": True, **({"text_encoder_2": True} if (folder / "text_encoder_2").is_dir() else {})}
     from diffusers import DiffusionPipeline
@@ -91,13 +125,21 @@ def _load_flow_folder(path: str, family: str, index: dict, kw: dict) -> dict:
     comps = {}
     for name in COMPONENT_NAMES[family]:
         entry = index.get(name)
-        if not entry or entry[0] is None:
+        if not entry or (isinstance(entry, (list, tuple)) and entry[0] is None):
             comps[name] = None
             continue
+        if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] not in ("diffusers", "transformers")
+                or not isinstance(entry[1], str)):
+            raise ModelFileError(f"{path}: model_index.json gives {name} as {str(entry)[:80]}, not [library, class] "
+                                 "with library diffusers or transformers")
         library = diffusers if entry[0] == "diffusers" else transformers
         cls = getattr(library, entry[1], None)
         if cls is None:
             raise BackboneError(f"{path}: {name} is a {entry[1]}, which this {entry[0]} does not have")
+        if (not isinstance(cls, type) or not hasattr(cls, "from_pretrained")
+                or issubclass(cls, diffusers.DiffusionPipeline)):
+            raise ModelFileError(f"{path}: model_index.json gives {name} as {entry[0]}.{entry[1]}, which is not a "
+                                 "model, tokenizer or scheduler class")
         if name == "scheduler":
             comps[name] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder=name, **kw)
         else:
@@ -110,7 +152,8 @@ def single_file_family(path: str, config: Optional[str] = None) -> str:
     from the tensor names of a ``.safetensors`` file (SD3's MMDiT has ``joint_blocks``, FLUX ``double_blocks``,
     SDXL's second text encoder lives under ``conditioner.embedders.1``), else ``sd``."""
     if config and (Path(config) / "model_index.json").is_file():
-        return family_of(json.loads((Path(config) / "model_index.json").read_text()), config)
+        check_configs(Path(config))
+        return family_of(read_model_index(Path(config) / "model_index.json"), config)
     if Path(path).suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
@@ -179,30 +222,55 @@ def _load_backbone(model: str, *, dtype, device: str, config: Optional[str]) -> 
     path = Path(model).expanduser()
     is_file = path.suffix.lower() in (".safetensors", ".ckpt")
     looks_local = is_file or path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
-    try:
-        if is_file:
-            if not path.is_file():
-                raise BackboneError(f"model file {model} does not exist")
-            local_only = config is None or Path(config).is_dir() or not hub_reachable()
-            comps, family, zeros = _load_single_file(str(path), config, local_only=local_only)
-        elif looks_local:
-            if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
-                raise BackboneError(
-                    f"{model} is not a diffusers model folder (no model_index.json or unet/); "
-                    "pass a folder saved with save_pretrained, a .safetensors file, or a hub id"
-                )
-            comps, family, zeros = _load_folder(str(path), local_only=True)
-        else:
-            comps, family, zeros = _load_hub(model)
-    except BackboneError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = (" (a single-file checkpoint offline needs --model-config DIR, a diffusers folder of the same "
-                "family)") if is_file else ""
-        raise BackboneError(f"could not load model {model!r}: {first[:200]}{hint}") from None
+    with quiet_libraries():
+        try:
+            if is_file:
+                if not path.is_file():
+                    raise BackboneError(f"model file {model} does not exist")
+                local_only = config is None or Path(config).is_dir() or not hub_reachable()
+                comps, family, zeros = _load_single_file(str(path), config, local_only=local_only)
+            elif looks_local:
+                if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+                    raise BackboneError(
+                        f"{model} is not a diffusers model folder (no model_index.json or unet/); "
+                        "pass a folder saved with save_pretrained, a .safetensors file, or a hub id"
+                    )
+                comps, family, zeros = _load_folder(str(path), local_only=True)
+            else:
+                comps, family, zeros = _load_hub(model)
+        except BackboneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - what a model file holds is input: only errors of ours leave here
+            if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError) or (
+                    isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()):
+                raise
+            first = printable(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            hint = (" (a single-file checkpoint offline needs --model-config DIR, a diffusers folder of the same "
+                    "family)") if is_file else ""
+            if not (is_file or looks_local):  # a hub id whose cached files fail: a load that failed
+                raise BackboneError(f"could not load model {model!r}: {first[:200]}{hint}") from None
+            kind = "" if isinstance(exc, OSError) else f"{type(exc).__name__}: "
+            raise ModelFileError(f"could not load model {model!r}, its files are not a usable model: "
+                                 f"{kind}{first[:200]}{hint}") from None
     return Backbone.from_components(model, comps, dtype=dtype, device=device, family=family,
                                     force_zeros_for_empty_prompt=zeros)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """diffusers' and transformers' own log lines ("Attempting to download...", "Defaulting to unsafe
+    serialization...") off while a model loads: what goes wrong is raised, and said in one line."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = [(lib, lib.get_verbosity()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in before:
+        lib.set_verbosity(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lib, level in before:
+            lib.set_verbosity(level)
 
 
 def _load_hub(model: str) -> tuple[dict, str, bool]:

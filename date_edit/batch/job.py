@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..distributed import Dist, JobProgress
-from ..errors import BatchError, DateEditError
+from ..errors import BatchError, DateEditError, DistributedError
 from ..limits import DEFAULT_MAX_PIXELS
 from .items import RESULTS_NAME, BatchInterrupted, Item, ItemSettings, PathLike, Summary
 from .results import ResultsLog, _locked, clean_temp_files, merge_rank_logs, rank_log_name
@@ -110,7 +110,7 @@ class _Job:
         """The runner's :meth:`prepare`, an unexpected error being that item's failure."""
         try:
             return self.runner.prepare(item)
-        except (BatchError, BatchInterrupted):
+        except (BatchError, BatchInterrupted, DistributedError):
             raise
         except Exception as e:  # noqa: BLE001 - one item's failure must not stop the batch
             self.runner.fail(item, reason(e))

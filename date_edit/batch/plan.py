@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BatchError
+from ..errors import BatchError, ConfigError
+from ..limits import MAX_MANIFEST_BYTES, read_capped
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
     pass
@@ -156,7 +157,9 @@ def _read_manifest(path: Path) -> list[tuple[int, dict | str]]:
     """Rows of a manifest as ``(row number, {column: raw value})``, or ``(row, error)`` for an unreadable row."""
     suffix = path.suffix.lower()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_capped(path, MAX_MANIFEST_BYTES, "manifest").decode("utf-8-sig")
+    except ConfigError as e:
+        raise BatchError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise BatchError(f"cannot read manifest {path}: {getattr(e, 'strerror', None) or e}") from None
     rows: list[tuple[int, dict | str]] = []

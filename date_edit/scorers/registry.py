@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from ..errors import DateEditError, printable
 from .base import Scorer, ScorerError, ScorerInfo
 from .spec import offline_scorer_spec, parse_scorer_spec  # noqa: F401  (re-exported)
 
@@ -93,6 +94,21 @@ class WeightedScorer:
         return {s.name: s for s, _ in self.terms}
 
 
+def _build_term(info: ScorerInfo, name: str, variant, *, device: torch.device, dtype: torch.dtype) -> Scorer:
+    """One term's scorer; what its weights or files do wrong (a checkpoint that is not one, a path that is not a
+    file) is a :class:`ScorerError` in one line, never the loading library's own exception."""
+    try:
+        return info.factory(variant, device=device, dtype=dtype)
+    except DateEditError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a spec names files: what they hold is input
+        if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+            raise
+        first = printable((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+        label = f"{name}:{variant}" if variant else name
+        raise ScorerError(f"could not build scorer {label!r}: {type(exc).__name__}: {first}") from None
+
+
 def build_scorer(
     spec: str,
     *,
@@ -118,10 +134,12 @@ def build_scorer(
                 f"scorer {name!r} is not differentiable, so it cannot be a DATE objective; "
                 "use it with `date-edit score`, or pick a differentiable one (see `date-edit scorers`)"
             )
-        scorer = info.factory(variant, device=torch.device(device), dtype=dtype)
+        scorer = _build_term(info, name, variant, device=torch.device(device), dtype=dtype)
         if require_differentiable and not scorer.differentiable:
             raise ScorerError(f"scorer {scorer.name!r} is not differentiable, so it cannot be a DATE objective")
         built.append((scorer, weight))
     if len(built) == 1 and built[0][1] == 1.0:
         return built[0][0]
-    return WeightedScorer(built, name=spec.replace(" ", ""))
+    merged = len(terms) < len(spec.split(","))  # a term named twice: the name says the merged sum
+    name = ",".join(f"{n}{':' + v if v else ''}={w:g}" for n, v, w in terms) if merged else spec.replace(" ", "")
+    return WeightedScorer(built, name=name)

@@ -13,8 +13,15 @@ _TERM = re.compile(r"^([A-Za-z0-9_.\-]+)(?::(.+?))?(?:=(.+))?$")
 
 
 def parse_scorer_spec(spec: str) -> list[tuple[str, Optional[str], float]]:
-    """``"clip=1,imagereward:tiny=0.5"`` -> ``[("clip", None, 1.0), ("imagereward", "tiny", 0.5)]``."""
-    terms = []
+    """``"clip=1,imagereward:tiny=0.5"`` -> ``[("clip", None, 1.0), ("imagereward", "tiny", 0.5)]``.
+
+    A term named again is merged into its first place, weights added (``clip,clip=0.5`` is ``clip=1.5``: one model
+    loads, the sum is the same); at most :data:`~date_edit.limits.MAX_SCORER_TERMS` distinct terms (each loads a
+    model), else :class:`ScorerError`.
+    """
+    from ..limits import MAX_SCORER_TERMS
+
+    terms: dict[tuple[str, Optional[str]], float] = {}
     text = spec.strip()
     if not text:
         raise ScorerError("empty scorer spec: name one, e.g. clip or clip=1,imagereward=0.5")
@@ -29,8 +36,12 @@ def parse_scorer_spec(spec: str) -> list[tuple[str, Optional[str], float]]:
             raise ScorerError(f"scorer weight {weight!r} in {part!r} is not a number") from None
         if not math.isfinite(w):
             raise ScorerError(f"scorer weight in {part!r} must be finite")
-        terms.append((name.lower(), variant, w))
-    return terms
+        key = (name.lower(), variant)
+        terms[key] = terms.get(key, 0.0) + w
+        if len(terms) > MAX_SCORER_TERMS:
+            raise ScorerError(f"scorer spec {spec[:80]!r} names more than {MAX_SCORER_TERMS} different scorers, the "
+                              "most one objective may hold (each loads a model)")
+    return [(name, variant, w) for (name, variant), w in terms.items()]
 
 
 # scorers with weights trained in the shipped toy world (the rest have only random-weight ``tiny`` variants there)
@@ -51,9 +62,9 @@ def offline_scorer_spec(spec: str, model: str) -> str:
 
     if model not in OFFLINE_MODELS:
         return spec
-    terms = []
+    terms: dict[tuple[str, str], float] = {}  # clip and clip:tiny are one term with --model tiny: merged
     for name, variant, weight in parse_scorer_spec(spec):
         if variant is None:
             variant = _TOY_VARIANTS.get(name, "tiny") if model == "toy" else "tiny"
-        terms.append(f"{name}:{variant}={weight:g}")
-    return ",".join(terms)
+        terms[(name, variant)] = terms.get((name, variant), 0.0) + weight
+    return ",".join(f"{name}:{variant}={weight:g}" for (name, variant), weight in terms.items())
