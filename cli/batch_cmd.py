@@ -158,7 +158,8 @@ def _resolver(max_pixels: int):
         from date_edit.pipeline import EditConfig
 
         check_size(options["size"], max_pixels=max_pixels)
-        mask_config, p2p_config = common.edit_controls(options)
+        controls = common.edit_controls(options)
+        mask_config = controls["mask"]
         if mask_config is not None and mask_config.source == "auto" and not options.get("source_prompt"):
             raise ConfigError("mask", "auto needs a source prompt (--source-prompt, or a source_prompt column)")
         if mask_config is not None and mask_config.source == "user":
@@ -172,7 +173,7 @@ def _resolver(max_pixels: int):
                 raise ConfigError("mask", f"file: {exc}") from None
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
                             cfg_target=options["cfg_target"], seed=options["seed"], date=common.date_config(options),
-                            method=options.get("edit_method") or "auto", mask=mask_config, p2p=p2p_config)
+                            method=options.get("edit_method") or "auto", **controls)
         common.check_schedule(config.date, config.run_steps())
         return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
                             model=options["model"], model_config=options["model_config"], dtype=options["dtype"],
@@ -198,6 +199,6 @@ def _make_record(result, settings, loaded, backbone, scorer) -> dict:
     scores = common.score_images(scorer, result.images, result.prompts)
     extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
              "processed_size": list(loaded.processed_size), "cfg_source": settings.config.cfg_source,
-             "cfg_target": settings.config.cfg_target, "mask": settings.options.get("mask"),
+             "cfg_target": settings.config.cfg_target, "mask": common.resolved_mask(settings.options),
              **common.control_record(result, settings.config)}
     return common.record("edit", result, backbone, options, scores, extra)

@@ -293,28 +293,48 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
 # ----------------------------------------------------------------------------------------- structure controls
 
 
-def edit_controls(opts: dict):
-    """``(MaskConfig or None, P2PConfig or None)`` from the control options (``--mask``, ``--p2p``, ...)."""
+# what an edit does with no control flag: chosen on the toy two-object validation split (README, "Edits that change
+# only what was asked"): Prompt-to-Prompt where the model has cross-attention, and an automatic mask when the source
+# prompt is given (it needs one)
+DEFAULT_P2P = True
+DEFAULT_MASK_WITH_SOURCE = "auto"
+
+
+def resolved_mask(opts: dict) -> Optional[str]:
+    """What ``--mask`` means for this run: ``"auto"``, a file path, or None (``--mask none``, or the default without
+    a source prompt)."""
+    mask = opts.get("mask")
+    if mask is None:
+        return DEFAULT_MASK_WITH_SOURCE if opts.get("source_prompt") else None
+    text = str(mask).strip()
+    if text.lower() in ("", "none"):
+        return None
+    return "auto" if text.lower() == "auto" else text
+
+
+def edit_controls(opts: dict) -> dict:
+    """The ``EditConfig`` keywords of the control options: ``mask``, ``p2p`` and ``optional_controls`` (True when
+    Prompt-to-Prompt is on by default, so a model without cross-attention runs without it instead of failing)."""
     from date_edit.masks import MaskConfig
 
-    mask = opts.get("mask")
+    mask = resolved_mask(opts)
     mask_config = None
-    if mask not in (None, ""):
-        mask_config = MaskConfig(source="auto" if str(mask).strip().lower() == "auto" else "user",
-                                 dilate=opts.get("mask_dilate"), feather=opts.get("mask_feather", 2),
-                                 threshold=opts.get("mask_threshold", 0.3))
+    if mask is not None:
+        mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=opts.get("mask_dilate"),
+                                 feather=opts.get("mask_feather", 2), threshold=opts.get("mask_threshold", 0.3))
     elif opts.get("save_mask"):
-        raise ConfigError(None, "--save-mask needs --mask FILE or --mask auto")
+        raise ConfigError(None, "--save-mask needs a mask: --mask FILE, or --mask auto with --source-prompt")
+    wanted = opts.get("p2p")
     p2p_config = None
-    if opts.get("p2p"):
+    if wanted or (wanted is None and DEFAULT_P2P):
         from date_edit.p2p import P2PConfig
 
         p2p_config = P2PConfig(cross_replace=opts.get("cross_replace", 0.4),
                                self_replace=opts.get("self_replace", 0.6),
                                reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
     elif opts.get("reweight") or opts.get("local_blend"):
-        raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: add --p2p")
-    return mask_config, p2p_config
+        raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: drop --no-p2p")
+    return {"mask": mask_config, "p2p": p2p_config, "optional_controls": wanted is None}
 
 
 def mask_path(path: Path) -> Path:
@@ -324,8 +344,8 @@ def mask_path(path: Path) -> Path:
 
 def load_user_mask(opts: dict, loaded, max_pixels=None):
     """The ``--mask FILE`` as a ``(1, 1, H, W)`` tensor over the processed image ``loaded``, or None."""
-    mask = opts.get("mask")
-    if mask in (None, "") or str(mask).strip().lower() == "auto":
+    mask = resolved_mask(opts)
+    if mask in (None, "auto"):
         return None
     from date_edit.masks import load_mask
 
@@ -335,10 +355,10 @@ def load_user_mask(opts: dict, loaded, max_pixels=None):
 
 def precheck_mask(opts: dict, image: str) -> None:
     """Fail on an unreadable ``--mask`` file (or ``--mask auto`` without a source prompt) before a model loads."""
-    mask = opts.get("mask")
-    if mask in (None, ""):
+    mask = resolved_mask(opts)
+    if mask is None:
         return
-    if str(mask).strip().lower() == "auto":
+    if mask == "auto":
         if not opts.get("source_prompt"):
             raise CliError("--mask auto needs --source-prompt: the mask is where the source and target prompts' "
                            "predictions differ; describe the input image, or give a mask file", EXIT_USAGE)
@@ -352,7 +372,11 @@ def control_record(result, config) -> dict:
     """What the record says of the structure controls: which ran, their settings and the mask's coverage."""
     from date_edit.masks import coverage
 
-    return {"controls": config.controls(), "mask_coverage": coverage(getattr(result, "mask", None))}
+    ran = result.config  # the settings the edit ran with (a default control the model cannot run is left out)
+    names = [f"mask-{ran['mask']['source']}"] if ran.get("mask") else []
+    if ran.get("p2p"):
+        names += ["p2p"] + (["local-blend"] if ran["p2p"].get("local_blend") else [])
+    return {"controls": names, "mask_coverage": coverage(getattr(result, "mask", None))}
 
 
 def write_mask(result, path: Path, overwrite: bool, protect: list[str]) -> Optional[Path]:

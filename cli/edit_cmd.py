@@ -37,16 +37,15 @@ def edit(image: str, prompt: str, **opts) -> None:
             common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image], as_json=False)
         from date_edit.pipeline import EditConfig, edit as run_edit
 
-        mask_config, p2p_config = common.edit_controls(opts)
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
                             cfg_target=opts["cfg_target"], seed=seed, date=common.date_config(opts),
-                            method=opts["edit_method"], mask=mask_config, p2p=p2p_config)
+                            method=opts["edit_method"], **common.edit_controls(opts))
         common.check_schedule(config.date, config.run_steps())
         common.precheck_image(image)
         common.precheck_mask(opts, image)
         backbone = common.load_model(opts)
         config = common.edit_method_defaults(config, backbone, given)
-        if config.p2p is not None:
+        if config.p2p is not None and not config.optional_controls:
             from date_edit.p2p import check_supported
 
             check_supported(backbone)
@@ -58,7 +57,8 @@ def edit(image: str, prompt: str, **opts) -> None:
         scores = common.score_images(scorer, result.images, result.prompts)
         extra = {"input": image, "source_prompt": opts["source_prompt"],
                  "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
-                 "cfg_target": config.cfg_target, "mask": opts["mask"], **common.control_record(result, config)}
+                 "cfg_target": config.cfg_target, "mask": common.resolved_mask(opts),
+                 **common.control_record(result, config)}
         if opts["save_mask"]:
             extra["mask_output"] = str(common.mask_path(path))
             common.write_mask(result, path, opts["overwrite"], [image])

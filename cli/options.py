@@ -193,11 +193,11 @@ def _reweight(ctx: click.Context, param: click.Parameter, value):
 def control_options(f):
     """Structure controls of an edit: masks (user or automatic) and Prompt-to-Prompt attention control."""
     return _apply(f, [
-        click.option("--mask", "mask", default=None, metavar="FILE|auto",
+        click.option("--mask", "mask", default=None, metavar="FILE|auto|none",
                      help="Where the edit may change the image: a mask file (white = may change; any size and "
-                          "mode, resized with the image) or 'auto' (where the source and target prompts' noise "
-                          "predictions differ, DiffEdit-style; needs --source-prompt). Outside it every pixel "
-                          "stays the input's exactly."),
+                          "mode, resized with the image), 'auto' (where the source and target prompts' noise "
+                          "predictions differ, DiffEdit-style; needs --source-prompt) or 'none'. Outside it every "
+                          "pixel stays the input's exactly.  [default: auto with --source-prompt, else none]"),
         click.option("--save-mask", is_flag=True,
                      help="Also write the mask used as <output>.mask.png (its coverage is in the --json record)."),
         click.option("--mask-dilate", type=click.IntRange(0, 256), default=None,
@@ -208,9 +208,10 @@ def control_options(f):
                      default=0.3, show_default=True,
                      help="--mask auto: share of the difference map's maximum above which a latent cell may "
                           "change."),
-        click.option("--p2p/--no-p2p", "p2p", default=False, show_default=True,
+        click.option("--p2p/--no-p2p", "p2p", default=None,
                      help="Prompt-to-Prompt: run the source branch (its exact inverted trajectory) beside the "
-                          "target in each UNet call and inject its attention maps (SD 1.x/2.x, SDXL)."),
+                          "target in each UNet call and inject its attention maps (SD 1.x/2.x, SDXL).  [default: on "
+                          "where the model has cross-attention and the edit is DDPM; --p2p on SD3/FLUX is refused]"),
         click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
                      help="--p2p: fraction of the edit's steps whose cross-attention maps come from the source "
                           "(replace for a word swap, refine when words are added or removed)."),

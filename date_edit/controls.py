@@ -15,19 +15,29 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 
-def check(backbone: Backbone, config, sources: Sequence[str]) -> None:
-    """Refuse controls the run cannot honour: P2P without cross-attention or under FlowEdit, an automatic mask
-    without a source prompt."""
+def check(backbone: Backbone, config, sources: Sequence[str]):
+    """The config the run honours: P2P without cross-attention or under FlowEdit, or an automatic mask without a
+    source prompt, is refused, or with ``config.optional_controls`` left out (the CLI's defaults)."""
+    from dataclasses import replace
+
     if config.p2p is not None:
         from .p2p import check_supported
 
-        check_supported(backbone)
-        if config.resolved_method(backbone) == "flowedit":
-            raise ConfigError("p2p", "runs with DDPM editing only (FlowEdit has no source trajectory to pair with);"
-                                     " use a mask with FlowEdit")
+        try:
+            check_supported(backbone)
+            if config.resolved_method(backbone) == "flowedit":
+                raise ConfigError("p2p", "runs with DDPM editing only (FlowEdit has no source trajectory to pair "
+                                         "with); use a mask with FlowEdit")
+        except ConfigError:
+            if not config.optional_controls:
+                raise
+            config = replace(config, p2p=None)
     if config.mask is not None and config.mask.source == "auto" and not all(sources):
-        raise ConfigError("mask", "auto needs a source prompt: the mask is where the source and target prompts' "
-                                  "predictions differ; describe the input image, or give a mask file")
+        if not config.optional_controls:
+            raise ConfigError("mask", "auto needs a source prompt: the mask is where the source and target prompts' "
+                                      "predictions differ; describe the input image, or give a mask file")
+        config = replace(config, mask=None)
+    return config
 
 
 def user_mask(config, mask: Optional[torch.Tensor], batch: int,

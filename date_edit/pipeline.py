@@ -56,6 +56,9 @@ class EditConfig:
     method: str = "auto"
     mask: Optional[MaskConfig] = None  # where the edit may change the image (user or automatic); None: everywhere
     p2p: Optional["P2PConfig"] = None  # Prompt-to-Prompt attention control (SD 1.x/2.x, SDXL); None: off
+    # True: a control this model or prompt pair cannot run (P2P on SD3/FLUX or under FlowEdit, an automatic mask
+    # without a source prompt) is left out instead of refused; the result's config says what ran (the CLI's defaults)
+    optional_controls: bool = False
 
     def __post_init__(self) -> None:
         _check_steps(self.steps)
@@ -295,7 +298,7 @@ def edit(
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     size = tuple(pixels.shape[-2:])
     user_mask = controls.user_mask(config, mask, b, size)
-    controls.check(backbone, config, sources)
+    config = controls.check(backbone, config, sources)
     if config.resolved_method(backbone) == "flowedit":
         return _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
                          progress=progress, seeds=seeds, user_mask=user_mask)

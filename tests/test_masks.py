@@ -172,14 +172,15 @@ def test_cli_mask_file_save_mask_and_json_record(photo, tmp_path):
                 "--json", "--no-date", "-o", "out.png", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
-    assert record["controls"] == ["mask-user"] and record["mask_coverage"] == pytest.approx(32 * 24 / 64 ** 2)
+    # Prompt-to-Prompt is on by default on SD-family models (the tiny one is SD-shaped)
+    assert record["controls"] == ["mask-user", "p2p"] and record["mask_coverage"] == pytest.approx(32 * 24 / 64 ** 2)
     out = np.asarray(Image.open(tmp_path / "out.png"))
     src = np.asarray(Image.open(photo))
     outside = np.asarray(Image.open(tmp_path / "mask.png")) == 0
     assert (out[outside] == src[outside]).all()
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.mask.png")) > 0, ~outside)
     meta = json.loads(Image.open(tmp_path / "out.png").text["date-edit"])
-    assert meta["controls"] == ["mask-user"] and meta["config"]["mask"]["source"] == "user"
+    assert meta["controls"] == ["mask-user", "p2p"] and meta["config"]["mask"]["source"] == "user"
     assert photo.read_bytes() == before
 
 
@@ -188,8 +189,9 @@ def test_cli_mask_file_save_mask_and_json_record(photo, tmp_path):
     (("--mask", "junk.png"), "not an image"),
     (("--mask", "black.png"), "no white pixel"),
     (("--mask", "auto"), "needs --source-prompt"),
-    (("--save-mask",), "--save-mask needs --mask"),
-    (("--reweight", "red=2"), "add --p2p"),
+    (("--save-mask",), "--save-mask needs a mask"),
+    (("--no-p2p", "--reweight", "red=2"), "drop --no-p2p"),
+    (("--mask", "none", "--save-mask", "--source-prompt", "a cat"), "--save-mask needs a mask"),
     (("--p2p", "--reweight", "red"), "WORD=FACTOR"),
     (("--p2p", "--model", "tiny-sd3"), "joint attention"),
 ])
@@ -234,3 +236,17 @@ def test_benchmark_harness_edit_suite_runs_the_controls(tmp_path):
                  "--mask", "auto", "--p2p", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     assert rows and all(r["controls"] == ["mask-auto", "p2p"] and 0 < r["mask_coverage"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("model, controls", [("tiny", ["mask-auto", "p2p"]), ("tiny-sd3", ["mask-auto"])])
+def test_cli_defaults_are_p2p_where_supported_and_auto_mask_with_a_source_prompt(photo, tmp_path, model, controls):
+    """No control flag: Prompt-to-Prompt where the model has cross-attention (left out, not refused, on SD3), an
+    automatic mask because a source prompt is given; the record says what ran."""
+    proc = _cli("edit", photo, "a dog", "--source-prompt", "a cat", "--model", model, "--steps", 4, "-q", "--json",
+                "--no-date", "-o", "out.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record["controls"] == controls and record["mask"] == "auto"
+    bare = _cli("edit", photo, "a dog", "--model", model, "--steps", 4, "-q", "--json", "--no-date", "-o", "b.png",
+                cwd=tmp_path)
+    assert json.loads(bare.stdout)["controls"] == controls[1:], bare.stderr
