@@ -644,10 +644,10 @@ def main(argv=None) -> int:
     r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
     r.add_argument("--mask", choices=("none", "auto"), default="none",
                    help="edit: confine each edit to an automatic mask (needs the items' source prompts)")
-    r.add_argument("--mask-threshold", type=float, default=0.3, help="edit, --mask auto: the mask's threshold")
+    r.add_argument("--mask-threshold", type=float, default=0.75, help="edit, --mask auto: the mask's threshold")
     r.add_argument("--p2p", action="store_true", help="edit: Prompt-to-Prompt attention control (SD, SDXL)")
-    r.add_argument("--cross-replace", type=float, default=0.4, help="edit, --p2p: cross-attention window")
-    r.add_argument("--self-replace", type=float, default=0.6, help="edit, --p2p: self-attention window")
+    r.add_argument("--cross-replace", type=float, default=0.8, help="edit, --p2p: cross-attention window")
+    r.add_argument("--self-replace", type=float, default=0.8, help="edit, --p2p: self-attention window")
     r.add_argument("--model", default=None,
                    help=f"backbone (toy and tiny, tiny-sdxl, tiny-sd3, tiny-flux offline; default: toy for --suite "
                         f"toy, else {DEFAULT_MODEL})")

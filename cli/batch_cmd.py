@@ -172,7 +172,8 @@ def _resolver(max_pixels: int):
             except ValueError as exc:  # ImageError: missing, a folder, a device, too large
                 raise ConfigError("mask", f"file: {exc}") from None
         config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
-                            cfg_target=options["cfg_target"], seed=options["seed"], date=common.date_config(options),
+                            cfg_target=common.cfg_target(options, controls), seed=options["seed"],
+                            date=common.date_config(options),
                             method=options.get("edit_method") or "auto", **controls)
         common.check_schedule(config.date, config.run_steps())
         return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,

@@ -298,6 +298,15 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
 # prompt is given (it needs one)
 DEFAULT_P2P = True
 DEFAULT_MASK_WITH_SOURCE = "auto"
+CFG_TARGET_CONTROLLED, CFG_TARGET_PLAIN = 7.5, 15.0  # the edit's default CFG with and without a structure control
+
+
+def cfg_target(opts: dict, controls: dict) -> float:
+    """``--cfg-target``, or its default: 7.5 when a structure control is asked for (what won on validation with
+    every control, and what published Prompt-to-Prompt settings use), 15 for the plain edit (the paper's)."""
+    if opts.get("cfg_target") is not None:
+        return opts["cfg_target"]
+    return CFG_TARGET_CONTROLLED if controls["mask"] is not None or controls["p2p"] is not None else CFG_TARGET_PLAIN
 
 
 def resolved_mask(opts: dict) -> Optional[str]:
@@ -321,7 +330,7 @@ def edit_controls(opts: dict) -> dict:
     mask_config = None
     if mask is not None:
         mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=opts.get("mask_dilate"),
-                                 feather=opts.get("mask_feather", 2), threshold=opts.get("mask_threshold", 0.3))
+                                 feather=opts.get("mask_feather", 2), threshold=opts.get("mask_threshold", 0.75))
     elif opts.get("save_mask"):
         raise ConfigError(None, "--save-mask needs a mask: --mask FILE, or --mask auto with --source-prompt")
     wanted = opts.get("p2p")
@@ -329,8 +338,8 @@ def edit_controls(opts: dict) -> dict:
     if wanted or (wanted is None and DEFAULT_P2P):
         from date_edit.p2p import P2PConfig
 
-        p2p_config = P2PConfig(cross_replace=opts.get("cross_replace", 0.4),
-                               self_replace=opts.get("self_replace", 0.6),
+        p2p_config = P2PConfig(cross_replace=opts.get("cross_replace", 0.8),
+                               self_replace=opts.get("self_replace", 0.8),
                                reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
     elif opts.get("reweight") or opts.get("local_blend"):
         raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: drop --no-p2p")

@@ -37,9 +37,10 @@ def edit(image: str, prompt: str, **opts) -> None:
             common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image], as_json=False)
         from date_edit.pipeline import EditConfig, edit as run_edit
 
+        controls = common.edit_controls(opts)
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
-                            cfg_target=opts["cfg_target"], seed=seed, date=common.date_config(opts),
-                            method=opts["edit_method"], **common.edit_controls(opts))
+                            cfg_target=common.cfg_target(opts, controls), seed=seed, date=common.date_config(opts),
+                            method=opts["edit_method"], **controls)
         common.check_schedule(config.date, config.run_steps())
         common.precheck_image(image)
         common.precheck_mask(opts, image)

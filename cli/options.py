@@ -164,7 +164,9 @@ def edit_options(f):
         click.option("--skip", default="36%", show_default=True,
                      help="Steps skipped before editing: a count, or a percentage of --steps (36%% of 100 = 36)."),
         click.option("--cfg-source", type=float, default=3.5, show_default=True, help="CFG scale of the inversion."),
-        click.option("--cfg-target", type=float, default=15.0, show_default=True, help="CFG scale of the edit."),
+        click.option("--cfg-target", type=float, default=None,
+                     help="CFG scale of the edit  [default: 7.5 with a structure control (Prompt-to-Prompt or a "
+                          "mask, the defaults), 15 without (--no-p2p --mask none: the edit-friendly paper's)]."),
         click.option("--edit-method", type=click.Choice(EDIT_METHODS), default="auto", show_default=True,
                      help="ddpm: edit-friendly inversion, then resampling with the stored noise maps; flowedit: "
                           "inversion-free FlowEdit (SD3, FLUX); auto: flowedit for FLUX, ddpm otherwise. With "
@@ -201,21 +203,21 @@ def control_options(f):
         click.option("--save-mask", is_flag=True,
                      help="Also write the mask used as <output>.mask.png (its coverage is in the --json record)."),
         click.option("--mask-dilate", type=click.IntRange(0, 256), default=None,
-                     help="Pixels the mask grows by  [default: 0 for a file, one latent cell (8 px) for auto]."),
+                     help="Pixels the mask grows by  [default: 0 for a file, two latent cells (16 px) for auto]."),
         click.option("--mask-feather", type=click.IntRange(0, 256), default=2, show_default=True,
                      help="Pixels of soft edge inside the mask where the edit is pasted into the input."),
         click.option("--mask-threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-                     default=0.3, show_default=True,
+                     default=0.75, show_default=True,
                      help="--mask auto: share of the difference map's maximum above which a latent cell may "
                           "change."),
         click.option("--p2p/--no-p2p", "p2p", default=None,
                      help="Prompt-to-Prompt: run the source branch (its exact inverted trajectory) beside the "
                           "target in each UNet call and inject its attention maps (SD 1.x/2.x, SDXL).  [default: on "
                           "where the model has cross-attention and the edit is DDPM; --p2p on SD3/FLUX is refused]"),
-        click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+        click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
                      help="--p2p: fraction of the edit's steps whose cross-attention maps come from the source "
                           "(replace for a word swap, refine when words are added or removed)."),
-        click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=0.6, show_default=True,
+        click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
                      help="--p2p: fraction of the edit's steps whose self-attention maps are the source's."),
         click.option("--reweight", multiple=True, metavar="WORD=FACTOR", callback=_reweight,
                      help="--p2p: scale the attention to WORD of the target prompt by FACTOR (repeatable)."),

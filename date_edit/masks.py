@@ -38,11 +38,11 @@ class MaskConfig:
     """Where an edit may change the image, and how the result is put back together."""
 
     source: str = "user"  # user: a mask passed to the edit; auto: from where the two prompts' predictions differ
-    # pixels the mask grows by before use; None: 0 for a user's mask (it is used as drawn), one latent cell (8 px for
-    # SD) for an automatic one (its cells cover the changed object's core, not always its antialiased rim)
+    # pixels the mask grows by before use; None: 0 for a user's mask (it is used as drawn), two latent cells (16 px for
+    # SD) for an automatic one (its cells cover the changed object's core, not its rim; chosen on validation)
     dilate: Optional[int] = None
     feather: int = 2  # pixels of soft edge inside the mask in the final composite (0: hard edge)
-    threshold: float = 0.3  # auto: share of the difference map's maximum above which a latent cell may change
+    threshold: float = 0.75  # auto: share of the difference map's maximum above which a cell may change (validated)
     draws: int = 8  # auto: noise levels (independent noisings of the source) averaged into the difference map
     composite: bool = True  # paste the edit into the input under the mask, so pixels outside are the input's
 
@@ -69,7 +69,7 @@ class MaskConfig:
         """Pixels of dilation for a model whose latent cell is ``cell`` pixels wide (see ``dilate``)."""
         if self.dilate is not None:
             return self.dilate
-        return cell if self.source == "auto" else 0
+        return 2 * cell if self.source == "auto" else 0
 
 
 def load_mask(path: str | os.PathLike, *, original_size: tuple[int, int], processed_size: tuple[int, int],
