@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo toy-model toy-eval toy-date toy-gradient-pass toy-edit bench-tiny lint clean
+.PHONY: install test demo toy-model toy-eval toy-date toy-gradient-pass toy-edit toy-edit-controls bench-tiny lint clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ toy-eval: $(STAMP)
 
 toy-edit: $(STAMP)
 	$(BIN)/python benchmarks/toy_edit.py
+
+toy-edit-controls: $(STAMP)
+	$(BIN)/python benchmarks/toy_edit_controls.py --split val
+	$(BIN)/python benchmarks/toy_edit_controls.py --split test
 
 toy-date: $(STAMP)
 	$(BIN)/python benchmarks/toy_date.py
