@@ -397,17 +397,24 @@ def _plan(args, controls: Controls, wanted: list[str]) -> tuple[list[str], dict]
     return runnable, skipped
 
 
-def run_benchmark(args, argv: list[str]) -> int:
-    """The per-kind x control x method table on one split, and the grid."""
+def _setup(args, wanted: str):
+    """``(controls, runnable, skipped, runner, cases, started)`` of a run, or None when no control can run."""
     controls = Controls(args.p2p_cross, args.p2p_self)
-    runnable, skipped = _plan(args, controls, args.controls)
+    runnable, skipped = _plan(args, controls, wanted)
     if not runnable:
         print("no control can run with this checkout's API", file=sys.stderr)
-        return 2
+        return None
     torch.manual_seed(0)
-    started = time.perf_counter()
     runner = Runner(args, controls)
-    cases = make_cases(args.split, args.scenes)
+    return controls, runnable, skipped, runner, make_cases(args.split, args.scenes), time.perf_counter()
+
+
+def run_benchmark(args, argv: list[str]) -> int:
+    """The per-kind x control x method table on one split, and the grid."""
+    setup = _setup(args, args.controls)
+    if setup is None:
+        return 2
+    controls, runnable, skipped, runner, cases, started = setup
     records, grid_rows, roundtrip = [], [], []
     for case in cases:
         image = world.render(case.scene)
@@ -524,15 +531,10 @@ def markdown(report: dict) -> str:
 
 def run_sweep(args, argv: list[str]) -> int:
     """Mean held-out CLIP-to-target against mean background MAD over skip x target CFG, per control (fixed)."""
-    controls = Controls(args.p2p_cross, args.p2p_self)
-    runnable, skipped = _plan(args, controls, args.sweep_controls)
-    if not runnable:
-        print("no control can run with this checkout's API", file=sys.stderr)
+    setup = _setup(args, args.sweep_controls)
+    if setup is None:
         return 2
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    runner = Runner(args, controls)
-    cases = make_cases(args.split, args.scenes)
+    controls, runnable, skipped, runner, cases, started = setup
     records = []
     for case in cases:
         image = world.render(case.scene)

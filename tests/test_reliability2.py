@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from date_edit import batch as jobs
+from test_reliability import one_error, records, tree  # noqa: F401 - the first round's helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "chelsea.png"
@@ -34,22 +35,6 @@ def cli(*args, cwd, timeout=120, env=None):
                           env=env or ENV, check=False)
     proc.seconds = time.perf_counter() - start
     return proc
-
-
-def one_error(proc) -> str:
-    """The single error line of a failed run (and no traceback, no C++ log)."""
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / jobs.RESULTS_NAME).read_text().splitlines()]
-
-
-def tree(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
 
 
 def noise(w: int = 64, h: int = 64, seed: int = 0) -> Image.Image:
