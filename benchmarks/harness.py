@@ -396,10 +396,10 @@ class _Runner:
                "updates": method.date.update_steps if method.date else None,
                "host": self.host, "device": str(backbone.device)}
         if args.suite == "edit":
+            from date_edit.controls import ran_controls
             from date_edit.masks import coverage
 
-            rec.update(controls=EditConfig(steps=n_steps, **edit_controls(args)).controls(),
-                       mask_coverage=coverage(result.mask))
+            rec.update(controls=ran_controls(result.config), mask_coverage=coverage(result.mask))
         rec.update(self.metrics(result.images, item, source))
         return rec
 

@@ -201,5 +201,5 @@ def _make_record(result, settings, loaded, backbone, scorer) -> dict:
     extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
              "processed_size": list(loaded.processed_size), "cfg_source": settings.config.cfg_source,
              "cfg_target": settings.config.cfg_target, "mask": common.resolved_mask(settings.options),
-             **common.control_record(result, settings.config)}
+             **common.control_record(result)}
     return common.record("edit", result, backbone, options, scores, extra)

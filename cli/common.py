@@ -312,13 +312,12 @@ def cfg_target(opts: dict, controls: dict) -> float:
 def resolved_mask(opts: dict) -> Optional[str]:
     """What ``--mask`` means for this run: ``"auto"``, a file path, or None (``--mask none``, or the default without
     a source prompt)."""
+    from date_edit.choices import mask_file
+
     mask = opts.get("mask")
     if mask is None:
         return DEFAULT_MASK_WITH_SOURCE if opts.get("source_prompt") else None
-    text = str(mask).strip()
-    if text.lower() in ("", "none"):
-        return None
-    return "auto" if text.lower() == "auto" else text
+    return mask_file(mask) or ("auto" if str(mask).strip().lower() == "auto" else None)
 
 
 def edit_controls(opts: dict) -> dict:
@@ -377,28 +376,22 @@ def precheck_mask(opts: dict, image: str) -> None:
     load_user_mask(opts, load_image(image, size=64, multiple=8, resize=opts.get("resize") or "fit"))
 
 
-def control_record(result, config) -> dict:
-    """What the record says of the structure controls: which ran, their settings and the mask's coverage."""
+def control_record(result) -> dict:
+    """What the record says of the structure controls: which ran and the mask's coverage."""
+    from date_edit.controls import ran_controls
     from date_edit.masks import coverage
 
-    ran = result.config  # the settings the edit ran with (a default control the model cannot run is left out)
-    names = [f"mask-{ran['mask']['source']}"] if ran.get("mask") else []
-    if ran.get("p2p"):
-        names += ["p2p"] + (["local-blend"] if ran["p2p"].get("local_blend") else [])
-    return {"controls": names, "mask_coverage": coverage(getattr(result, "mask", None))}
+    return {"controls": ran_controls(result.config), "mask_coverage": coverage(getattr(result, "mask", None))}
 
 
 def write_mask(result, path: Path, overwrite: bool, protect: list[str]) -> Optional[Path]:
     """Write the edit's mask (white = changed) as ``mask_path(path)``; None when the edit had no mask."""
-    import numpy as np
-    from PIL import Image
-
     from date_edit.imaging import save_png
+    from date_edit.masks import to_image
 
     if getattr(result, "mask", None) is None:
         return None
     target = mask_path(path)
-    m = (result.mask[0, 0].numpy() > 0.5).astype(np.uint8) * 255
     with running.SIGNALS.held():
-        save_png(Image.fromarray(m, "L"), target, overwrite=overwrite, protect=protect)
+        save_png(to_image(result.mask), target, overwrite=overwrite, protect=protect)
     return target

@@ -59,7 +59,7 @@ def edit(image: str, prompt: str, **opts) -> None:
         extra = {"input": image, "source_prompt": opts["source_prompt"],
                  "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
                  "cfg_target": config.cfg_target, "mask": common.resolved_mask(opts),
-                 **common.control_record(result, config)}
+                 **common.control_record(result)}
         if opts["save_mask"]:
             extra["mask_output"] = str(common.mask_path(path))
             common.write_mask(result, path, opts["overwrite"], [image])

@@ -25,6 +25,15 @@ DATE_TARGETS = ("tokens", "pooled", "all")  # the condition tensors DATE may mov
 DATE_NORMS = ("joint", "per-tensor")  # date.TargetNorm
 
 
+MASK_KEYWORDS = ("auto", "none")  # --mask values (and manifest cells) that name no file
+
+
+def mask_file(value) -> str | None:
+    """The file a ``--mask`` value or manifest cell names, or None for ``auto``, ``none`` and an empty value."""
+    text = "" if value is None else str(value).strip()
+    return None if text.lower() in ("", *MASK_KEYWORDS) else text
+
+
 def version() -> str:
     """The installed package's version (from its metadata: pyproject.toml is the one place it is written)."""
     from importlib.metadata import PackageNotFoundError, version as _version

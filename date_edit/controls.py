@@ -82,11 +82,13 @@ def edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: 
     return pixel_mask, latent_mask.to(backbone.device)
 
 
-def latent_blend(latent_mask: torch.Tensor, trajectory: torch.Tensor):
-    """The loop's blend with one fixed latent mask ``(B, 1, h, w)`` against the source's ``trajectory``."""
-    from .masks import LatentBlend
-
-    return LatentBlend.fixed(latent_mask, trajectory)
+def ran_controls(config: dict) -> list[str]:
+    """The controls a result's resolved ``config`` ran, by name: ``mask-user``/``mask-auto``, ``p2p``,
+    ``local-blend`` (a default control the model could not run is not among them)."""
+    names = [f"mask-{config['mask']['source']}"] if config.get("mask") else []
+    if config.get("p2p"):
+        names += ["p2p"] + (["local-blend"] if config["p2p"].get("local_blend") else [])
+    return names
 
 
 def prompt_to_prompt(backbone: Backbone, p2p, sources: list[str], prompts: list[str], trajectory: torch.Tensor,

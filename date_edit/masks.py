@@ -216,8 +216,7 @@ class LatentBlend:
         m = m.to(state.x_prev.device, state.x_prev.dtype)
         self.masks.append(m.detach().cpu())
         target = self.trajectory[state.index + 1].to(state.x_prev.device, state.x_prev.dtype)
-        return torch.where(m > 0.5, state.x_prev, target) if bool(((m == 0) | (m == 1)).all()) \
-            else m * state.x_prev + (1.0 - m) * target
+        return m * state.x_prev + (1.0 - m) * target  # where m is 0 exactly the target, where 1 exactly x_prev
 
 
 @torch.no_grad()
@@ -248,10 +247,17 @@ def auto_mask(denoiser, noisy: Sequence[tuple[torch.Tensor, object]], *, source:
     return (normalised >= threshold).float(), normalised
 
 
+def to_image(mask: torch.Tensor):
+    """The first mask of a ``(B, 1, H, W)`` batch as an 8-bit greyscale PIL image (white = may change)."""
+    from PIL import Image
+
+    return Image.fromarray(((mask[0, 0] > 0.5).to(torch.uint8) * 255).cpu().numpy(), "L")
+
+
 def coverage(mask: Optional[torch.Tensor]) -> Optional[float]:
     """The share of pixels a ``(B, 1, H, W)`` mask lets change (mean over the batch), or None without a mask."""
     return None if mask is None else round(float((mask > 0.5).float().mean()), 4)
 
 
 __all__ = ["MASK_SOURCES", "LatentBlend", "MaskConfig", "auto_mask", "check_mask", "composite", "coverage",
-           "dilate", "feathered", "load_mask", "to_latent", "to_pixels"]
+           "dilate", "feathered", "load_mask", "to_image", "to_latent", "to_pixels"]

@@ -23,7 +23,7 @@ from .date import DateConfig, DateHook, DateTrace, parse_update_steps
 from .errors import ConfigError
 from .inversion import Inversion, invert
 from .limits import check_dimensions, check_seed
-from .masks import MaskConfig
+from .masks import LatentBlend, MaskConfig
 from .sampling import sample
 
 if TYPE_CHECKING:
@@ -108,15 +108,6 @@ class EditConfig:
         d["mask"] = self.mask.to_dict() if self.mask else None
         d["p2p"] = self.p2p.to_dict() if self.p2p else None
         return d
-
-    def controls(self) -> list[str]:
-        """The structure controls this edit runs, by name (``mask-user``, ``mask-auto``, ``p2p``, ``local-blend``)."""
-        names = [f"mask-{self.mask.source}"] if self.mask else []
-        if self.p2p is not None:
-            names.append("p2p")
-            if self.p2p.local_blend:
-                names.append("local-blend")
-        return names
 
 
 @dataclass(frozen=True)
@@ -314,7 +305,8 @@ def edit(
     target_cond = backbone.encode_condition(prompts, size=size)
     cond, uncond, scale = backbone.guidance(target_cond, backbone.unconditional(b, size=size), config.cfg_target)
     hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, noise_maps)
-    source_cond = backbone.encode_condition(sources, size=size) if (config.p2p or config.mask) and all(sources) \
+    needs_source = config.p2p is not None or (config.mask is not None and config.mask.source == "auto")
+    source_cond = backbone.encode_condition(sources, size=size) if needs_source and all(sources) \
         else backbone.unconditional(b, size=size)
     latent_hw = tuple(x_start.shape[-2:])
     pixel_mask, latent_mask = controls.edit_mask(
@@ -323,7 +315,7 @@ def edit(
         source=source_cond, target=target_cond)
     denoiser, control, blend = backbone, contextlib.nullcontext(), None
     if latent_mask is not None:
-        blend = controls.latent_blend(latent_mask, trajectory)
+        blend = LatentBlend.fixed(latent_mask, trajectory)
     if config.p2p is not None:
         denoiser, control, blend = controls.prompt_to_prompt(backbone, config.p2p, sources, prompts, trajectory,
                                                      timesteps, source_cond, latent_mask, blend)

@@ -250,3 +250,16 @@ def test_cli_defaults_are_p2p_where_supported_and_auto_mask_with_a_source_prompt
     bare = _cli("edit", photo, "a dog", "--model", model, "--steps", 4, "-q", "--json", "--no-date", "-o", "b.png",
                 cwd=tmp_path)
     assert json.loads(bare.stdout)["controls"] == controls[1:], bare.stderr
+
+
+def test_manifest_mask_cells_name_files_relative_to_the_manifest_or_keywords(tmp_path):
+    """A file is made relative to the manifest; ``auto`` and ``none`` stay keywords (``none`` was once taken for a
+    file named 'none'); an empty cell falls back to the command line's --mask."""
+    from date_edit.batch import plan_manifest
+    from date_edit.choices import mask_file
+
+    (tmp_path / "m.csv").write_text("image,prompt,mask\na.png,x,m.png\na.png,y,auto\na.png,z,none\na.png,w,\n")
+    items = plan_manifest(tmp_path / "m.csv", tmp_path / "out")
+    masks = [it.options.get("mask") for it in items]
+    assert masks == [str(tmp_path / "m.png"), "auto", "none", None]
+    assert [mask_file(m) for m in masks] == [str(tmp_path / "m.png"), None, None, None]

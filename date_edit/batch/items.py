@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..choices import ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, EDIT_METHODS, RESIZE_MODES, UPDATE_MODES
+from ..choices import (
+    ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, EDIT_METHODS, RESIZE_MODES, UPDATE_MODES, mask_file,
+)
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, check_text  # noqa: F401
 from ..limits import check_seed
 
@@ -261,9 +263,9 @@ def options_hash(options: Mapping[str, Any]) -> str:
     if d["no_date"]:
         d.update(dict.fromkeys(DATE_OPTIONS))
     d["source_prompt"] = d["source_prompt"] or ""
-    if d.get("mask") and str(d["mask"]).strip().lower() != "auto":  # a mask file decides by its content, not name
+    if mask_file(d.get("mask")):  # a mask file decides by its content, not its name
         try:
-            d["mask_sha256"] = sha256_file(d["mask"], max_bytes=MAX_MASK_BYTES)
+            d["mask_sha256"] = sha256_file(mask_file(d["mask"]), max_bytes=MAX_MASK_BYTES)
         except (OSError, ValueError):  # unreadable now: the item fails when it runs, with the reason
             d["mask_sha256"] = None
     return _digest(d)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..choices import mask_file
 from ..errors import BatchError, ConfigError
 from ..limits import MAX_MANIFEST_BYTES, read_capped
 
@@ -253,11 +254,11 @@ def plan_manifest(manifest: PathLike, out_dir: PathLike, *, prompt: str | None =
                 raise ValueError("no image")
             options = {k: coerce_option(k, v) for k, v in raw.items() if k not in ("image", "output")}
             options.setdefault("prompt", prompt)
-            mask = options.get("mask")
-            if mask and str(mask).strip().lower() != "auto":  # a mask file is relative to the manifest, as images are
-                mask_path = Path(str(mask)).expanduser()
+            mask = mask_file(options.get("mask"))
+            if mask:  # a mask file is relative to the manifest, as images are
+                mask_path = Path(mask).expanduser()
                 options["mask"] = str(mask_path if mask_path.is_absolute() else base / mask_path)
-            elif not mask:
+            elif not str(options.get("mask") or "").strip():  # an empty cell: the command line's --mask
                 options.pop("mask", None)
             if options["prompt"] is None:
                 raise ValueError("no prompt (add a prompt column, or pass --prompt for rows without one)")

@@ -121,8 +121,10 @@ def _item_result(result: Result, i: int, seed: int) -> Result:
 
 def _user_mask(work: _Work, max_pixels: int | None):
     """The item's mask file as a ``(1, 1, H, W)`` tensor over its processed image, or None (no mask, or auto)."""
-    mask = work.settings.options.get("mask")
-    if not mask or str(mask).strip().lower() == "auto":
+    from ..choices import mask_file
+
+    mask = mask_file(work.settings.options.get("mask"))
+    if mask is None:
         return None
     from ..masks import load_mask
 
@@ -404,13 +406,11 @@ class _Runner:
 
     def _save_mask(self, work: _Work, mask) -> None:
         """``--save-mask``: the item's mask beside its output (``photo.mask.png``); a failure here is a note."""
-        from PIL import Image
-
         from ..imaging import save_png
+        from ..masks import to_image
 
         target = work.item.output.with_name(f"{work.item.output.stem}.mask.png")
         try:
-            save_png(Image.fromarray(((mask[0, 0] > 0.5).numpy() * 255).astype("uint8"), "L"), target,
-                     overwrite=True, protect=[work.item.source], within=self.out)
+            save_png(to_image(mask), target, overwrite=True, protect=[work.item.source], within=self.out)
         except (OSError, ValueError) as e:
             self.say(f"{work.item.label}: the mask could not be saved: {reason(e)}")
