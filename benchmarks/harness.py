@@ -39,7 +39,11 @@ from date_edit.scorers import offline_scorer_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
-SUITES = ("toy", "ane", "coco5k", "edit")
+SUITES = ("toy", "ane", "coco5k", "edit", "pie")
+EDIT_SUITES = ("edit", "pie")
+# per-method options of the edit suites (``fixed@p2p@mask=bench@preset=pie-ef-p2p``): name -> allowed values
+EDIT_OPTIONS = {"p2p": ("on", "off"), "mask": ("none", "auto", "bench"), "preset": None,
+                "editor": ("auto", "ddpm", "flowedit")}
 
 # name -> (DATE settings or None, objective scorer or None, universal guidance strength)
 BASE_METHODS: dict[str, tuple[Optional[dict], Optional[str], float]] = {
@@ -66,6 +70,11 @@ class Method:
     scorer: Optional[str]
     ug: float
     steps_factor: float = 1.0  # fixed-equal-compute: more steps, set from a measured DATE/plain ratio
+    edit: tuple[tuple[str, str], ...] = ()  # edit suites: (option, value) pairs from EDIT_OPTIONS
+
+    def option(self, name: str) -> Optional[str]:
+        """The value of an edit option this method sets (``@p2p`` -> ``on``), or None."""
+        return dict(self.edit).get(name)
 
 
 def parse_method(text: str, default_updates: str = "10%") -> Method:
@@ -76,9 +85,12 @@ def parse_method(text: str, default_updates: str = "10%") -> Method:
     date_kw, scorer, ug = BASE_METHODS[base]
     date_kw = dict(date_kw) if date_kw is not None else None
     factor = 1.0
+    edit: dict[str, str] = {}
     for item in overrides:
         key, _, value = item.partition("=")
-        if key == "rho" and date_kw is not None:
+        if key in EDIT_OPTIONS:
+            edit[key] = _edit_option(text, key, value)
+        elif key == "rho" and date_kw is not None:
             date_kw["rho"] = float(value)
         elif key == "updates" and date_kw is not None:
             date_kw["update_steps"] = value
@@ -93,7 +105,20 @@ def parse_method(text: str, default_updates: str = "10%") -> Method:
     date = None
     if date_kw is not None:
         date = DateConfig(**({"update_steps": default_updates} | date_kw))
-    return Method(label=text.strip(), base=base, date=date, scorer=scorer, ug=ug, steps_factor=factor)
+    return Method(label=text.strip(), base=base, date=date, scorer=scorer, ug=ug, steps_factor=factor,
+                  edit=tuple(sorted(edit.items())))
+
+
+def _edit_option(text: str, key: str, value: str) -> str:
+    """One checked ``@key=value`` edit option (``@p2p`` alone means ``on``)."""
+    from benchmarks.pie import check_preset
+
+    value = value.strip() or ("on" if key == "p2p" else "")
+    if key == "preset":
+        check_preset(value)
+    elif value not in EDIT_OPTIONS[key]:
+        raise ConfigError(None, f"method {text!r}: {key} takes {', '.join(EDIT_OPTIONS[key])}, got {value!r}")
+    return value
 
 
 def expand_sweep(methods: list[str], sweep: Optional[str]) -> list[str]:
@@ -120,9 +145,10 @@ class Item:
     group: str = "all"
     image: Optional[str] = None
     source_prompt: str = ""
+    pie: Optional[object] = None  # the PIE-Bench entry (benchmarks.pie.PieEntry) of a pie item
 
 
-def load_items(suite: str, limit: Optional[int], category: str = "all") -> list[Item]:
+def load_items(suite: str, limit: Optional[int], category: str = "all", data: Optional[str] = None) -> list[Item]:
     """The suite's items, the first ``limit`` of them."""
     if suite == "toy":
         from date_edit.toy.world import two_object_prompts
@@ -141,6 +167,15 @@ def load_items(suite: str, limit: Optional[int], category: str = "all") -> list[
         spec = json.loads((DATA / "edit_set.json").read_text())
         items = [Item(id=e["id"], prompt=e["target"], group="edit", image=str(ROOT / e["image"]),
                       source_prompt=e["source"]) for e in spec["items"]]
+    elif suite == "pie":
+        from benchmarks.pie import load_pie, parse_categories
+
+        if not data:
+            raise ConfigError("data", "--suite pie needs --data DIR: the PIE-Bench folder with mapping_file.json and "
+                                      "annotation_images/ (see the README, 'PIE-Bench')")
+        items = [Item(id=e.key, prompt=e.target_prompt, group=e.category_name, image=str(e.image),
+                      source_prompt=e.source_prompt, pie=e)
+                 for e in load_pie(data, parse_categories(category), limit)]
     else:
         raise ConfigError(None, f"unknown suite {suite!r}: use one of {', '.join(SUITES)}")
     return items[:limit] if limit else items
@@ -154,7 +189,11 @@ class Metrics:
 
         self.suite = suite
         offline = model in OFFLINE_MODELS
-        if suite == "toy":
+        if suite == "pie":
+            from benchmarks.pie_metrics import PieMetrics
+
+            self.pie = PieMetrics("random" if offline else "reference", device=device)
+        elif suite == "toy":
             from date_edit.toy.judge import evaluate
 
             self.judge = evaluate
@@ -277,7 +316,7 @@ def _run(args, dist, device: str) -> Optional[Path]:
     from date_edit.backbones import load_backbone
 
     methods = [parse_method(m, args.updates) for m in expand_sweep(args.methods.split(","), args.sweep)]
-    items = load_items(args.suite, args.limit, args.category)
+    items = load_items(args.suite, args.limit, args.category, getattr(args, "data", None))
     out = Path(args.out or (Path("benchmarks") / "runs" / args.suite))
     out.mkdir(parents=True, exist_ok=True)
     done = _load_all_records(out)
@@ -289,6 +328,10 @@ def _run(args, dist, device: str) -> Optional[Path]:
                                 "same --model")
     if dist.main:
         _check_same_model(out, args.model, backbone, resuming=bool(done))
+    if args.suite in EDIT_SUITES:
+        from benchmarks.edit_suite import check_methods
+
+        check_methods(args, methods, backbone, items[0].source_prompt)
     runner = _Runner(args, out, backbone, Metrics(args.suite, args.model, backbone.device, args.eval_clip,
                                                   args.captioner))
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -319,6 +362,10 @@ def _run(args, dist, device: str) -> Optional[Path]:
                                                "wall_s": time.perf_counter() - started,
                                                "device": str(backbone.device),
                                                "equal_compute_factor": equal_factor if equal else None})
+    if args.suite == "pie":
+        from benchmarks.pie_report import write_pie_table
+
+        write_pie_table(out, records, {"model": args.model}, labels=runner.metrics.pie.labels)
     return out
 
 
@@ -336,7 +383,7 @@ class _Runner:
         import socket
 
         self.args, self.out, self.backbone, self.metrics = args, out, backbone, metrics
-        self.steps = args.steps or (100 if args.suite == "edit" else 50)
+        self.steps = args.steps or (100 if args.suite in EDIT_SUITES else 50)
         self.scorers: dict[str, object] = {}
         self.sources: dict[str, torch.Tensor] = {}
         self.host = socket.gethostname()
@@ -363,8 +410,8 @@ class _Runner:
 
     def one(self, method: Method, item: Item, seed: int, equal_factor: Optional[float]) -> dict:
         """The record of one image: what made it, its metrics, time, memory, host and device."""
-        from date_edit.imaging import load_image, save_png, to_pil
-        from date_edit.pipeline import EditConfig, GenerateConfig, edit, generate
+        from date_edit.imaging import save_png, to_pil
+        from date_edit.pipeline import GenerateConfig, generate
 
         args, backbone = self.args, self.backbone
         n_steps = self.steps
@@ -372,19 +419,17 @@ class _Runner:
             n_steps = max(self.steps, round(self.steps * (equal_factor or 1.0) * method.steps_factor))
         if backbone.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(backbone.device)
-        source, scorer = None, self._scorer(method)
-        if args.suite == "edit":
-            if item.image not in self.sources:
-                self.sources[item.image] = load_image(item.image, size=args.size or backbone.native_size,
-                                                      multiple=backbone.size_multiple).pixels
-            source = self.sources[item.image]
-            result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt,
-                          config=EditConfig(steps=n_steps, seed=seed, date=method.date, **edit_controls(args)),
-                          scorer=scorer)
+        source, extra = None, {}
+        if args.suite in EDIT_SUITES:
+            from benchmarks.edit_suite import edit_item
+
+            equal = n_steps if method.base == "fixed-equal-compute" else None
+            result, source, extra = edit_item(self, method, item, seed, steps=equal)
+            n_steps = extra.pop("steps")
         else:
             cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date, universal_guidance=method.ug,
                                  guidance_scale=args.guidance)
-            result = generate(backbone, item.prompt, config=cfg, scorer=scorer)
+            result = generate(backbone, item.prompt, config=cfg, scorer=self._scorer(method))
         image_path = self.out / "images" / _slug(method.label) / f"{item.id}_s{seed}.png"
         save_png(to_pil(result.images)[0], image_path, overwrite=True)
         rec = {"suite": args.suite, "method": method.label, "base": method.base, "item": item.id,
@@ -395,12 +440,13 @@ class _Runner:
                "rho": method.date.rho if method.date else None,
                "updates": method.date.update_steps if method.date else None,
                "host": self.host, "device": str(backbone.device)}
-        if args.suite == "edit":
-            from date_edit.controls import ran_controls
-            from date_edit.masks import coverage
+        rec.update(extra)
+        if args.suite == "pie":
+            from benchmarks.edit_suite import pie_fields
 
-            rec.update(controls=ran_controls(result.config), mask_coverage=coverage(result.mask))
-        rec.update(self.metrics(result.images, item, source))
+            rec.update(pie_fields(self, method, item, seed, result))
+        else:
+            rec.update(self.metrics(result.images, item, source))
         return rec
 
 
@@ -476,7 +522,9 @@ def _slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------- reports
 
 NON_METRICS = {"suite", "method", "base", "item", "group", "prompt", "seed", "steps", "image", "update_steps",
-               "date_scores", "rho", "updates", "host", "device", "controls"}
+               "date_scores", "rho", "updates", "host", "device", "controls", "preset", "skip", "cfg_source",
+               "cfg_target", "editor", "source_prompt", "reference_image", "category", "image_path", "edited_words",
+               "blended_words"}
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
@@ -608,20 +656,6 @@ def _html(out: Path, records: list[dict]) -> None:
     (out / "index.html").write_text(page)
 
 
-def edit_controls(args) -> dict:
-    """The edit suite's structure controls as ``EditConfig`` fields (``--mask auto``, ``--p2p``)."""
-    from date_edit.masks import MaskConfig
-
-    controls = {}
-    if getattr(args, "mask", "none") == "auto":
-        controls["mask"] = MaskConfig("auto", threshold=args.mask_threshold)
-    if getattr(args, "p2p", False):
-        from date_edit.p2p import P2PConfig
-
-        controls["p2p"] = P2PConfig(cross_replace=args.cross_replace, self_replace=args.self_replace)
-    return controls
-
-
 def main(argv=None) -> int:
     """``python -m benchmarks run ...``"""
     import argparse
@@ -632,22 +666,33 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run a suite")
     r.add_argument("--suite", required=True, choices=SUITES)
     r.add_argument("--methods", default="fixed,date-clip", help=f"comma list of {', '.join(BASE_METHODS)}"
-                                                                " (with @rho=, @updates=, @ug= overrides)")
+                                                                " (with @rho=, @updates=, @ug= overrides; edit "
+                                                                "suites also @p2p, @mask=auto|bench|none, "
+                                                                "@preset=NAME, @editor=ddpm|flowedit)")
     r.add_argument("--sweep", default=None, help="rho=0.25,0.5,1 or updates=10%%,20%%: variants of DATE methods")
     r.add_argument("--updates", default="10%", help="DATE update steps of the date-* methods")
     r.add_argument("--limit", type=int, default=None, help="first N items")
-    r.add_argument("--category", default="all", help="ane: animals, animals_objects, objects or all")
+    r.add_argument("--category", default="all", help="ane: animals, animals_objects, objects or all; pie: edit "
+                                                     "type ids 0..9 or names (6,change_material), or all")
+    r.add_argument("--data", default=None, help="pie: the PIE-Bench folder (mapping_file.json, annotation_images/)")
+    r.add_argument("--preset", default=None, help="edit suites: published settings by name (pie-ef-p2p, ef, "
+                                                  "ef-p2p-readme, date-edit, flowedit-sd3, flowedit-flux); pie's "
+                                                  "default: pie-ef-p2p, or flowedit-<family> on SD3/FLUX")
     r.add_argument("--seeds", type=int, default=1, help="seeds per item")
     r.add_argument("--seed", type=int, default=0, help="first seed")
-    r.add_argument("--steps", type=int, default=None, help="steps (default 50; edit 100)")
+    r.add_argument("--steps", type=int, default=None, help="steps (default 50; edit 100; pie: the preset's)")
     r.add_argument("--guidance", type=float, default=7.5, help="CFG scale of generation")
     r.add_argument("--size", type=int, default=None, help="edit: longer side (default native)")
-    r.add_argument("--mask", choices=("none", "auto"), default="none",
-                   help="edit: confine each edit to an automatic mask (needs the items' source prompts)")
+    r.add_argument("--mask", choices=("none", "auto", "bench"), default="none",
+                   help="edit suites, every method: auto (from where the prompts' predictions differ) or bench (pie: "
+                        "the benchmark's hand-drawn mask, an oracle); per method: @mask=...")
     r.add_argument("--mask-threshold", type=float, default=0.75, help="edit, --mask auto: the mask's threshold")
-    r.add_argument("--p2p", action="store_true", help="edit: Prompt-to-Prompt attention control (SD, SDXL)")
-    r.add_argument("--cross-replace", type=float, default=0.8, help="edit, --p2p: cross-attention window")
-    r.add_argument("--self-replace", type=float, default=0.8, help="edit, --p2p: self-attention window")
+    r.add_argument("--p2p", action="store_true", help="edit suites, every method: Prompt-to-Prompt attention "
+                                                      "control (SD, SDXL); per method: @p2p")
+    r.add_argument("--cross-replace", type=float, default=None, help="edit suites, P2P: cross-attention window "
+                                                                     "(default: the preset's, else 0.8)")
+    r.add_argument("--self-replace", type=float, default=None, help="edit suites, P2P: self-attention window "
+                                                                    "(default: the preset's, else 0.8)")
     r.add_argument("--model", default=None,
                    help=f"backbone (toy and tiny, tiny-sdxl, tiny-sd3, tiny-flux offline; default: toy for --suite "
                         f"toy, else {DEFAULT_MODEL})")
@@ -671,5 +716,8 @@ def main(argv=None) -> int:
     if out is None:  # a rank other than 0: rank 0 writes and prints the reports
         return 0
     print((out / "summary.md").read_text())
-    print(f"wrote {out}/summary.md, summary.csv, plots/, index.html")
+    if args.suite == "pie":
+        print((out / "pie_table.md").read_text())
+    print(f"wrote {out}/summary.md, summary.csv, plots/, index.html"
+          + (", pie_table.md, pie_table.csv, reference/" if args.suite == "pie" else ""))
     return 0

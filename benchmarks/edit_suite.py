@@ -1,0 +1,171 @@
+"""One item of the harness's edit suites (``edit``: the sample photos; ``pie``: PIE-Bench): the settings a method
+resolves to (a named preset, the method's ``@`` options, the command line), the edit, and for PIE the reference
+layout file and the seven metrics measured on it.
+
+Method options (after ``@``, any order): ``p2p`` (Prompt-to-Prompt with the preset's windows), ``mask=auto`` (an
+automatic mask from where the prompts' predictions differ), ``mask=bench`` (PIE only: the benchmark's hand-drawn
+mask as a user mask: an oracle, label it so when you report it), ``mask=none``, ``preset=NAME``
+(:data:`benchmarks.pie.PRESETS`), ``editor=ddpm|flowedit``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from date_edit.errors import ConfigError
+
+
+def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
+    """``(EditConfig keyword arguments, preset name or None)`` for ``method`` on a model of ``family``.
+
+    Precedence: the method's ``@preset`` over ``--preset`` over the suite's default (PIE: the published runner of
+    the model's editor; the sample-photo suite: none, i.e. ``EditConfig``'s defaults with ``--steps``);
+    ``--steps`` rescales a preset's skip to the same share; ``--cross-replace``/``--self-replace`` given on the
+    command line override a preset's windows.
+    """
+    from benchmarks.pie import check_preset, default_preset
+    from date_edit.masks import MaskConfig
+
+    preset = method.option("preset") or getattr(args, "preset", None)
+    if preset is None and args.suite == "pie":
+        preset = default_preset(family)
+    cross, self_ = 0.8, 0.8  # P2PConfig's defaults
+    if preset:
+        p = check_preset(preset)
+        kw = {k: p[k] for k in ("steps", "skip", "cfg_source", "cfg_target", "method")}
+        if args.steps and args.steps != p["steps"]:
+            kw["steps"] = args.steps
+            if not str(p["skip"]).endswith("%"):
+                kw["skip"] = round(args.steps * p["skip"] / p["steps"])
+        cross, self_ = p.get("cross", cross), p.get("self", self_)
+    else:
+        kw = {"steps": args.steps or 100}
+    if method.option("editor"):
+        kw["method"] = method.option("editor")
+    cross = args.cross_replace if args.cross_replace is not None else cross
+    self_ = args.self_replace if args.self_replace is not None else self_
+    mask = method.option("mask") or args.mask
+    if mask == "auto":
+        kw["mask"] = MaskConfig("auto", threshold=args.mask_threshold)
+    elif mask == "bench":
+        if args.suite != "pie":
+            raise ConfigError("mask", f"method {method.label!r}: mask=bench needs --suite pie (its items carry "
+                                      "hand-drawn masks)")
+        kw["mask"] = MaskConfig("user")
+    if (method.option("p2p") or ("on" if args.p2p else "off")) == "on":
+        from date_edit.p2p import P2PConfig
+
+        kw["p2p"] = P2PConfig(cross_replace=cross, self_replace=self_)
+    return kw, preset
+
+
+def check_methods(args, methods, backbone, source_prompt: str) -> None:
+    """Refuse, before any image is edited, a method this model cannot run (P2P on FlowEdit, FlowEdit on SD)."""
+    from date_edit.controls import check
+    from date_edit.pipeline import EditConfig
+
+    for method in methods:
+        kw, _ = settings(args, method, backbone.family)
+        try:
+            check(backbone, EditConfig(date=method.date, **kw), [source_prompt])
+        except ConfigError as exc:
+            raise ConfigError(None, f"method {method.label!r} on {backbone.name}: {str(exc).splitlines()[0]}") \
+                from None
+
+
+def bench_mask(item, size: tuple[int, int]) -> torch.Tensor:
+    """The PIE item's hand-drawn mask as drawn (no border rule) at the edit's ``size``: ``(1, 1, H, W)``."""
+    from PIL import Image
+
+    from benchmarks.pie import decode_mask
+
+    with Image.open(item.pie.image) as im:
+        w, h = im.size
+    mask = Image.fromarray(decode_mask(item.pie.runs, (h, w), border=False) * 255)
+    mask = mask.resize((size[1], size[0]), Image.NEAREST)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+
+
+def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
+    """Edit one item with ``method``: ``(Result, source pixels, record fields)``."""
+    from date_edit.controls import ran_controls
+    from date_edit.imaging import load_image
+    from date_edit.masks import coverage
+    from date_edit.pipeline import EditConfig, edit
+
+    args, backbone = runner.args, runner.backbone
+    kw, preset = settings(args, method, backbone.family)
+    if steps is not None:  # fixed-equal-compute: more steps, the same share skipped
+        skip = EditConfig(**kw).resolved_skip()
+        kw["skip"] = round(steps * skip / kw["steps"])
+        kw["steps"] = steps
+    if item.image not in runner.sources:
+        runner.sources[item.image] = load_image(item.image, size=args.size or backbone.native_size,
+                                                multiple=backbone.size_multiple).pixels
+    source = runner.sources[item.image]
+    mask = bench_mask(item, tuple(source.shape[-2:])) if method.option("mask") == "bench" or (
+        args.mask == "bench" and not method.option("mask")) else None
+    config = EditConfig(seed=seed, date=method.date, **kw)
+    result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt, config=config,
+                  scorer=runner._scorer(method), mask=mask)
+    fields = {"preset": preset, "steps": config.steps, "skip": config.resolved_skip(),
+              "cfg_source": config.cfg_source, "cfg_target": config.cfg_target,
+              "editor": config.resolved_method(backbone), "controls": ran_controls(result.config),
+              "mask_coverage": coverage(result.mask), "source_prompt": item.source_prompt}
+    return result, source, fields
+
+
+def _save_jpeg(image, path: Path) -> None:
+    """Write ``image`` as the reference runners do (PIL's JPEG at its default quality, 75), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="JPEG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def pie_fields(runner, method, item, seed: int, result) -> dict:
+    """Save the edit in the reference layout and measure what the reference evaluation would read there.
+
+    The edit is resized to the photo's size if the model worked at another, written as
+    ``reference/<method>/annotation_images/<image_path>`` (JPEG, as the published runners wrote it), read back, and
+    scored with the seven metrics against the photo as the reference opens it, with the border-ruled mask.
+    ``unedit_exact_lossless`` is the share of unedited pixels the lossless edit keeps exactly (a mask makes it 1.0;
+    the JPEG the table is measured on cannot).
+    """
+    from PIL import Image
+
+    from benchmarks.harness import _slug
+    from benchmarks.pie import decode_mask, reference_path
+    from date_edit.imaging import to_pil
+
+    entry = item.pie
+    with Image.open(entry.image) as im:
+        photo = np.asarray(im.convert("RGB"))
+    edited = to_pil(result.images)[0]
+    if edited.size != (photo.shape[1], photo.shape[0]):
+        edited = edited.resize((photo.shape[1], photo.shape[0]), Image.BICUBIC)
+    slug = _slug(method.label) + ("" if seed == runner.args.seed else f"_s{seed}")
+    ref = reference_path(runner.out, slug, entry.image_path)
+    _save_jpeg(edited, ref)
+    with Image.open(ref) as im:
+        read_back = np.asarray(im.convert("RGB"))
+    mask = decode_mask(entry.runs, photo.shape[:2], border=True)
+    scores = runner.metrics.pie(photo, read_back, mask, item.source_prompt, item.prompt)
+    keep = mask == 0
+    lossless = np.asarray(edited)
+    same = (lossless == photo).all(axis=-1)
+    fields = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in scores.items()}
+    fields |= {"unedit_exact_lossless": float(same[keep].mean()) if keep.any() else None,
+               "reference_image": str(ref.relative_to(runner.out)), "category": entry.category,
+               "image_path": entry.image_path, "edited_words": list(entry.edited_words),
+               "blended_words": list(entry.blended_words)}
+    return fields

@@ -1,0 +1,233 @@
+"""PIE-Bench (Ju et al., ICLR 2024) as the harness reads it: the mapping file, its run-length masks, the edit types,
+the published settings of the editors it compares, and the reference evaluation's folder layout.
+
+The dataset as distributed::
+
+    DIR/mapping_file.json            {key: {image_path, original_prompt, editing_prompt, editing_instruction,
+                                            editing_type_id, blended_word, mask}, ...}
+    DIR/annotation_images/<image_path>   512x512 photos (0_random_140/000000000000.jpg, ...)
+
+``mask`` is a flat list of (start, length) pairs over the row-major 512x512 image; 1 marks the region to edit. The
+reference evaluation (cure-lab/PnPInversion ``evaluation/evaluate.py``) clips a run that overflows the image and sets
+the one-pixel border to 1 ("to avoid annotation errors in boundary"); :func:`decode_mask` does the same.
+Prompts carry the edited words in brackets (``a [red] car``); the reference strips the brackets before use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Optional
+
+import numpy as np
+
+from date_edit.errors import ConfigError
+
+MAPPING = "mapping_file.json"
+IMAGES = "annotation_images"
+SIZE = (512, 512)
+MAX_MAPPING_BYTES = 256 * 2**20  # the real file is about 15 MB
+
+# editing_type_id -> the edit type (the dataset's folder names: 0_random_140, 1_change_object_80, ...)
+CATEGORIES = {
+    "0": "random", "1": "change object", "2": "add object", "3": "delete object", "4": "change content",
+    "5": "change pose", "6": "change color", "7": "change material", "8": "change background", "9": "change style",
+}
+
+# Published settings of the editors PIE-Bench compares, as named presets of the harness's edit suites.
+# steps/skip/cfg_source/cfg_target go to EditConfig; cross/self are Prompt-to-Prompt's windows where a method asks
+# for it (``@p2p``); method: the editor (ddpm: edit-friendly inversion, flowedit: inversion-free flow editing).
+PRESETS: dict[str, dict] = {
+    # PnPInversion's runner of edit-friendly DDPM + P2P (run_editing_edit_friendly_p2p.py): the published PIE row
+    "pie-ef-p2p": {"steps": 50, "skip": 12, "cfg_source": 1.0, "cfg_target": 7.5, "cross": 0.4, "self": 0.6,
+                   "method": "ddpm"},
+    # the edit-friendly DDPM paper's defaults (CVPR 2024) with its repository's P2P windows
+    "ef": {"steps": 100, "skip": 36, "cfg_source": 3.5, "cfg_target": 15.0, "cross": 0.6, "self": 0.2,
+           "method": "ddpm"},
+    # the edit-friendly repository README's P2P example: skip 12 of 100, target CFG 9, cross 0.6, self 0.2
+    "ef-p2p-readme": {"steps": 100, "skip": 12, "cfg_source": 3.5, "cfg_target": 9.0, "cross": 0.6, "self": 0.2,
+                      "method": "ddpm"},
+    # date-edit's own defaults (`date-edit photo.png "prompt"`): chosen on the toy validation split (issue 27)
+    "date-edit": {"steps": 100, "skip": "36%", "cfg_source": 3.5, "cfg_target": 7.5, "cross": 0.8, "self": 0.8,
+                  "method": "ddpm"},
+    # FlowEdit's published settings (Kulikov et al. 2024): SD3 n_max 33 of 50, FLUX n_max 24 of 28
+    "flowedit-sd3": {"steps": 50, "skip": 17, "cfg_source": 3.5, "cfg_target": 13.5, "method": "flowedit"},
+    "flowedit-flux": {"steps": 28, "skip": 4, "cfg_source": 1.5, "cfg_target": 5.5, "method": "flowedit"},
+}
+
+
+def default_preset(family: str) -> str:
+    """The preset a PIE run uses when none is named: FlowEdit's for SD3/FLUX, the published DDPM + P2P runner's
+    otherwise."""
+    return {"sd3": "flowedit-sd3", "flux": "flowedit-flux"}.get(family, "pie-ef-p2p")
+
+
+def check_preset(name: str) -> dict:
+    """The settings of preset ``name`` (a one-line ConfigError naming the known ones otherwise)."""
+    if name not in PRESETS:
+        raise ConfigError("preset", f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def decode_mask(runs, shape: tuple[int, int] = SIZE, border: bool = True) -> np.ndarray:
+    """A PIE run-length mask as a ``(H, W)`` uint8 array of 0/1 (1: the region to edit).
+
+    ``runs`` is ``[start, length, start, length, ...]`` over the row-major flattened image. A run that passes the
+    end is clipped at it, as the reference does; ``border=True`` sets the one-pixel frame to 1, as the reference
+    evaluation does before measuring (the editors' input is the annotation as drawn: ``border=False``).
+
+    Raises:
+        ValueError: an odd number of values, or a start or length that is not a non-negative integer.
+    """
+    values = list(runs)
+    if len(values) % 2:
+        raise ValueError(f"a PIE mask is (start, length) pairs; got {len(values)} numbers")
+    h, w = shape
+    total = h * w
+    flat = np.zeros(total, dtype=np.uint8)
+    for start, length in zip(values[0::2], values[1::2]):
+        if isinstance(start, bool) or isinstance(length, bool) or not isinstance(start, int) \
+                or not isinstance(length, int) or start < 0 or length < 0:
+            raise ValueError(f"a PIE mask run must be two non-negative integers, got ({start!r}, {length!r})")
+        flat[start:start + max(0, min(length, total - start))] = 1
+    mask = flat.reshape(h, w)
+    if border:
+        mask[0, :] = mask[-1, :] = 1
+        mask[:, 0] = mask[:, -1] = 1
+    return mask
+
+
+def bracketed(prompt: str) -> list[str]:
+    """The bracketed words of a PIE prompt (``"a [red] car"`` -> ``["red"]``)."""
+    return [m.strip() for m in re.findall(r"\[([^\]]*)\]", prompt) if m.strip()]
+
+
+def strip_brackets(prompt: str) -> str:
+    """The prompt as the reference uses it: brackets removed, words kept."""
+    return prompt.replace("[", "").replace("]", "")
+
+
+@dataclass(frozen=True)
+class PieEntry:
+    """One PIE-Bench item, prompts as the editors see them (brackets stripped)."""
+
+    key: str
+    image_path: str  # relative to annotation_images/, also the path the reference layout uses
+    image: Path
+    source_prompt: str
+    target_prompt: str
+    instruction: str
+    category: str  # editing_type_id, "0".."9"
+    blended_words: tuple[str, ...]
+    edited_words: tuple[str, ...]  # the target prompt's bracketed words
+    runs: tuple[int, ...] = field(repr=False)
+
+    @property
+    def category_name(self) -> str:
+        """The edit type's name (``change color``)."""
+        return CATEGORIES.get(self.category, self.category)
+
+
+def parse_categories(text: Optional[str]) -> Optional[set[str]]:
+    """``--category`` for PIE: ``all`` (None), or a comma list of type ids (``6,7``) or names (``change color``,
+    ``change_color``)."""
+    if text is None or text.strip() in ("", "all"):
+        return None
+    by_name = {name.replace(" ", "_"): key for key, name in CATEGORIES.items()}
+    chosen = set()
+    for part in text.split(","):
+        p = part.strip().replace(" ", "_")
+        if p in CATEGORIES:
+            chosen.add(p)
+        elif p in by_name:
+            chosen.add(by_name[p])
+        else:
+            raise ConfigError("category", f"PIE edit type {part.strip()!r}: use ids 0..9 or names "
+                                          f"({', '.join(n.replace(' ', '_') for n in CATEGORIES.values())})")
+    return chosen
+
+
+def _relative(path: str, key: str) -> str:
+    """``image_path`` as a safe relative path (no absolute paths, no ``..``): it names files we read and write."""
+    p = PurePosixPath(str(path).replace("\\", "/"))
+    if not str(path).strip() or p.is_absolute() or ".." in p.parts:
+        raise ConfigError("data", f"{MAPPING}: item {key!r} has image_path {path!r}: expected a path inside "
+                                  f"{IMAGES}/")
+    return str(p)
+
+
+def load_pie(data: str | os.PathLike, categories: Optional[set[str]] = None,
+             limit: Optional[int] = None) -> list[PieEntry]:
+    """The items of a PIE-Bench folder in the mapping file's order, of the chosen edit types, the first ``limit``.
+
+    Raises:
+        ConfigError: one line naming what is wrong: no folder, no or unreadable mapping file, an item without a
+            field the benchmark needs, a bad mask, an image that is not there.
+    """
+    root = Path(data).expanduser()
+    mapping_path = root / MAPPING
+    if not root.is_dir():
+        raise ConfigError("data", f"{root}: no such folder (give the PIE-Bench folder holding {MAPPING} and "
+                                  f"{IMAGES}/)")
+    if not mapping_path.is_file():
+        raise ConfigError("data", f"{mapping_path}: not found; PIE-Bench comes as a folder with {MAPPING} and "
+                                  f"{IMAGES}/ (see the README, 'PIE-Bench')")
+    if mapping_path.stat().st_size > MAX_MAPPING_BYTES:
+        raise ConfigError("data", f"{mapping_path} is over {MAX_MAPPING_BYTES >> 20} MiB: not a PIE mapping file")
+    try:
+        mapping = json.loads(mapping_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError("data", f"{mapping_path}: not JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(mapping, dict):
+        raise ConfigError("data", f"{mapping_path}: expected an object of items by key, got "
+                                  f"{type(mapping).__name__}")
+    entries = []
+    for key, item in mapping.items():
+        entry = _entry(root, str(key), item)
+        if categories is None or entry.category in categories:
+            entries.append(entry)
+        if limit and len(entries) >= limit:
+            break
+    if not entries:
+        raise ConfigError("category", f"{mapping_path}: no item of the chosen edit types")
+    return entries
+
+
+def _entry(root: Path, key: str, item) -> PieEntry:
+    needed = ("image_path", "original_prompt", "editing_prompt", "editing_type_id", "mask")
+    if not isinstance(item, dict) or any(k not in item for k in needed):
+        missing = [k for k in needed if not isinstance(item, dict) or k not in item]
+        raise ConfigError("data", f"{MAPPING}: item {key!r} lacks {', '.join(missing)}")
+    rel = _relative(item["image_path"], key)
+    image = root / IMAGES / rel
+    if not image.is_file():
+        raise ConfigError("data", f"{image}: not found (item {key!r} of {MAPPING})")
+    runs = item["mask"]
+    try:
+        decode_mask(runs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("data", f"{MAPPING}: item {key!r}: {exc}") from None
+    blended = str(item.get("blended_word") or "").split()
+    return PieEntry(key=key, image_path=rel, image=image,
+                    source_prompt=strip_brackets(str(item["original_prompt"])),
+                    target_prompt=strip_brackets(str(item["editing_prompt"])),
+                    instruction=str(item.get("editing_instruction") or ""),
+                    category=str(item["editing_type_id"]), blended_words=tuple(blended),
+                    edited_words=tuple(bracketed(str(item["editing_prompt"]))), runs=tuple(runs))
+
+
+def reference_path(out: Path, method_slug: str, image_path: str) -> Path:
+    """Where the reference layout keeps a method's edit of one item: ``<out>/reference/<method>/annotation_images/
+    <image_path>``, the folder the reference's ``evaluate.py`` reads as ``output/<method>/annotation_images``."""
+    return out / "reference" / method_slug / IMAGES / image_path
+
+
+def encode_mask(mask: np.ndarray) -> list[int]:
+    """The inverse of ``decode_mask(..., border=False)``: (start, length) pairs of the 1-runs (to build fixtures)."""
+    flat = np.concatenate([[0], np.asarray(mask, dtype=np.uint8).reshape(-1), [0]])
+    edges = np.flatnonzero(np.diff(flat))
+    starts, ends = edges[0::2], edges[1::2]
+    return [int(v) for pair in zip(starts, ends - starts) for v in pair]
