@@ -255,6 +255,11 @@ class Runner:
         self.backbone = load_backbone(args.model, device="cpu")
         self.objective = build_scorer("clip:toy")
         self.heldout = build_scorer("clip:toy-heldout")
+        self.pie = None
+        if args.pie_metrics:
+            from benchmarks.pie_metrics import PieMetrics
+
+            self.pie = PieMetrics("toy")
         self.date = DateConfig(rho_relative=args.rho_relative, update_steps=args.date_updates)
 
     @torch.no_grad()
@@ -307,8 +312,23 @@ class Runner:
             rec["outside_mask_exact"] = round(float(same.mean()), 4) if same.size else None
         if used is not None:
             rec["mask_area"] = round(float((used[0, 0] > 0).float().mean()), 4)
+        if self.pie is not None:
+            rec["pie"] = pie_scores(self.pie, image, out, case, source=case.caption, target=target)
         rec["seconds"] = round(seconds, 3)
         return rec, out
+
+
+def pie_scores(metrics, image: np.ndarray, out: np.ndarray, case: Case, *, source: str, target: str) -> dict:
+    """PIE-Bench's metrics of one toy edit, by the harness's code (benchmarks.pie_metrics): the edited region is
+    the user mask (the edited object's source box dilated USER_MASK_DILATE px) with the reference's border rule;
+    a PSNR of +inf (unedited part kept exactly) is written "inf"."""
+    import math
+
+    region = user_mask(case).astype(np.uint8)
+    region[0, :] = region[-1, :] = 1
+    region[:, 0] = region[:, -1] = 1
+    scores = metrics(image, out, region, source, target)
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in scores.items()}
 
 
 def _pixels(image: np.ndarray) -> torch.Tensor:
@@ -465,6 +485,7 @@ def run_benchmark(args, argv: list[str]) -> int:
         "metrics": METRICS, "roundtrip_background_mad": mean_ci95(roundtrip),
         "results": table, "acceptance": acceptance(table, args.methods),
         "grid": str(grid_path), "wall_s": round(time.perf_counter() - started, 1), "machine": _machine(),
+        "pie_labels": runner.pie.labels if runner.pie is not None else None,
         "records": records,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -523,10 +544,32 @@ def markdown(report: dict) -> str:
     if report["skipped_controls"]:
         lines += ["", "Skipped (this checkout's API cannot run them): "
                   + "; ".join(f"{k}: {v}" for k, v in report["skipped_controls"].items()) + "."]
+    lines += pie_markdown(report)
     lines += ["", "Metrics:", ""] + [f"- `{k}`: {v}" for k, v in report["metrics"].items()]
     lines += ["", f"Controls: {json.dumps(s['controls'])}; user mask: {s['user_mask']}. Edits: {s['edits']}.",
               f"Grid (fixed embedding, seed 0): `{Path(report['grid']).name}`.", ""]
     return "\n".join(lines)
+
+
+def pie_markdown(report: dict) -> list[str]:
+    """The PIE-Bench table of the run (the harness's metric code on toy edits), or nothing without it."""
+    from benchmarks.pie_report import COLUMNS, table_cells
+
+    records = [r for r in report["records"] if "pie" in r]
+    if not records:
+        return []
+    lines = ["", "PIE-Bench's seven metrics, by the harness's code (`benchmarks/pie_metrics.py`), published units; "
+             "edited region = the user mask (the edited object's box dilated) with the reference's border rule. "
+             "No DINO weights here: the structure distance uses the toy world's own encoder. Computed with: "
+             + "; ".join(f"{k}: {v}" for k, v in (report.get("pie_labels") or {}).items()) + ".", "",
+             "| kind | control | method | n | " + " | ".join(t for _, t, _ in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 4) + "|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["kind"], r["control"], r["method"]), []).append(r["pie"])
+    for (kind, control, method), rows in groups.items():
+        lines.append(f"| {kind} | {control} | {method} | {len(rows)} | " + " | ".join(table_cells(rows)) + " |")
+    return lines
 
 
 def run_sweep(args, argv: list[str]) -> int:
@@ -637,6 +680,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--user-mask-dilate", type=int, default=USER_MASK_DILATE)
     p.add_argument("--bg-threshold", type=float, default=BG_THRESHOLD, help="background MAD (0-255) for success")
     p.add_argument("--grid-scenes", type=int, default=3, help="scenes shown in the grid (two rows each)")
+    p.add_argument("--pie-metrics", action=argparse.BooleanOptionalAction, default=True,
+                   help="also score each edit with PIE-Bench's seven metrics (toy encoder; benchmarks/pie_metrics.py)")
     p.add_argument("--sweep", action="store_true", help="the trade-off sweep (fixed embedding) instead of the table")
     p.add_argument("--sweep-controls", default=",".join(SWEEP_CONTROLS))
     p.add_argument("--quick", action="store_true", help="2 scenes x 1 seed, controls none and mask-user, fixed")

@@ -221,3 +221,25 @@ def test_pie_fixture_runs_every_method_on_the_tiny_models(tmp_path, pie_dir):
     rerun = _harness("--suite", "pie", "--data", str(pie_dir), "--model", "tiny", "--methods",
                      runs["tiny"], "--steps", "6", "--updates", "1", "--out", str(tmp_path / "tiny"))
     assert rerun.returncode == 0 and len((tmp_path / "tiny" / "records.jsonl").read_text().splitlines()) == 15
+
+
+def test_pie_under_torchrun_shares_the_items_and_writes_one_table(tmp_path, pie_dir):
+    """Two ranks (gloo, CPU) split PIE's items; rank 0 merges the records and writes the table and the layout."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    out = tmp_path / "two"
+    done = subprocess.run([torchrun, "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+                           "--rdzv-endpoint", f"127.0.0.1:{port}", "-m", "benchmarks", "run", "--quiet", "--suite",
+                           "pie", "--data", str(pie_dir), "--model", "tiny", "--methods", "fixed,fixed@mask=bench",
+                           "--steps", "4", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len({(r["method"], r["item"]) for r in records}) == 6 == len(records)
+    assert all((out / r["reference_image"]).is_file() for r in records)
+    assert not list(out.glob("records.rank*.jsonl")) and "fixed@mask=bench" in (out / "pie_table.md").read_text()
