@@ -2,7 +2,9 @@
 resolves to (a named preset, the method's ``@`` options, the command line), the edit, and for PIE the reference
 layout file and the seven metrics measured on it.
 
-Method options (after ``@``, any order): ``p2p`` (Prompt-to-Prompt with the preset's windows), ``mask=auto`` (an
+Method options (after ``@``, any order): ``p2p`` (Prompt-to-Prompt with the preset's windows), ``blend`` (P2P's
+local blend: a mask from the cross-attention of the words that differ between the prompts, which for PIE are its
+bracketed words; the record keeps both), ``mask=auto`` (an
 automatic mask from where the prompts' predictions differ), ``mask=bench`` (PIE only: the benchmark's hand-drawn
 mask as a user mask: an oracle, label it so when you report it), ``mask=none``, ``preset=NAME``
 (:data:`benchmarks.pie.PRESETS`), ``editor=ddpm|flowedit``.
@@ -58,10 +60,11 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
             raise ConfigError("mask", f"method {method.label!r}: mask=bench needs --suite pie (its items carry "
                                       "hand-drawn masks)")
         kw["mask"] = MaskConfig("user")
-    if (method.option("p2p") or ("on" if args.p2p else "off")) == "on":
+    blend = method.option("blend") == "on"
+    if (method.option("p2p") or ("on" if args.p2p or blend else "off")) == "on":
         from date_edit.p2p import P2PConfig
 
-        kw["p2p"] = P2PConfig(cross_replace=cross, self_replace=self_)
+        kw["p2p"] = P2PConfig(cross_replace=cross, self_replace=self_, local_blend=blend)
     return kw, preset
 
 
@@ -118,6 +121,10 @@ def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
               "cfg_source": config.cfg_source, "cfg_target": config.cfg_target,
               "editor": config.resolved_method(backbone), "controls": ran_controls(result.config),
               "mask_coverage": coverage(result.mask), "source_prompt": item.source_prompt}
+    if config.p2p is not None:  # the words P2P treats as changed (local blend's words), beside PIE's own
+        from date_edit.p2p import changed_words
+
+        fields["p2p_words"] = [w for side in changed_words(item.source_prompt, item.prompt) for w in side]
     return result, source, fields
 
 

@@ -42,7 +42,7 @@ DATA = Path(__file__).parent / "data"
 SUITES = ("toy", "ane", "coco5k", "edit", "pie")
 EDIT_SUITES = ("edit", "pie")
 # per-method options of the edit suites (``fixed@p2p@mask=bench@preset=pie-ef-p2p``): name -> allowed values
-EDIT_OPTIONS = {"p2p": ("on", "off"), "mask": ("none", "auto", "bench"), "preset": None,
+EDIT_OPTIONS = {"p2p": ("on", "off"), "blend": ("on", "off"), "mask": ("none", "auto", "bench"), "preset": None,
                 "editor": ("auto", "ddpm", "flowedit")}
 
 # name -> (DATE settings or None, objective scorer or None, universal guidance strength)
@@ -113,7 +113,7 @@ def _edit_option(text: str, key: str, value: str) -> str:
     """One checked ``@key=value`` edit option (``@p2p`` alone means ``on``)."""
     from benchmarks.pie import check_preset
 
-    value = value.strip() or ("on" if key == "p2p" else "")
+    value = value.strip() or ("on" if key in ("p2p", "blend") else "")
     if key == "preset":
         check_preset(value)
     elif value not in EDIT_OPTIONS[key]:
@@ -524,7 +524,7 @@ def _slug(text: str) -> str:
 NON_METRICS = {"suite", "method", "base", "item", "group", "prompt", "seed", "steps", "image", "update_steps",
                "date_scores", "rho", "updates", "host", "device", "controls", "preset", "skip", "cfg_source",
                "cfg_target", "editor", "source_prompt", "reference_image", "category", "image_path", "edited_words",
-               "blended_words"}
+               "blended_words", "p2p_words"}
 
 
 def summarize(records: list[dict]) -> dict[str, dict[str, dict]]:
@@ -667,7 +667,7 @@ def main(argv=None) -> int:
     r.add_argument("--suite", required=True, choices=SUITES)
     r.add_argument("--methods", default="fixed,date-clip", help=f"comma list of {', '.join(BASE_METHODS)}"
                                                                 " (with @rho=, @updates=, @ug= overrides; edit "
-                                                                "suites also @p2p, @mask=auto|bench|none, "
+                                                                "suites also @p2p, @blend, @mask=auto|bench|none, "
                                                                 "@preset=NAME, @editor=ddpm|flowedit)")
     r.add_argument("--sweep", default=None, help="rho=0.25,0.5,1 or updates=10%%,20%%: variants of DATE methods")
     r.add_argument("--updates", default="10%", help="DATE update steps of the date-* methods")
