@@ -22,11 +22,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .conditioning import Condition
+from .defaults import FLOWEDIT_DEFAULTS  # noqa: F401 - the published settings, per family (defined there)
 from .sampling import CondHook, Denoiser, StepState, guided_eps
 
-# family -> the published FlowEdit settings, in EditConfig's terms (skip = steps - n_max)
-FLOWEDIT_DEFAULTS = {"flux": {"steps": 28, "skip": 4, "cfg_source": 1.5, "cfg_target": 5.5},
-                     "sd3": {"steps": 50, "skip": 17, "cfg_source": 3.5, "cfg_target": 13.5}}
 
 
 def _noise(shape: tuple, generators: Sequence[torch.Generator], device) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -19,6 +19,7 @@ from .timing import Clock as _Clock, peak_memory_mb  # noqa: F401 - peak_memory_
 from .backbones import Backbone
 from .conditioning import Conditioning
 from .date import DateConfig, DateHook, DateTrace, parse_update_steps
+from .defaults import resolve_edit_config
 from .edit_config import EditConfig, check_finite as _check_finite, check_steps as _check_steps
 from .errors import ConfigError
 from .inversion import Inversion, invert
@@ -206,8 +207,8 @@ def edit(
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     size = tuple(pixels.shape[-2:])
     user_mask = controls.user_mask(config, mask, b, size)
-    config = controls.check(backbone, config, sources)
-    if config.resolved_method(backbone) == "flowedit":
+    config = controls.check(backbone, resolve_edit_config(config, backbone), sources)
+    if config.method == "flowedit":
         return _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
                          progress=progress, seeds=seeds, user_mask=user_mask)
     clock = _Clock(device)
@@ -292,7 +293,9 @@ def reconstruct(
     config: EditConfig = EditConfig(),
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> Result:
-    """Invert, then resample with the source prompt and its CFG and no DATE: the exactness check."""
+    """Invert, then resample with the source prompt and its CFG and no DATE: the exactness check (DDPM inversion
+    on any model: its defaults are DDPM editing's)."""
+    config = resolve_edit_config(replace(config, method="ddpm"), backbone)
     b = pixels.shape[0]
     sources = [source_prompt] * b
     clock = _Clock(backbone.device)
