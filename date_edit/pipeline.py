@@ -279,7 +279,8 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
     latents = flow_edit(backbone, x_src, timesteps, backbone.schedule, src_cond=src_cond, src_uncond=src_uncond,
                         src_scale=src_scale, tar_cond=tar_cond, tar_uncond=tar_uncond, tar_scale=tar_scale,
                         generators=[torch.Generator().manual_seed(s) for s in seed_list], cond_hook=hook,
-                        latent_mask=latent_mask, progress=_phase(progress, "edit"))
+                        latent_mask=latent_mask, progress=_phase(progress, "edit"), n_min=config.n_min,
+                        n_avg=config.n_avg)
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
                              config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
     return controls.composited(result, pixels, pixel_mask, config.mask)
