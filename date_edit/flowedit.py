@@ -37,6 +37,20 @@ def _noise(shape: tuple, generators: Sequence[torch.Generator], device) -> torch
     return torch.stack([torch.randn(shape[1:], generator=g, dtype=torch.float32) for g in generators]).to(device)
 
 
+def packed_noise(backbone, x_src: torch.Tensor, seeds: Sequence[int]) -> Callable[[], torch.Tensor]:
+    """FlowEdit's fresh noise as the official FLUX code draws it: in the transformer's packed layout
+    ``(seq, 4C)`` (``randn_like`` of the packed latents), one draw per sample from its own CPU generator seeded with
+    ``seeds``, unpacked into the image layout ``(B, C, h, w)`` by ``backbone.unpack``."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    packed_shape = tuple(backbone.pack(x_src[:1]).shape[1:])
+
+    def draw() -> torch.Tensor:
+        packed = torch.stack([torch.randn(packed_shape, generator=g, dtype=torch.float32) for g in generators])
+        return backbone.unpack(packed, tuple(x_src.shape)).to(x_src.device)
+
+    return draw
+
+
 def _target_velocity(denoiser: Denoiser, state: StepState, tar_uncond: Optional[Condition],
                      tar_scale: float) -> torch.Tensor:
     """The guided target velocity at ``state.x_t``, reusing the unconditional one a hook (DATE) left there."""

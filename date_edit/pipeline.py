@@ -142,10 +142,12 @@ def invert_image(
     cfg_source: float = 3.5,
     seed: int | Sequence[int] = 0,
     progress: Optional[Callable[[int, int], None]] = None,
+    reference_compat: bool = False,
 ) -> Inversion:
     """Encode images ``(B, 3, H, W)`` in [0, 1] and invert them into edit-friendly noise maps (CVPR 2024).
 
     ``seed``: one for the batch, or one per image (each image's maps then do not depend on its batch).
+    ``reference_compat``: the official noise order and zeroed last map (see :func:`~date_edit.inversion.invert`).
     """
     b = pixels.shape[0]
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
@@ -158,7 +160,7 @@ def invert_image(
         generator = [torch.Generator().manual_seed(int(s)) for s in seed]
     timesteps = backbone.timesteps(steps, size)
     return invert(backbone, x0, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                  guidance_scale=scale, generator=generator, progress=progress)
+                  guidance_scale=scale, generator=generator, progress=progress, reference_compat=reference_compat)
 
 
 def _source_conditions(backbone: Backbone, sources: list[str],
@@ -215,7 +217,7 @@ def edit(
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=sources, steps=config.steps,
                                  cfg_source=config.cfg_source, seed=config.seed if seeds is None else list(seeds),
-                                 progress=_phase(progress, "invert"))
+                                 progress=_phase(progress, "invert"), reference_compat=config.reference_compat)
     clock.lap("inversion_s")
     skip = config.resolved_skip()
     x_start, timesteps, noise_maps = inversion.start(skip)
@@ -250,7 +252,7 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
               scorer, progress, seeds: Optional[Sequence[int]], user_mask: Optional[torch.Tensor] = None) -> Result:
     """FlowEdit (see :mod:`date_edit.flowedit`) from step ``skip``, DATE on the target branch, its velocity
     difference confined to the mask when there is one."""
-    from .flowedit import flow_edit
+    from .flowedit import flow_edit, packed_noise
 
     b = len(prompts)
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
@@ -280,7 +282,8 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
                         src_scale=src_scale, tar_cond=tar_cond, tar_uncond=tar_uncond, tar_scale=tar_scale,
                         generators=[torch.Generator().manual_seed(s) for s in seed_list], cond_hook=hook,
                         latent_mask=latent_mask, progress=_phase(progress, "edit"), n_min=config.n_min,
-                        n_avg=config.n_avg)
+                        n_avg=config.n_avg, noise=packed_noise(backbone, x_src, seed_list) if
+                        config.reference_compat else None)
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
                              config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
     return controls.composited(result, pixels, pixel_mask, config.mask)
@@ -301,7 +304,8 @@ def reconstruct(
     sources = [source_prompt] * b
     clock = _Clock(backbone.device)
     inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
-                             cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"))
+                             cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"),
+                             reference_compat=config.reference_compat)
     clock.lap("inversion_s")  # synchronised: CUDA work of the inversion is counted here, not in sampling
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
     cond, uncond, scale = backbone.guidance(*_source_conditions(backbone, sources, tuple(pixels.shape[-2:])),

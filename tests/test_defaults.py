@@ -157,3 +157,20 @@ def test_a_real_batch_runs_flowedit_with_its_published_settings_on_flux(tmp_path
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     got = {Path(r["output"]).name: _settings(r["config"]) for r in records}
     assert got == {"a.png": EXPECTED["tiny-flux"], "b.png": EXPECTED["tiny-flux"][:-1] + (2,)}
+
+
+def test_the_new_settings_are_in_help_and_a_meaningless_one_is_a_usage_line(tmp_path):
+    from click.testing import CliRunner
+
+    from date_edit.batch.items import MANIFEST_COLUMNS
+    from date_edit_cli.main import main
+
+    for command in ("edit", "batch"):
+        text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        assert all(flag in text for flag in ("--n-min", "--n-avg", "--reference-compat", "plain sampling",
+                                             "average", "official")), command
+    assert {"n_min", "n_avg", "reference_compat"} <= set(MANIFEST_COLUMNS)
+    args = ["edit", str(_photo(tmp_path)), "a dog", "--model", "tiny-sd3", "--edit-method", "flowedit",
+            "--reference-compat", "--no-date", "-q", "-o", str(tmp_path / "o.png")]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 2 and "--reference-compat" in out.output and "sd3" in out.output
