@@ -46,8 +46,8 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
             if not str(p["skip"]).endswith("%"):
                 kw["skip"] = round(args.steps * p["skip"] / p["steps"])
         cross, self_ = p.get("cross", cross), p.get("self", self_)
-    else:
-        kw = {"steps": args.steps or 100}
+    else:  # the model's defaults (date_edit.defaults, as `date-edit edit` and the API resolve them)
+        kw = {"steps": args.steps} if args.steps else {}
     if method.option("editor"):
         kw["method"] = method.option("editor")
     cross = args.cross_replace if args.cross_replace is not None else cross
@@ -98,6 +98,7 @@ def bench_mask(item, size: tuple[int, int]) -> torch.Tensor:
 def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
     """Edit one item with ``method``: ``(Result, source pixels, record fields)``."""
     from date_edit.controls import ran_controls
+    from date_edit.defaults import resolve_edit_config
     from date_edit.imaging import load_image
     from date_edit.masks import coverage
     from date_edit.pipeline import EditConfig, edit
@@ -105,8 +106,8 @@ def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
     args, backbone = runner.args, runner.backbone
     kw, preset = settings(args, method, backbone.family)
     if steps is not None:  # fixed-equal-compute: more steps, the same share skipped
-        skip = EditConfig(**kw).resolved_skip()
-        kw["skip"] = round(steps * skip / kw["steps"])
+        base = resolve_edit_config(EditConfig(**kw), backbone)
+        kw["skip"] = round(steps * base.resolved_skip() / base.steps)
         kw["steps"] = steps
     if item.image not in runner.sources:
         runner.sources[item.image] = load_image(item.image, size=args.size or backbone.native_size,
@@ -117,9 +118,10 @@ def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
     config = EditConfig(seed=seed, date=method.date, **kw)
     result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt, config=config,
                   scorer=runner._scorer(method), mask=mask)
-    fields = {"preset": preset, "steps": config.steps, "skip": config.resolved_skip(),
-              "cfg_source": config.cfg_source, "cfg_target": config.cfg_target,
-              "editor": config.resolved_method(backbone), "controls": ran_controls(result.config),
+    ran = result.config  # resolved: the model's defaults filled in
+    fields = {"preset": preset, "steps": ran["steps"], "skip": ran["skip"],
+              "cfg_source": ran["cfg_source"], "cfg_target": ran["cfg_target"],
+              "editor": ran["method"], "controls": ran_controls(result.config),
               "mask_coverage": coverage(result.mask), "source_prompt": item.source_prompt}
     if config.p2p is not None:  # the words P2P treats as changed (local blend's words), beside PIE's own
         from date_edit.p2p import changed_words

@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from date_edit.defaults import FLOWEDIT_DEFAULTS
 from date_edit.errors import ConfigError
 
 MAPPING = "mapping_file.json"
@@ -54,8 +55,8 @@ PRESETS: dict[str, dict] = {
     "date-edit": {"steps": 100, "skip": "36%", "cfg_source": 3.5, "cfg_target": 7.5, "cross": 0.8, "self": 0.8,
                   "method": "ddpm"},
     # FlowEdit's published settings (Kulikov et al. 2024): SD3 n_max 33 of 50, FLUX n_max 24 of 28
-    "flowedit-sd3": {"steps": 50, "skip": 17, "cfg_source": 3.5, "cfg_target": 13.5, "method": "flowedit"},
-    "flowedit-flux": {"steps": 28, "skip": 4, "cfg_source": 1.5, "cfg_target": 5.5, "method": "flowedit"},
+    "flowedit-sd3": {**FLOWEDIT_DEFAULTS["sd3"], "method": "flowedit"},
+    "flowedit-flux": {**FLOWEDIT_DEFAULTS["flux"], "method": "flowedit"},
 }
 
 

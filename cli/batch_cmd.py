@@ -30,10 +30,11 @@ _NOT_OUTPUT = ("manifest", "prompt", "out", "globs", "force", "batch_size", "max
 @click.argument("input_dir", required=False, type=click.Path(file_okay=True, dir_okay=True))
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
               help="A .csv (with a header), .jsonl or .json list of rows: image, prompt, and optional "
-                   "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, rho, rho_relative, "
-                   "update_steps, update_mode, grad_iters, no_date, size, resize, mask, p2p, cross_replace, "
-                   "self_replace (empty: the command-line value). Image and mask paths are relative to the "
-                   "manifest; at most 128 MiB.")
+                   "source_prompt, seed, output, steps, skip, cfg_source, cfg_target, n_min, n_avg, "
+                   "reference_compat, rho, rho_relative, update_steps, update_mode, grad_iters, no_date, size, "
+                   "resize, mask, p2p, cross_replace, self_replace (empty: the command-line value; a schedule "
+                   "setting left out everywhere is the model's default, as in `edit`). Image and mask paths are "
+                   "relative to the manifest; at most 128 MiB.")
 @click.option("--prompt", "-p", default=None,
               help="Target prompt of every image of INPUT_DIR (with --manifest: of rows without a prompt).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
@@ -155,7 +156,6 @@ def _resolver(max_pixels: int):
     def resolve(options: dict):
         from date_edit.batch import ItemSettings
         from date_edit.limits import check_size
-        from date_edit.pipeline import EditConfig
 
         check_size(options["size"], max_pixels=max_pixels)
         controls = common.edit_controls(options)
@@ -171,11 +171,9 @@ def _resolver(max_pixels: int):
                 options = dict(options, mask_sha256=sha256_file(options["mask"], max_bytes=MAX_MASK_BYTES))
             except ValueError as exc:  # ImageError: missing, a folder, a device, too large
                 raise ConfigError("mask", f"file: {exc}") from None
-        config = EditConfig(steps=options["steps"], skip=options["skip"], cfg_source=options["cfg_source"],
-                            cfg_target=common.cfg_target(options, controls), seed=options["seed"],
-                            date=common.date_config(options),
-                            method=options.get("edit_method") or "auto", **controls)
-        common.check_schedule(config.date, config.run_steps())
+        # left-out schedule settings stay None: edit() resolves them for the model, as for `edit` and the API
+        config = common.edit_config(options, controls, options["seed"])
+        common.check_schedule_early(config)
         return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
                             model=options["model"], model_config=options["model_config"], dtype=options["dtype"],
                             size=options["size"], resize=options["resize"],
@@ -199,7 +197,7 @@ def _make_record(result, settings, loaded, backbone, scorer) -> dict:
     options = dict(settings.options, scorer_resolved=settings.scorer)
     scores = common.score_images(scorer, result.images, result.prompts)
     extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
-             "processed_size": list(loaded.processed_size), "cfg_source": settings.config.cfg_source,
-             "cfg_target": settings.config.cfg_target, "mask": common.resolved_mask(settings.options),
+             "processed_size": list(loaded.processed_size), "cfg_source": result.config.get("cfg_source"),
+             "cfg_target": result.config.get("cfg_target"), "mask": common.resolved_mask(settings.options),
              **common.control_record(result)}
     return common.record("edit", result, backbone, options, scores, extra)

@@ -37,29 +37,31 @@ def date_config(opts: dict):
                       **ablation_changes(opts["ablation"]))
 
 
-def given_options(names: tuple[str, ...]) -> set[str]:
-    """Which of ``names`` the user gave on the command line (not left at their defaults)."""
-    from click.core import ParameterSource
+def edit_config(opts: dict, controls: dict, seed: int):
+    """The :class:`~date_edit.edit_config.EditConfig` the edit options ask for: a schedule option left out is None,
+    the model's default, which :func:`resolved_config` (once the model is loaded) and ``edit()`` fill in through
+    :func:`date_edit.defaults.resolve_edit_config`, as the Python API does."""
+    from date_edit.edit_config import EditConfig
 
-    ctx = click.get_current_context()
-    return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
+    return EditConfig(steps=opts.get("steps"), skip=opts.get("skip"), cfg_source=opts.get("cfg_source"),
+                      cfg_target=opts.get("cfg_target"), seed=seed, date=date_config(opts),
+                      method=opts.get("edit_method") or "auto", n_min=opts.get("n_min"), n_avg=opts.get("n_avg"),
+                      reference_compat=bool(opts.get("reference_compat")), **controls)
 
 
-def edit_method_defaults(config, backbone, given: set[str]):
-    """``config`` with its method resolved for ``backbone``; for FlowEdit, the published steps/skip/CFG of the
-    model's family replace the ones the user did not give. Re-checks the DATE schedule against the run."""
-    from dataclasses import replace
+def check_schedule_early(config) -> None:
+    """Before a model is loaded: the DATE schedule against the run when ``--steps`` and ``--skip`` fix it, else
+    against ``--steps`` (no run is longer), else its syntax alone; :func:`resolved_config` checks it exactly."""
+    known = config.steps is not None and config.skip is not None
+    check_schedule(config.date, config.run_steps() if known else config.steps)
 
-    from date_edit.flowedit import FLOWEDIT_DEFAULTS
 
-    method = config.resolved_method(backbone)
-    changes = {"method": method}
-    published = FLOWEDIT_DEFAULTS.get(backbone.family)
-    if method == "flowedit" and published:
-        changes |= {k: v for k, v in published.items() if k not in given}
-        if "steps" in given and "skip" not in given:  # the published share of skipped steps
-            changes["skip"] = round(config.steps * published["skip"] / published["steps"])
-    config = replace(config, **changes)
+def resolved_config(config, backbone):
+    """``config`` resolved for ``backbone`` (method and the model's defaults for what was left out, FlowEdit's
+    published settings included), its DATE schedule checked against the run."""
+    from date_edit.defaults import resolve_edit_config
+
+    config = resolve_edit_config(config, backbone)
     check_schedule(config.date, config.run_steps())
     return config
 
@@ -298,15 +300,6 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
 # prompt is given (it needs one)
 DEFAULT_P2P = True
 DEFAULT_MASK_WITH_SOURCE = "auto"
-CFG_TARGET_CONTROLLED, CFG_TARGET_PLAIN = 7.5, 15.0  # the edit's default CFG with and without a structure control
-
-
-def cfg_target(opts: dict, controls: dict) -> float:
-    """``--cfg-target``, or its default: 7.5 when a structure control is asked for (what won on validation with
-    every control, and what published Prompt-to-Prompt settings use), 15 for the plain edit (the paper's)."""
-    if opts.get("cfg_target") is not None:
-        return opts["cfg_target"]
-    return CFG_TARGET_CONTROLLED if controls["mask"] is not None or controls["p2p"] is not None else CFG_TARGET_PLAIN
 
 
 def resolved_mask(opts: dict) -> Optional[str]:

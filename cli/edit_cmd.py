@@ -25,8 +25,6 @@ def edit(image: str, prompt: str, **opts) -> None:
     """Edit IMAGE towards PROMPT: invert it (edit-friendly DDPM) and resample, or FlowEdit it (SD3, FLUX), with
     DATE steering the target embedding."""
 
-    given = common.given_options(("steps", "skip", "cfg_source", "cfg_target"))
-
     def body():
         from date_edit.imaging import default_output_name
 
@@ -35,17 +33,14 @@ def edit(image: str, prompt: str, **opts) -> None:
         path = common.output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
         if opts["save_mask"]:
             common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image], as_json=False)
-        from date_edit.pipeline import EditConfig, edit as run_edit
+        from date_edit.pipeline import edit as run_edit
 
-        controls = common.edit_controls(opts)
-        config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
-                            cfg_target=common.cfg_target(opts, controls), seed=seed, date=common.date_config(opts),
-                            method=opts["edit_method"], **controls)
-        common.check_schedule(config.date, config.run_steps())
+        config = common.edit_config(opts, common.edit_controls(opts), seed)
+        common.check_schedule_early(config)
         common.precheck_image(image)
         common.precheck_mask(opts, image)
         backbone = common.load_model(opts)
-        config = common.edit_method_defaults(config, backbone, given)
+        config = common.resolved_config(config, backbone)
         if config.p2p is not None and not config.optional_controls:
             from date_edit.p2p import check_supported
 

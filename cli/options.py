@@ -157,21 +157,41 @@ def image_options(f):
 
 
 def edit_options(f):
-    """The edit's schedule: source prompt, steps, skip, the two CFG scales."""
+    """The edit's schedule: source prompt, steps, skip, the two CFG scales, the method and its settings. A schedule
+    option left out is the model's default (:mod:`date_edit.defaults`, as in the Python API)."""
     return _apply(f, [
         click.option("--source-prompt", default="", help="Prompt describing the input image (default empty)."),
-        click.option("--steps", type=int, default=100, show_default=True, help="DDPM steps of the schedule."),
-        click.option("--skip", default="36%", show_default=True,
-                     help="Steps skipped before editing: a count, or a percentage of --steps (36%% of 100 = 36)."),
-        click.option("--cfg-source", type=float, default=3.5, show_default=True, help="CFG scale of the inversion."),
+        click.option("--steps", type=int, default=None,
+                     help="Steps of the schedule  [default: the model's: 100 for DDPM editing; FlowEdit's published "
+                          "28 on FLUX, 50 on SD3]."),
+        click.option("--skip", default=None,
+                     help="Steps skipped before editing: a count, or a percentage of --steps (36%% of 100 = 36)  "
+                          "[default: 36%% for DDPM editing; FlowEdit's published 4 of 28 (FLUX), 17 of 50 (SD3), "
+                          "the same share of another --steps]."),
+        click.option("--cfg-source", type=float, default=None,
+                     help="Guidance scale of the source prompt (the inversion; FlowEdit's source branch)  "
+                          "[default: 3.5; FlowEdit on FLUX 1.5]."),
         click.option("--cfg-target", type=float, default=None,
-                     help="CFG scale of the edit  [default: 7.5 with a structure control (Prompt-to-Prompt or a "
-                          "mask, the defaults), 15 without (--no-p2p --mask none: the edit-friendly paper's)]."),
+                     help="Guidance scale of the edit  [default: DDPM editing 7.5 with a structure control "
+                          "(Prompt-to-Prompt or a mask, the defaults), 15 without (--no-p2p --mask none: the "
+                          "edit-friendly paper's); FlowEdit 5.5 on FLUX, 13.5 on SD3]."),
         click.option("--edit-method", type=click.Choice(EDIT_METHODS), default="auto", show_default=True,
                      help="ddpm: edit-friendly inversion, then resampling with the stored noise maps; flowedit: "
                           "inversion-free FlowEdit (SD3, FLUX); auto: flowedit for FLUX, ddpm otherwise. With "
-                          "flowedit, `edit` takes FlowEdit's published --steps/--skip/--cfg-* for the model (FLUX "
-                          "28/4/1.5/5.5, SD3 50/17/3.5/13.5) unless you give them."),
+                          "flowedit, --steps/--skip/--cfg-*/--n-min/--n-avg you leave out are FlowEdit's published "
+                          "ones for the model (FLUX 28/4/1.5/5.5, SD3 50/17/3.5/13.5, n-min 0, n-avg 1)."),
+        click.option("--n-min", type=int, default=None,
+                     help="FlowEdit: run the last N steps as plain sampling of the target from the edited latent "
+                          "(SDEdit-style; must leave at least one FlowEdit step)  [default: 0, the published]."),
+        click.option("--n-avg", type=int, default=None,
+                     help="FlowEdit: draw N noises per step and average their velocity differences (N times the "
+                          "model calls; smoother, slower)  [default: 1, the published]."),
+        click.option("--reference-compat", is_flag=True,
+                     help="Draw and use the noise as the official codes do, to compare with their results: DDPM "
+                          "editing draws the per-step noises in the official order (the same seed then gives the "
+                          "official noise) and zeroes the last noise map (reconstruction is then off by that "
+                          "step's residual); FlowEdit on FLUX draws its noise in the packed layout. Off: date-edit's "
+                          "own (exact reconstruction). Refused for FlowEdit on SD3, where it changes nothing."),
     ])
 
 

@@ -21,7 +21,8 @@ class Inversion:
         x0: ``(B, C, h, w)`` the clean latent that was inverted.
         x_ts: ``(N + 1, B, C, h, w)``: ``x_ts[i]`` is the latent at ``timesteps[i]`` and ``x_ts[N]``
             is the latent the last step lands on (``x0`` up to float rounding).
-        noise_maps: ``(N, B, C, h, w)``: ``z`` of step ``i`` (including the last step's).
+        noise_maps: ``(N, B, C, h, w)``: ``z`` of step ``i`` (including the last step's; zero with
+            ``reference_compat``, as the official code has it).
         timesteps: the N timesteps, high to low.
     """
 
@@ -49,6 +50,7 @@ def invert(
     guidance_scale: float,
     generator: torch.Generator | Sequence[torch.Generator],
     progress: Optional[Callable[[int, int], None]] = None,
+    reference_compat: bool = False,
 ) -> Inversion:
     """Invert ``x0`` into edit-friendly noise maps (CVPR 2024, eqs. 3-5).
 
@@ -63,16 +65,20 @@ def invert(
         x0: ``(B, C, h, w)`` clean latents (already scaled by the VAE scaling factor).
         cond / uncond: source conditions (a Conditioning or ``(B, L, D)`` tokens); ``uncond`` None for no guidance.
         guidance_scale: CFG scale of the source prompt (paper default 3.5).
+        reference_compat: as the official code (inbarhub/DDPM_inversion, ``sample_xts_from_x0`` and
+            ``inversion_forward_process``): the per-step noises are drawn one at a time from the least noisy
+            timestep up (so a seed gives its noise), and the last step's noise map is zeroed, so that step lands on
+            its posterior mean and reconstruction is off by its residual. Default: drawn from the noisiest step
+            down, every map kept (exact reconstruction).
     """
     ts = list(timesteps)
     n = len(ts)
     if isinstance(generator, torch.Generator):
-        draws = torch.randn((n,) + tuple(x0.shape), generator=generator, dtype=torch.float32)
+        draws = _draws(n, tuple(x0.shape), generator, reference_compat)
     else:
         if len(generator) != x0.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {x0.shape[0]}")
-        per_sample = [torch.randn((n,) + tuple(x0.shape[1:]), generator=g, dtype=torch.float32) for g in generator]
-        draws = torch.stack(per_sample, dim=1)
+        draws = torch.stack([_draws(n, tuple(x0.shape[1:]), g, reference_compat) for g in generator], dim=1)
     draws = draws.to(device=x0.device, dtype=x0.dtype)
     x_ts = torch.empty((n + 1,) + tuple(x0.shape), device=x0.device, dtype=x0.dtype)
     for i, t in enumerate(ts):
@@ -88,4 +94,15 @@ def invert(
             x_ts[i + 1] = schedule.ddpm(x_ts[i], eps, t, t_prev, z)
             if progress is not None:
                 progress(i + 1, n)
+    if reference_compat:
+        noise_maps[n - 1].zero_()
     return Inversion(x0=x0, x_ts=x_ts, noise_maps=noise_maps, timesteps=tuple(ts))
+
+
+def _draws(n: int, shape: tuple, generator: torch.Generator, official_order: bool) -> torch.Tensor:
+    """``(n,) + shape`` standard normal draws from ``generator``, row ``i`` the noise of ``timesteps[i]``: drawn at
+    once, noisiest step first; or (``official_order``) one per step, the least noisy step's first."""
+    if not official_order:
+        return torch.randn((n,) + shape, generator=generator, dtype=torch.float32)
+    drawn = [torch.randn(shape, generator=generator, dtype=torch.float32) for _ in range(n)]
+    return torch.stack(drawn[::-1])

@@ -9,105 +9,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from . import controls
 from .timing import Clock as _Clock, peak_memory_mb  # noqa: F401 - peak_memory_mb: API
 from .backbones import Backbone
-from .choices import EDIT_METHODS
 from .conditioning import Conditioning
 from .date import DateConfig, DateHook, DateTrace, parse_update_steps
+from .defaults import resolve_edit_config
+from .edit_config import EditConfig, check_finite as _check_finite, check_steps as _check_steps
 from .errors import ConfigError
 from .inversion import Inversion, invert
 from .limits import check_dimensions, check_seed
-from .masks import LatentBlend, MaskConfig
+from .masks import LatentBlend
 from .sampling import sample
-
-if TYPE_CHECKING:
-    from .p2p import P2PConfig
-
-
-def _check_steps(steps: int) -> None:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ConfigError("steps", f"must be an integer >= 1, got {steps!r}")
-
-
-def _check_finite(config, *names: str) -> None:
-    for name in names:
-        if not math.isfinite(getattr(config, name)):
-            raise ConfigError(name, f"must be a finite number, got {getattr(config, name)}")
-
-
-@dataclass(frozen=True)
-class EditConfig:
-    """Settings of an edit (defaults: edit-friendly DDPM paper, 100 steps, skip 36, CFG 3.5 -> 15)."""
-
-    steps: int = 100  # DDPM steps of the schedule (inversion runs all of them)
-    skip: int | str = "36%"  # steps skipped before editing starts: an int, or a percentage of steps
-    cfg_source: float = 3.5  # CFG scale of the source prompt during inversion
-    cfg_target: float = 15.0  # CFG scale of the target prompt during editing
-    seed: int = 0  # seeds the inversion's independent noise draws (FlowEdit: its fresh noise)
-    date: Optional[DateConfig] = field(default_factory=DateConfig)  # None: fixed embedding (no DATE)
-    # ddpm (edit-friendly inversion, then resampling), flowedit (inversion-free, flow models), auto: flowedit for
-    # FLUX (no true CFG for DDPM editing to use), ddpm for the rest
-    method: str = "auto"
-    mask: Optional[MaskConfig] = None  # where the edit may change the image (user or automatic); None: everywhere
-    p2p: Optional["P2PConfig"] = None  # Prompt-to-Prompt attention control (SD 1.x/2.x, SDXL); None: off
-    # True: a control this model or prompt pair cannot run (P2P on SD3/FLUX or under FlowEdit, an automatic mask
-    # without a source prompt) is left out instead of refused; the result's config says what ran (the CLI's defaults)
-    optional_controls: bool = False
-
-    def __post_init__(self) -> None:
-        _check_steps(self.steps)
-        if self.mask is not None and not isinstance(self.mask, MaskConfig):
-            raise ConfigError("mask", f"must be a MaskConfig or None, got {type(self.mask).__name__}")
-        if self.method not in EDIT_METHODS:
-            raise ConfigError("edit_method", f"{self.method!r}: use one of {', '.join(EDIT_METHODS)}")
-        skip = self.resolved_skip()
-        if not 0 <= skip < self.steps:
-            raise ConfigError(
-                "skip", f"{self.skip} must leave at least one of the {self.steps} steps (0..{self.steps - 1})"
-            )
-        _check_finite(self, "cfg_source", "cfg_target")
-        check_seed(self.seed, name="seed")
-
-    def resolved_skip(self) -> int:
-        """The skip as a step count (``"36%"`` of 100 steps -> 36; of 10 steps -> 3)."""
-        text = str(self.skip).strip()
-        try:
-            if text.endswith("%"):
-                return int(float(text[:-1]) / 100.0 * self.steps)
-            return int(text)
-        except ValueError:
-            raise ConfigError("skip", f"{self.skip!r}: give a step count (36) or a percentage (36%)") from None
-
-    def resolved_method(self, backbone: Backbone) -> str:
-        """``ddpm`` or ``flowedit`` for ``backbone`` (``auto``: flowedit for FLUX, else ddpm).
-
-        Raises:
-            ConfigError: flowedit on a model that is not a flow model.
-        """
-        method = ("flowedit" if backbone.family == "flux" else "ddpm") if self.method == "auto" else self.method
-        if method == "flowedit" and backbone.schedule.prediction_type != "flow":
-            raise ConfigError("edit_method", f"flowedit needs a flow model (SD3, FLUX); {backbone.name} is "
-                                             f"{backbone.family}: use ddpm")
-        return method
-
-    def run_steps(self) -> int:
-        """How many sampler steps the edit runs (``steps - skip``)."""
-        return self.steps - self.resolved_skip()
-
-    def to_dict(self) -> dict:
-        """JSON-ready resolved configuration."""
-        d = asdict(self)
-        d["skip"] = self.resolved_skip()
-        d["date"] = self.date.to_dict() if self.date else None
-        d["mask"] = self.mask.to_dict() if self.mask else None
-        d["p2p"] = self.p2p.to_dict() if self.p2p else None
-        return d
 
 
 @dataclass(frozen=True)
@@ -224,10 +142,12 @@ def invert_image(
     cfg_source: float = 3.5,
     seed: int | Sequence[int] = 0,
     progress: Optional[Callable[[int, int], None]] = None,
+    reference_compat: bool = False,
 ) -> Inversion:
     """Encode images ``(B, 3, H, W)`` in [0, 1] and invert them into edit-friendly noise maps (CVPR 2024).
 
     ``seed``: one for the batch, or one per image (each image's maps then do not depend on its batch).
+    ``reference_compat``: the official noise order and zeroed last map (see :func:`~date_edit.inversion.invert`).
     """
     b = pixels.shape[0]
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
@@ -240,7 +160,7 @@ def invert_image(
         generator = [torch.Generator().manual_seed(int(s)) for s in seed]
     timesteps = backbone.timesteps(steps, size)
     return invert(backbone, x0, timesteps, backbone.schedule, cond=cond, uncond=uncond,
-                  guidance_scale=scale, generator=generator, progress=progress)
+                  guidance_scale=scale, generator=generator, progress=progress, reference_compat=reference_compat)
 
 
 def _source_conditions(backbone: Backbone, sources: list[str],
@@ -289,15 +209,15 @@ def edit(
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
     size = tuple(pixels.shape[-2:])
     user_mask = controls.user_mask(config, mask, b, size)
-    config = controls.check(backbone, config, sources)
-    if config.resolved_method(backbone) == "flowedit":
+    config = controls.check(backbone, resolve_edit_config(config, backbone), sources)
+    if config.method == "flowedit":
         return _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
                          progress=progress, seeds=seeds, user_mask=user_mask)
     clock = _Clock(device)
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=sources, steps=config.steps,
                                  cfg_source=config.cfg_source, seed=config.seed if seeds is None else list(seeds),
-                                 progress=_phase(progress, "invert"))
+                                 progress=_phase(progress, "invert"), reference_compat=config.reference_compat)
     clock.lap("inversion_s")
     skip = config.resolved_skip()
     x_start, timesteps, noise_maps = inversion.start(skip)
@@ -332,7 +252,7 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
               scorer, progress, seeds: Optional[Sequence[int]], user_mask: Optional[torch.Tensor] = None) -> Result:
     """FlowEdit (see :mod:`date_edit.flowedit`) from step ``skip``, DATE on the target branch, its velocity
     difference confined to the mask when there is one."""
-    from .flowedit import flow_edit
+    from .flowedit import flow_edit, packed_noise
 
     b = len(prompts)
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
@@ -361,7 +281,9 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
     latents = flow_edit(backbone, x_src, timesteps, backbone.schedule, src_cond=src_cond, src_uncond=src_uncond,
                         src_scale=src_scale, tar_cond=tar_cond, tar_uncond=tar_uncond, tar_scale=tar_scale,
                         generators=[torch.Generator().manual_seed(s) for s in seed_list], cond_hook=hook,
-                        latent_mask=latent_mask, progress=_phase(progress, "edit"))
+                        latent_mask=latent_mask, progress=_phase(progress, "edit"), n_min=config.n_min,
+                        n_avg=config.n_avg, noise=packed_noise(backbone, x_src, seed_list) if
+                        config.reference_compat else None)
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
                              config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
     return controls.composited(result, pixels, pixel_mask, config.mask)
@@ -375,12 +297,15 @@ def reconstruct(
     config: EditConfig = EditConfig(),
     progress: Optional[Callable[[str, int, int], None]] = None,
 ) -> Result:
-    """Invert, then resample with the source prompt and its CFG and no DATE: the exactness check."""
+    """Invert, then resample with the source prompt and its CFG and no DATE: the exactness check (DDPM inversion
+    on any model: its defaults are DDPM editing's)."""
+    config = resolve_edit_config(replace(config, method="ddpm"), backbone)
     b = pixels.shape[0]
     sources = [source_prompt] * b
     clock = _Clock(backbone.device)
     inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=config.steps,
-                             cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"))
+                             cfg_source=config.cfg_source, seed=config.seed, progress=_phase(progress, "invert"),
+                             reference_compat=config.reference_compat)
     clock.lap("inversion_s")  # synchronised: CUDA work of the inversion is counted here, not in sampling
     x_start, timesteps, noise_maps = inversion.start(config.resolved_skip())
     cond, uncond, scale = backbone.guidance(*_source_conditions(backbone, sources, tuple(pixels.shape[-2:])),

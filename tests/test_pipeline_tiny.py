@@ -44,9 +44,11 @@ def test_date_norms_and_restart_drift(tiny_backbone, tiny_scorer, pixels):
     assert all(d <= 0.5 + 1e-3 for d in restart.trace.drifts)
 
 
-def test_default_skip_scales_with_steps():
-    assert EditConfig(steps=100).resolved_skip() == 36
-    assert EditConfig(steps=10).resolved_skip() == 3
+def test_default_skip_scales_with_steps(tiny_backbone):
+    assert EditConfig(steps=100).resolved(tiny_backbone).resolved_skip() == 36
+    assert EditConfig(steps=10).resolved(tiny_backbone).resolved_skip() == 3
+    with pytest.raises(ValueError, match="^skip .*resolved"):  # the model's default until a model is known
+        EditConfig(steps=10).resolved_skip()
     assert EditConfig(steps=10, skip=8).run_steps() == 2
     with pytest.raises(ValueError, match="skip"):
         EditConfig(steps=10, skip=10)

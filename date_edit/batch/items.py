@@ -47,6 +47,9 @@ OPTION_TYPES: dict[str, Any] = {
     "skip": str,
     "cfg_source": float,
     "cfg_target": float,
+    "n_min": int,
+    "n_avg": int,
+    "reference_compat": bool,
     "no_date": bool,
     "rho": float,
     "rho_relative": float,
@@ -75,8 +78,9 @@ DATE_OPTIONS = ("rho", "rho_relative", "update_steps", "update_mode", "grad_iter
                 "date_targets", "date_norm")
 # manifest columns (CSV header / JSON keys); the rest of OPTION_TYPES (model, dtype, scorer, ...) is per job
 MANIFEST_COLUMNS = ("image", "output", "prompt", "source_prompt", "seed", "steps", "skip", "cfg_source",
-                    "cfg_target", "rho", "rho_relative", "update_steps", "update_mode", "grad_iters", "no_date",
-                    "size", "resize", "mask", "p2p", "cross_replace", "self_replace")
+                    "cfg_target", "n_min", "n_avg", "reference_compat", "rho", "rho_relative", "update_steps",
+                    "update_mode", "grad_iters", "no_date", "size", "resize", "mask", "p2p", "cross_replace",
+                    "self_replace")
 _ALIASES = {"target_prompt": "prompt", "path": "image", "file": "image"}
 _PER_ITEM = ("prompt", "seed", "source_prompt")  # per-item values that cannot make a configuration invalid
 
@@ -116,7 +120,7 @@ class ItemSettings:
 
     prompt: str  # target prompt
     source_prompt: str  # what the input shows ("" = the unconditional branch alone)
-    config: EditConfig  # steps, skip, CFG scales, seed, DATE
+    config: EditConfig  # steps, skip, CFG scales (None: the model's default, resolved by edit()), seed, DATE
     model: str  # as given to --model
     model_config: str | None  # configs of a single-file checkpoint
     dtype: str  # fp32, fp16, bf16
