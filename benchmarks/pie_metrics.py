@@ -157,6 +157,8 @@ class PieMetrics:
         """
         import torch
 
+        from date_edit.scorers.clip import _as_tensor  # transformers 5 returns a model output, 4.x a tensor
+
         img = _rgb(image_u8)
         if keep is not None:
             img = np.uint8(img * _keep(keep, img.shape)[..., None].astype(np.float64))
@@ -165,8 +167,8 @@ class PieMetrics:
         limit = int(self.clip_model.config.text_config.max_position_embeddings)
         ids, att = tok["input_ids"][..., :limit], tok["attention_mask"][..., :limit]
         with torch.no_grad():
-            img_f = _features(self.clip_model.get_image_features(pixel_values=pixels))
-            txt_f = _features(self.clip_model.get_text_features(input_ids=ids.to(self.device),
+            img_f = _as_tensor(self.clip_model.get_image_features(pixel_values=pixels))
+            txt_f = _as_tensor(self.clip_model.get_text_features(input_ids=ids.to(self.device),
                                                                 attention_mask=att.to(self.device)))
         img_f = img_f / img_f.norm(p=2, dim=-1, keepdim=True)
         txt_f = txt_f / txt_f.norm(p=2, dim=-1, keepdim=True)
@@ -382,20 +384,6 @@ def _self_similarity(keys):
 
     norms = keys.norm(dim=-1, keepdim=True)
     return (keys @ keys.T) / torch.clamp(norms @ norms.T, min=1e-8)
-
-
-def _features(out):
-    """The projected features of ``get_image_features``/``get_text_features`` (a tensor in transformers 4, a
-    model output whose ``pooler_output`` holds them in transformers 5)."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    for attr in ("image_embeds", "text_embeds", "pooler_output"):
-        value = getattr(out, attr, None)
-        if isinstance(value, torch.Tensor):
-            return value
-    return out[0]
 
 
 def _rgb(image) -> np.ndarray:
