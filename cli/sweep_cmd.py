@@ -65,6 +65,9 @@ def sweep(image: str, prompt: str, **opts) -> None:
         name = default_output_name(image, prompt, seed).removesuffix(".png") + "_sweep.png"
         path = common.output_path(opts["out"], name, opts["overwrite"], [image], as_json=False)
         json_target = json_path(opts["json_out"], opts["overwrite"], image) if opts["json_out"] else None
+        from date_edit.sweep import parse_cfgs, parse_skips
+
+        parse_skips(opts["skips"]), parse_cfgs(opts["cfgs"])  # a bad grid is refused before the model loads
         common.precheck_image(image)
         common.precheck_mask(opts, image)
         backbone = common.load_model(opts)
