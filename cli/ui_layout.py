@@ -17,6 +17,11 @@ INTRO = ("Upload a photo (or pick a sample), describe it (source prompt) and say
          "trade-off between following the prompt and keeping the photo.")
 
 
+# small model outputs (the toy model's 64 px) fill their box, pixels kept sharp
+CSS = ("#result img, #reconstruction img, #sweep-grid img {width: 100%; height: 100%; object-fit: contain; "
+       "image-rendering: pixelated;}")
+
+
 def _bar(progress):
     """A pipeline ``progress(phase, i, n)`` driving gradio's progress bar."""
     return lambda phase, i, n: progress((i + 1, n), desc=phase, unit="steps")
@@ -136,8 +141,8 @@ def _wire(gr, demo, app, photo, upload, sample, editor, status, form, controls, 
     def pick(result: dict, components: dict) -> dict:
         return {components[k]: v for k, v in result.items() if k in components}
 
-    def on_photo(path):
-        return pick(app.load_photo(path), loaded)
+    def on_photo(path):  # the upload box is emptied again, ready for the next photo (the editor shows this one)
+        return {**pick(app.load_photo(path), loaded), upload: None}
 
     def on_sample(name):
         return pick(app.load_sample(name), loaded)
@@ -160,7 +165,7 @@ def _wire(gr, demo, app, photo, upload, sample, editor, status, form, controls, 
         return pick(result, {**{k: sweep[k] for k in ("grid", "rows", "download", "record")}, "status": status})
 
     inputs = {photo, editor, *form.values()}
-    upload.upload(on_photo, upload, list(loaded.values()))
+    upload.upload(on_photo, upload, [*loaded.values(), upload])
     sample.change(on_sample, sample, list(loaded.values()))
     edit_btn.click(on_edit, inputs, [*out.values(), status], **model_slot)
     recon_btn.click(on_reconstruct, inputs, [out["reconstruction"], status], **model_slot)
@@ -181,4 +186,4 @@ def launch(demo, app: App, host: str, port: int, share: bool) -> None:
     """Serve the app, one model request at a time (gradio's queue), until interrupted."""
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.out_dir)], quiet=True,
-                ssr_mode=False, show_error=False, footer_links=["gradio"])
+                ssr_mode=False, show_error=False, footer_links=["gradio"], css=CSS)

@@ -2,7 +2,6 @@
 offline, 64 px). The browser drives the same handlers in tests/test_ui_browser.py."""
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -18,28 +17,16 @@ FORM = {"source_prompt": "a red circle", "prompt": "a blue circle", "steps": 30}
 GRID = {"skips": "0,50%", "cfgs": "7.5", "date_mode": "both"}
 
 
-def worktree_env(tmp_path_factory) -> dict:
-    """An environment whose ``python`` imports this checkout's ``date_edit`` and ``date_edit_cli`` (the package
-    ``date_edit_cli`` lives in ``cli/``; an editable install of another checkout would otherwise win)."""
-    shim = tmp_path_factory.mktemp("shim")
-    (shim / "date_edit").symlink_to(ROOT / "date_edit")
-    (shim / "date_edit_cli").symlink_to(ROOT / "cli")
-    path = os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    # the same thread count as this process: CPU float sums (DATE's gradients) then match bit for bit
-    return dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                OMP_NUM_THREADS=str(torch.get_num_threads()))
-
-
 def cli(env: dict, *args, cwd, timeout=300):
-    """``date-edit ARGS`` run with this checkout's code."""
+    """``date-edit ARGS`` run with this checkout's code (``env``: the ``checkout_env`` fixture)."""
     code = "import sys; from date_edit_cli.main import run; sys.argv[0] = 'date-edit'; run()"
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = worktree_env(tmp_path_factory)
+def env(checkout_env):
+    env = checkout_env
     probe = subprocess.run([sys.executable, "-c", "import date_edit_cli, date_edit; print(date_edit_cli.__file__); "
                             "print(date_edit.__file__)"], env=env, capture_output=True, text=True, timeout=60)
     cli_file, lib_file = probe.stdout.split()
