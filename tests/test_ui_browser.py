@@ -2,9 +2,10 @@
 ``chromium-driver``, which ``make browser`` installs) driven by selenium against the app served by a real
 ``date-edit ui`` process of this checkout.
 
-One photo, two edits and a bad upload: the toy red circle turns blue in place (the toy judge reads the result
-image the page shows), a second edit with only the target prompt changed reuses the inversion (the status line
-says ``inversion: cached``) and takes less time, and a text file named bad.png shows the CLI's one-line error.
+One photo, two edits, a reconstruction, a sweep and a bad upload: the toy red circle turns blue in place (the toy
+judge reads the result image the page shows), a second edit with only the target prompt changed reuses the
+inversion (the status line says ``inversion: cached``) and takes less time, the Sweep tab reuses it too, and a text
+file named bad.png shows the CLI's one-line error.
 Settings are the app's defaults (the CLI's with a source prompt: Prompt-to-Prompt, an automatic mask, CFG 7.5,
 DATE every 10 steps) except Steps, set to 30 in the page to keep the test short. Set ``DATE_EDIT_UI_SCREENSHOT``
 to a path to save the page there (docs/ui.png was made so).
@@ -139,7 +140,7 @@ def _total_seconds(status: str) -> float:
     return float(re.search(r"total ([0-9.]+) s", status).group(1))
 
 
-def test_edit_in_the_browser_then_a_cached_edit_then_a_bad_upload(server, browser, tmp_path):
+def test_edit_then_a_cached_edit_a_reconstruction_a_sweep_and_a_bad_upload_in_the_browser(server, browser, tmp_path):
     from PIL import Image
 
     from date_edit.toy.judge import box_iou, evaluate, judge
@@ -170,6 +171,16 @@ def test_edit_in_the_browser_then_a_cached_edit_then_a_bad_upload(server, browse
     screenshot = os.environ.get("DATE_EDIT_UI_SCREENSHOT") or str(tmp_path / "ui.png")
     Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(screenshot)
+
+    browser.find_element(By.ID, "reconstruct-button").click()
+    _wait_status(browser, "reconstruction: PSNR")
+    browser.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='Sweep']").click()
+    _type(browser, "#sweep-skips textarea", "0,50%")
+    _type(browser, "#sweep-cfgs textarea", "7.5")
+    browser.find_element(By.ID, "sweep-button").click()
+    swept = _wait_status(browser, "sweep of 4 edits")
+    assert "inversion: cached" in swept, swept  # the edits' inversion serves the grid too
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sweep-grid img"))
 
     bad = tmp_path / "bad.png"
     bad.write_text("this is a text file, not a PNG\n")
