@@ -27,8 +27,10 @@ SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding
               help="Target CFG scales to try (the grid's columns), comma-separated.")
 @click.option("--date", "date_mode", type=click.Choice(SWEEP_DATE), default="both", show_default=True,
               help="Columns with a fixed embedding (off), with DATE (on), or both side by side.")
-@click.option("--steps", type=int, default=100, show_default=True, help="DDPM steps of the schedule.")
-@click.option("--cfg-source", type=float, default=3.5, show_default=True, help="CFG scale of the inversion.")
+@click.option("--steps", type=int, default=None,
+              help="Steps of the schedule  [default: the model's, as for `edit`: 100 for DDPM editing].")
+@click.option("--cfg-source", type=float, default=None,
+              help="Guidance scale of the source prompt  [default: the model's, as for `edit`: 3.5].")
 @click.option("--edit-method", type=click.Choice(EDIT_METHODS), default="auto", show_default=True,
               help="As for `edit`: ddpm, flowedit (SD3, FLUX) or auto.")
 @click.option("--rho", type=float, default=None, help="DATE radius of the DATE cells  [default: 0.5].")
@@ -53,8 +55,6 @@ SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding
 def sweep(image: str, prompt: str, **opts) -> None:
     """Edit IMAGE towards PROMPT over a grid of --skips x --cfgs (x DATE off/on), inverting once; write the
     labelled grid (--out) and print each cell's CLIP-to-target and distance to the source."""
-    given = common.given_options(("steps", "cfg_source"))
-
     def body():
         import json
 
@@ -73,7 +73,7 @@ def sweep(image: str, prompt: str, **opts) -> None:
         backbone = common.load_model(opts)
         loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
         scorer, evaluator = sweep_scorers(opts, backbone, common.build_scorer)
-        result = run_sweep(opts, prompt, backbone, loaded, scorer=scorer, evaluator=evaluator, given=given,
+        result = run_sweep(opts, prompt, backbone, loaded, scorer=scorer, evaluator=evaluator,
                            progress=progress(opts["quiet"]))
         record = sweep_record(result, backbone, opts, image, loaded)
         write_grid(result, loaded, path, record, opts["overwrite"], [image])
@@ -126,14 +126,12 @@ def base_opts(opts: dict) -> dict:
             "ablation": "none"}
 
 
-def run_sweep(opts: dict, prompt: str, backbone, loaded, *, scorer, evaluator, given: set[str] = frozenset(),
-              inversion=None, progress=None):
+def run_sweep(opts: dict, prompt: str, backbone, loaded, *, scorer, evaluator, inversion=None, progress=None):
     """The sweep the parsed options of ``date-edit sweep`` ask for, on the loaded image (the CLI and the app)."""
     from date_edit.sweep import DATE_CHOICES, sweep as run
 
     seed = 0 if opts["seed"] is None else opts["seed"]
-    config = common.edit_method_defaults(common.edit_config(base_opts(opts), seed), backbone,
-                                         set(given) | {"skip", "cfg_target"})
+    config = common.resolved_config(common.edit_config(base_opts(opts), common.edit_controls(opts), seed), backbone)
     user_mask = common.load_user_mask(opts, loaded)
     return run(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], skips=opts["skips"],
                cfgs=opts["cfgs"], dates=DATE_CHOICES[opts["date_mode"]], base=config, scorer=scorer,

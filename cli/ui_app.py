@@ -33,7 +33,6 @@ from .sweep_cmd import run_sweep, sweep as sweep_command, sweep_record, sweep_sc
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # a source checkout's sample photos (absent from a wheel)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 CACHE_SIZE = 8  # inversions kept (an SD inversion of 100 steps is about 13 MB)
-GIVEN = {"steps", "skip", "cfg_source", "cfg_target"}  # the form always gives them: FlowEdit's defaults replace none
 # the Edit form: its fields in order, with their defaults (the CLI's: P2P and an automatic mask with a source prompt,
 # so CFG 7.5)
 FORM = {"source_prompt": "", "prompt": "", "steps": 100, "skip": "36%", "cfg_source": 3.5, "cfg_target": 7.5,
@@ -162,7 +161,7 @@ class App:
     def method_defaults(self, method: str) -> dict:
         """The published steps/skip/CFG of FlowEdit for this model's family when ``method`` is flowedit, else
         nothing (the form keeps its values)."""
-        from date_edit.flowedit import FLOWEDIT_DEFAULTS
+        from date_edit.defaults import FLOWEDIT_DEFAULTS
 
         published = FLOWEDIT_DEFAULTS.get(self.backbone.family)
         if method != "flowedit" and not (method == "auto" and self.backbone.family == "flux") or not published:
@@ -171,9 +170,11 @@ class App:
 
     @staticmethod
     def default_cfg_target(p2p: bool, mask: str) -> float:
-        """The CLI's default target CFG for these controls: 7.5 with a structure control, 15 without."""
+        """The CLI's default target CFG for these controls (DDPM editing): 7.5 with a structure control, 15 without."""
+        from date_edit.defaults import CFG_TARGET_CONTROLLED, DDPM_DEFAULTS
+
         controlled = bool(p2p) or mask in ("auto", "painted")
-        return common.CFG_TARGET_CONTROLLED if controlled else common.CFG_TARGET_PLAIN
+        return CFG_TARGET_CONTROLLED if controlled else DDPM_DEFAULTS["cfg_target"]
 
     def _scorer(self, opts: dict, backbone, for_date: bool):
         """:func:`common.build_scorer`, built once per resolved spec."""
@@ -285,9 +286,9 @@ class App:
         args = edit_args(photo or "", form, self.model, self._painted_mask(painted, form))
         opts = parse(edit_command, args)
         seed = 0 if opts["seed"] is None else opts["seed"]
-        config = common.edit_config(opts, seed)
+        config = common.edit_config(opts, common.edit_controls(opts), seed)  # the form gives every setting
         common.precheck_mask(opts, photo)
-        config = common.edit_method_defaults(config, self.backbone, GIVEN)
+        config = common.resolved_config(config, self.backbone)
         loaded = self._load(photo, opts)
         user_mask = common.load_user_mask(opts, loaded)
         scorer = self._scorer(opts, self.backbone, config.date is not None) if config.date is not None else None
@@ -363,7 +364,7 @@ class App:
         key = self._key(loaded, opts)
         inversion = self._cached(key)
         result = run_sweep(opts, opts["prompt"], self.backbone, loaded, scorer=scorer, evaluator=evaluator,
-                           given={"steps", "cfg_source"}, inversion=inversion, progress=progress)
+                           inversion=inversion, progress=progress)
         self._remember(key, result.inversion)
         record = sweep_record(result, self.backbone, opts, Path(photo).name, loaded)
         record["command_line"] = command_line("sweep", args, photo)

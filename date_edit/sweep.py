@@ -149,8 +149,8 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
     """Edit ``pixels`` ``(1, 3, H, W)`` towards ``prompt`` for every skip x CFG x DATE on/off, inverting once.
 
     Args:
-        base: steps, CFG source, seed, method, the DATE settings of the DATE cells and the structure controls;
-            each cell replaces its skip, its target CFG and (DATE off) its DATE.
+        base: steps, CFG source, seed, method, the DATE settings of the DATE cells and the structure controls
+            (unset ones: the model's defaults); each cell replaces its skip, its target CFG and (DATE off) its DATE.
         scorer: DATE's objective (needed when ``dates`` holds True).
         evaluator: a scorer ``(images, prompts) -> (B,)`` reported per cell; ``evaluator_name`` names it.
         inversion: an inversion of ``pixels`` with ``base``'s steps, CFG source, seed and ``source_prompt`` (the
@@ -165,7 +165,7 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
     from .date import parse_update_steps
     from .pipeline import EditConfig, edit, invert_image
 
-    base = base or EditConfig()
+    base = (base or EditConfig()).resolved(backbone)  # the model's defaults for what base leaves unset
     skips, cfgs, dates = parse_skips(skips), parse_cfgs(cfgs), tuple(dict.fromkeys(bool(d) for d in dates))
     if not dates:
         raise ConfigError("dates", "is empty: give DATE off, on or both")
@@ -180,6 +180,8 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
         if use_date:
             parse_update_steps(config.date.update_steps, config.run_steps())
     started = time.perf_counter()
+    if base.resolved_method(backbone) != "ddpm":
+        inversion = None  # FlowEdit inverts nothing
     cached = inversion is not None
     if inversion is None and base.resolved_method(backbone) == "ddpm":
         inversion = invert_image(backbone, pixels, source_prompt=source_prompt, steps=base.steps,
