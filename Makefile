@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo toy-model toy-eval toy-date toy-gradient-pass toy-edit toy-edit-controls bench-tiny lint clean
+.PHONY: install browser test demo toy-model toy-eval toy-date toy-gradient-pass toy-edit toy-edit-controls bench-tiny lint clean
 
 install: $(STAMP)
 
@@ -16,7 +16,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# the browser test (tests/test_ui_browser.py) drives headless Chromium: installed from the distribution's packages
+# when missing and we are root; never fails (without a browser that test skips, saying why)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make browser: installing chromium and chromium-driver with apt-get"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	    >/tmp/date-edit-browser-apt.log 2>&1 \
+	    || echo "make browser: apt-get failed (see /tmp/date-edit-browser-apt.log); the browser test will skip"; \
+	else echo "make browser: no chromium/chromedriver and not root: the browser test will skip" \
+	  "(as root: apt-get install chromium chromium-driver)"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
 demo: $(STAMP)

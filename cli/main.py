@@ -17,6 +17,8 @@ from .batch_cmd import batch
 from .edit_cmd import edit, generate, reconstruct
 from .running import DEBUG_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, say
 from .scorers_cmd import score, scorers
+from .sweep_cmd import sweep
+from .ui_cmd import ui
 
 
 class DefaultEditGroup(click.Group):
@@ -45,7 +47,7 @@ def main() -> None:
     """
 
 
-for _command in (edit, generate, reconstruct, batch, ane, scorers, score):
+for _command in (edit, generate, reconstruct, sweep, ui, batch, ane, scorers, score):
     main.add_command(_command)
 
 

@@ -83,3 +83,19 @@ def run_on_a_terminal(cmd: list, cwd, env: dict, timeout: float = 300) -> tuple:
 def terminal():
     """:func:`run_on_a_terminal`: run a command with stderr on a pseudo-terminal, to see its progress bars."""
     return run_on_a_terminal
+
+
+@pytest.fixture(scope="session")
+def checkout_env(tmp_path_factory):
+    """An environment whose ``python`` imports this checkout's ``date_edit`` and ``date_edit_cli`` (``cli/``), not
+    those of another checkout installed in editable mode, with this process's thread count (CPU float sums then
+    match bit for bit between a subprocess and this one)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shim = tmp_path_factory.mktemp("checkout")
+    (shim / "date_edit").symlink_to(root / "date_edit")
+    (shim / "date_edit_cli").symlink_to(root / "cli")
+    path = os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                OMP_NUM_THREADS=str(torch.get_num_threads()))

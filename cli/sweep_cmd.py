@@ -1,0 +1,170 @@
+"""``date-edit sweep``: one photo and prompt edited over a grid of skip x target CFG (and DATE off / on), one
+inversion shared by every cell; writes the labelled grid and prints each cell's CLIP-to-target and distance to the
+source. The web app's Sweep tab parses its form with this command and runs :func:`run_sweep`, so both give the
+same numbers for the same settings.
+"""
+
+from __future__ import annotations
+
+import click
+
+from . import common
+from date_edit.choices import EDIT_METHODS
+
+from .options import image_options, model_options
+from .running import EXIT_USAGE, CliError, progress, run_command, say
+
+SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding, with DATE, or both
+
+
+@click.command()
+@click.argument("image", type=click.Path(dir_okay=True))
+@click.argument("prompt")
+@click.option("--source-prompt", default="", help="Prompt describing the input image (default empty).")
+@click.option("--skips", default="20%,36%,50%", show_default=True,
+              help="Skips to try (the grid's rows): counts or percentages of --steps, comma-separated.")
+@click.option("--cfgs", default="7.5,15", show_default=True,
+              help="Target CFG scales to try (the grid's columns), comma-separated.")
+@click.option("--date", "date_mode", type=click.Choice(SWEEP_DATE), default="both", show_default=True,
+              help="Columns with a fixed embedding (off), with DATE (on), or both side by side.")
+@click.option("--steps", type=int, default=None,
+              help="Steps of the schedule  [default: the model's, as for `edit`: 100 for DDPM editing].")
+@click.option("--cfg-source", type=float, default=None,
+              help="Guidance scale of the source prompt  [default: the model's, as for `edit`: 3.5].")
+@click.option("--edit-method", type=click.Choice(EDIT_METHODS), default="auto", show_default=True,
+              help="As for `edit`: ddpm, flowedit (SD3, FLUX) or auto.")
+@click.option("--rho", type=float, default=None, help="DATE radius of the DATE cells  [default: 0.5].")
+@click.option("--rho-relative", type=float, default=None, help="DATE radius relative to the prompt's embedding.")
+@click.option("--update-steps", default="every:10", show_default=True, help="DATE's update steps (as for `edit`).")
+@click.option("--scorer", "-s", default="clip", show_default=True, help="DATE's objective (as for `edit`).")
+@click.option("--evaluator", default=None,
+              help="Scorer reported per cell, against PROMPT  [default: clip:toy-heldout with --model toy (the toy "
+                   "world's second CLIP, never DATE's objective), clip:tiny with the other offline models, clip].")
+@click.option("--mask", default=None, metavar="auto|none|FILE",
+              help="As for `edit`  [default: auto with --source-prompt, else none].")
+@click.option("--p2p/--no-p2p", "p2p", default=None, help="Prompt-to-Prompt, as for `edit`  [default: on where "
+                                                          "the model has cross-attention].")
+@click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
+              help="--p2p: share of the steps whose cross-attention maps are the source's.")
+@click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
+              help="--p2p: share of the steps whose self-attention maps are the source's.")
+@click.option("--json", "json_out", type=click.Path(), default=None,
+              help="Also write the sweep's record (settings and every cell's numbers) to this JSON file.")
+@image_options
+@model_options(exclude=("as_json",))
+def sweep(image: str, prompt: str, **opts) -> None:
+    """Edit IMAGE towards PROMPT over a grid of --skips x --cfgs (x DATE off/on), inverting once; write the
+    labelled grid (--out) and print each cell's CLIP-to-target and distance to the source."""
+    def body():
+        import json
+
+        from date_edit.imaging import default_output_name
+        from date_edit.outputs import save_text
+
+        seed = 0 if opts["seed"] is None else opts["seed"]
+        name = default_output_name(image, prompt, seed).removesuffix(".png") + "_sweep.png"
+        path = common.output_path(opts["out"], name, opts["overwrite"], [image], as_json=False)
+        json_target = json_path(opts["json_out"], opts["overwrite"], image) if opts["json_out"] else None
+        from date_edit.sweep import parse_cfgs, parse_skips
+
+        parse_skips(opts["skips"]), parse_cfgs(opts["cfgs"])  # a bad grid is refused before the model loads
+        common.precheck_image(image)
+        common.precheck_mask(opts, image)
+        backbone = common.load_model(opts)
+        loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
+        scorer, evaluator = sweep_scorers(opts, backbone, common.build_scorer)
+        result = run_sweep(opts, prompt, backbone, loaded, scorer=scorer, evaluator=evaluator,
+                           progress=progress(opts["quiet"]))
+        record = sweep_record(result, backbone, opts, image, loaded)
+        write_grid(result, loaded, path, record, opts["overwrite"], [image])
+        if json_target is not None:
+            save_text(json.dumps(record, indent=2, allow_nan=False) + "\n", json_target, overwrite=opts["overwrite"],
+                      protect=[image])
+        click.echo(table(result))
+        say(f"wrote {path}" + (f" and {json_target}" if json_target else ""))
+
+    run_command(body)
+
+
+def json_path(out: str, overwrite: bool, image: str):
+    """Check ``--json`` before any work: a .json name, not the input, not a folder, not there yet (unless
+    ``overwrite``), in a folder that can take it."""
+    from pathlib import Path
+
+    path = Path(out).expanduser()
+    if path.suffix.lower() != ".json":
+        raise CliError(f"--json {out}: the record is a JSON file; use a name ending in .json", EXIT_USAGE)
+    if path.exists() and Path(image).exists() and path.resolve() == Path(image).resolve():
+        raise CliError(f"--json {out} is the input image; the input is never overwritten", EXIT_USAGE)
+    if path.is_dir():
+        raise CliError(f"--json {out} is a folder; give a file name ending in .json", EXIT_USAGE)
+    if path.exists() and not overwrite:
+        raise CliError(f"{out} exists; pass --overwrite or choose another --json", EXIT_USAGE)
+    common.check_can_create(path.parent, path.name)
+    return path
+
+
+def evaluator_spec(opts: dict) -> str:
+    """The evaluator a sweep reports: ``--evaluator`` resolved for the model, or the model's held-out default."""
+    from date_edit.sweep import default_evaluator
+
+    return common.scorer_spec(opts["evaluator"], opts["model"]) if opts.get("evaluator") \
+        else default_evaluator(opts["model"])
+
+
+def sweep_scorers(opts: dict, backbone, build):
+    """``(DATE's objective or None, the evaluator)``; ``build(opts, backbone, for_date)`` builds a scorer from
+    ``opts["scorer"]`` (the CLI's :func:`common.build_scorer`, or the app's cached one)."""
+    scorer = build(opts, backbone, True) if opts["date_mode"] != "off" else None
+    evaluator = build({**opts, "scorer": evaluator_spec(opts), "scorer_resolved": None}, backbone, False)
+    return scorer, evaluator
+
+
+def base_opts(opts: dict) -> dict:
+    """The edit options of a sweep's base configuration (each cell sets its own skip, CFG and DATE)."""
+    return {**opts, "skip": 0, "cfg_target": None, "no_date": False, "update_mode": "accumulate", "grad_iters": 1,
+            "ablation": "none"}
+
+
+def run_sweep(opts: dict, prompt: str, backbone, loaded, *, scorer, evaluator, inversion=None, progress=None):
+    """The sweep the parsed options of ``date-edit sweep`` ask for, on the loaded image (the CLI and the app)."""
+    from date_edit.sweep import DATE_CHOICES, sweep as run
+
+    seed = 0 if opts["seed"] is None else opts["seed"]
+    config = common.resolved_config(common.edit_config(base_opts(opts), common.edit_controls(opts), seed), backbone)
+    user_mask = common.load_user_mask(opts, loaded)
+    return run(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], skips=opts["skips"],
+               cfgs=opts["cfgs"], dates=DATE_CHOICES[opts["date_mode"]], base=config, scorer=scorer,
+               evaluator=evaluator, evaluator_name=evaluator_spec(opts), mask=user_mask, inversion=inversion,
+               progress=progress)
+
+
+def sweep_record(result, backbone, opts: dict, image: str, loaded) -> dict:
+    """The record of a sweep (the --json file, the grid PNG's metadata, the app's record)."""
+    from date_edit.batch.results import json_safe
+
+    scorer = common.scorer_spec(opts["scorer"], opts["model"]) if opts["date_mode"] != "off" else None
+    return json_safe({"command": "sweep", "model": backbone.name, "input": image,
+                      "processed_size": list(loaded.processed_size), "scorer": scorer, **result.to_dict()})
+
+
+def write_grid(result, loaded, path, record: dict, overwrite: bool, protect: list[str]):
+    """Save the labelled grid as ``path`` with the record in its PNG metadata; returns the path."""
+    import json
+
+    from date_edit.imaging import save_png
+    from date_edit.sweep import grid_image
+
+    with common.running.SIGNALS.held():  # a signal waits until the file is whole
+        return save_png(grid_image(result, loaded.pixels), path, overwrite=overwrite, protect=protect,
+                        metadata={"date-edit": json.dumps({**record, "output": str(path)}, allow_nan=False)})
+
+
+def table(result) -> str:
+    """The cells as a plain table (one line each)."""
+    lines = [f"{'skip':>6} {'steps':>5} {'cfg':>6} {'DATE':>4} {'CLIP':>7} {'diff':>6} {'PSNR':>6}"]
+    for c in result.cells:
+        lines.append(f"{c.skip:>6} {c.skip_steps:>5} {c.cfg_target:>6g} {'on' if c.date else 'off':>4} "
+                     f"{c.clip:>7.3f} {c.mean_abs_diff:>6.1f} {c.psnr_db:>6.1f}")
+    return "\n".join(lines)
+

@@ -1,0 +1,394 @@
+"""The handlers of ``date-edit ui``: plain methods of :class:`App` that take the form's values and return the named
+outputs, so they are tested without a browser (the layout, with gradio, is :mod:`.ui_layout`).
+
+A form is read by parsing it as the equivalent command line with the ``edit`` (or ``sweep``) command itself, so its
+checks and one-line errors are the CLI's, and the app shows that command line. The model is loaded once (by the
+``ui`` command); an inversion is kept per (image content, source prompt, steps, seed, CFG source, model), so a new
+target prompt, CFG, skip, mask or DATE setting resamples without inverting again. Imports no gradio, torch or
+numpy at module level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+import threading
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Optional
+
+import click
+
+from date_edit.errors import ConfigError, DateEditError, printable
+
+from . import common
+from .edit_cmd import edit as edit_command
+from .running import CliError, flag_for
+from .sweep_cmd import run_sweep, sweep as sweep_command, sweep_record, sweep_scorers, write_grid
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # a source checkout's sample photos (absent from a wheel)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+CACHE_SIZE = 8  # inversions kept (an SD inversion of 100 steps is about 13 MB)
+# the Edit form: its fields in order, with their defaults (the CLI's: P2P and an automatic mask with a source prompt,
+# so CFG 7.5)
+FORM = {"source_prompt": "", "prompt": "", "steps": 100, "skip": "36%", "cfg_source": 3.5, "cfg_target": 7.5,
+        "seed": 0, "edit_method": "auto", "date": True, "radius": "rho", "rho": 0.5, "update_steps": "every:10",
+        "scorer": "clip", "mask": "auto", "p2p": True, "cross_replace": 0.8, "self_replace": 0.8}
+MASK_MODES = ("auto", "painted", "none")
+RADIUS_KINDS = ("rho", "rho-relative")
+SWEEP_FORM = {"skips": "20%,36%,50%", "cfgs": "7.5,15", "date_mode": "both", "evaluator": ""}
+
+
+def error_line(exc: BaseException) -> Optional[str]:
+    """The CLI's one line for an expected failure (bad input, a model or memory problem), or None for a bug."""
+    if isinstance(exc, click.UsageError):
+        text = exc.format_message()
+    elif isinstance(exc, ConfigError):
+        text = exc.message_for(flag_for(exc.param))
+    elif isinstance(exc, (CliError, DateEditError)):
+        text = str(exc)
+    elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        text = "out of memory; try fewer steps, fewer DATE update steps, or a smaller photo"
+    else:
+        return None
+    return "error: " + printable((text.strip().splitlines() or [type(exc).__name__])[0])
+
+
+def bug_line(exc: BaseException) -> str:
+    """An unexpected failure: one line saying it is a bug and where its traceback was saved (never the traceback)."""
+    first = printable((str(exc).strip().splitlines() or [""])[0])
+    try:
+        fd, path = tempfile.mkstemp(prefix="date-edit-ui-error-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=f)
+        where = f"the traceback is in {path}"
+    except OSError:
+        where = "the traceback could not be saved"
+    return f"error: unexpected {type(exc).__name__}: {first}. This is a bug, not bad input: {where}; please report it"
+
+
+def _number(value, integer: bool = False) -> str:
+    """A form number as command-line text (30.0 -> "30" for an integer field; empty -> "")."""
+    if value is None or value == "":
+        return ""
+    if integer and isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shared_args(form: dict, model: str, mask_file: Optional[str]) -> list[str]:
+    """The arguments ``edit`` and ``sweep`` share: source prompt, steps, CFG source, seed, method, DATE, controls."""
+    args = ["--source-prompt", form["source_prompt"], "--steps", _number(form["steps"], True),
+            "--cfg-source", _number(form["cfg_source"]), "--seed", _number(form["seed"], True),
+            "--edit-method", form["edit_method"], "--model", model]
+    if form.get("date", True) or "date_mode" in form:
+        flag = "--rho-relative" if form["radius"] == "rho-relative" else "--rho"
+        args += [flag, _number(form["rho"]), "--update-steps", form["update_steps"], "--scorer", form["scorer"]]
+    mask = form["mask"]
+    if mask not in MASK_MODES:
+        raise ConfigError("mask", f"{mask!r}: choose one of {', '.join(MASK_MODES)}")
+    args += ["--mask", mask_file if mask == "painted" else mask, "--p2p" if form["p2p"] else "--no-p2p",
+             "--cross-replace", _number(form["cross_replace"]), "--self-replace", _number(form["self_replace"])]
+    return args
+
+
+def edit_args(photo: str, form: dict, model: str, mask_file: Optional[str] = None) -> list[str]:
+    """The ``date-edit edit`` arguments that do what the Edit form asks."""
+    args = [photo, form["prompt"], *_shared_args(form, model, mask_file), "--skip", str(form["skip"]),
+            "--cfg-target", _number(form["cfg_target"])]
+    return args if form["date"] else args + ["--no-date"]
+
+
+def sweep_args(photo: str, form: dict, grid: dict, model: str, mask_file: Optional[str] = None) -> list[str]:
+    """The ``date-edit sweep`` arguments that do what the Sweep tab asks (the Edit form's settings, and its grid)."""
+    args = [photo, form["prompt"], *_shared_args({**form, "date_mode": grid["date_mode"]}, model, mask_file),
+            "--skips", grid["skips"], "--cfgs", grid["cfgs"], "--date", grid["date_mode"]]
+    return args + (["--evaluator", grid["evaluator"]] if (grid.get("evaluator") or "").strip() else [])
+
+
+def parse(command: click.Command, args: list[str]) -> dict:
+    """The options ``args`` give ``command``, checked as the CLI checks them (a click.UsageError if not)."""
+    with command.make_context(command.name, list(args)) as ctx:
+        return dict(ctx.params)
+
+
+def command_line(name: str, args: list[str], photo: str) -> str:
+    """``date-edit <name> ...`` as a shell line, the photo named by its file name."""
+    shown = [Path(a).name if a == photo else a for a in args]
+    return shlex.join(["date-edit", name, *shown])
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` serves this machine only."""
+    return host in LOCAL_HOSTS
+
+
+class App:
+    """One loaded model and what the app keeps between requests: inversions, scorers, the output folder."""
+
+    def __init__(self, backbone, model: str, out_dir: Optional[str] = None) -> None:
+        self.backbone, self.model = backbone, model
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="date-edit-ui-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.inversions: OrderedDict = OrderedDict()
+        self.scorers: dict = {}
+        self.lock = threading.Lock()  # one request at a time on the model (gradio's queue does it too)
+        self._masks = 0
+
+    # ------------------------------------------------------------------------------------------ small helpers
+
+    def samples(self) -> list[str]:
+        """The sample photos of the checkout, relative to samples/ (toy ones first for the toy model)."""
+        if not SAMPLES.is_dir():
+            return []
+        found = sorted(str(p.relative_to(SAMPLES)) for p in SAMPLES.rglob("*")
+                       if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        return sorted(found, key=lambda s: (not s.startswith("toy/")) if self.model == "toy" else s.startswith("toy/"))
+
+    def default_sample(self) -> Optional[str]:
+        """The sample picked at start: the toy red circle for the toy model, else none."""
+        return "toy/red_circle.png" if self.model == "toy" and (SAMPLES / "toy/red_circle.png").is_file() else None
+
+    def methods(self) -> list[str]:
+        """The edit methods this model has (FlowEdit only for flow models)."""
+        flow = self.backbone.schedule.prediction_type == "flow"
+        return ["auto", "ddpm", "flowedit"] if flow else ["auto", "ddpm"]
+
+    def method_defaults(self, method: str) -> dict:
+        """The published steps/skip/CFG of FlowEdit for this model's family when ``method`` is flowedit, else
+        nothing (the form keeps its values)."""
+        from date_edit.defaults import FLOWEDIT_DEFAULTS
+
+        published = FLOWEDIT_DEFAULTS.get(self.backbone.family)
+        if method != "flowedit" and not (method == "auto" and self.backbone.family == "flux") or not published:
+            return {}
+        return {k: published[k] for k in ("steps", "skip", "cfg_source", "cfg_target") if k in published}
+
+    @staticmethod
+    def default_cfg_target(p2p: bool, mask: str) -> float:
+        """The CLI's default target CFG for these controls (DDPM editing): 7.5 with a structure control, 15 without."""
+        from date_edit.defaults import CFG_TARGET_CONTROLLED, DDPM_DEFAULTS
+
+        controlled = bool(p2p) or mask in ("auto", "painted")
+        return CFG_TARGET_CONTROLLED if controlled else DDPM_DEFAULTS["cfg_target"]
+
+    def _scorer(self, opts: dict, backbone, for_date: bool):
+        """:func:`common.build_scorer`, built once per resolved spec."""
+        spec = common.scorer_spec(opts["scorer"], opts["model"])
+        if (spec, for_date) not in self.scorers:
+            self.scorers[(spec, for_date)] = common.build_scorer(dict(opts), backbone, for_date)
+        opts["scorer_resolved"] = spec
+        return self.scorers[(spec, for_date)]
+
+    def _load(self, photo: Optional[str], opts: dict):
+        """The photo at the model's size, as the CLI loads it."""
+        from date_edit.imaging import load_image
+
+        if not photo:
+            raise CliError("no photo: upload one or pick a sample")
+        b = self.backbone
+        return load_image(photo, size=opts.get("size") or b.native_size, multiple=b.size_multiple,
+                          resize=opts.get("resize") or "fit", min_side=b.min_side)
+
+    def _key(self, loaded, opts: dict) -> tuple:
+        """The inversion cache's key: what an inversion depends on."""
+        digest = hashlib.sha256(loaded.pixels.numpy().tobytes()).hexdigest()
+        seed = 0 if opts["seed"] is None else opts["seed"]
+        return digest, opts["source_prompt"], opts["steps"], seed, float(opts["cfg_source"]), self.model
+
+    def _cached(self, key: tuple):
+        inversion = self.inversions.get(key)
+        if inversion is not None:
+            self.inversions.move_to_end(key)
+        return inversion
+
+    def _remember(self, key: tuple, inversion) -> None:
+        if inversion is None:
+            return
+        self.inversions[key] = inversion
+        self.inversions.move_to_end(key)
+        while len(self.inversions) > CACHE_SIZE:
+            self.inversions.popitem(last=False)
+
+    def _painted_mask(self, painted, form: dict) -> Optional[str]:
+        """The painted layers (any stroke, any colour) as a mask file, white where painted; None unless the form's
+        mask is 'painted'."""
+        if form.get("mask") != "painted":
+            return None
+        import numpy as np
+        from PIL import Image
+
+        layers = [] if not painted else [la for la in (painted.get("layers") or []) if la is not None]
+        alpha = None
+        for layer in layers:
+            a = np.asarray(Image.fromarray(layer) if isinstance(layer, np.ndarray) else layer.convert("RGBA"))
+            a = a[..., 3] > 0 if a.ndim == 3 and a.shape[-1] == 4 else a.reshape(a.shape[:2] + (-1,)).any(-1)
+            alpha = a if alpha is None else alpha | a
+        if alpha is None or not alpha.any():
+            raise CliError("the mask is set to 'painted' but nothing is painted: paint over the part of the photo "
+                           "to change, or choose mask auto or none")
+        self._masks += 1
+        path = self.out_dir / f"painted_mask_{self._masks}.png"
+        Image.fromarray(alpha.astype(np.uint8) * 255, "L").save(path)
+        return str(path)
+
+    def _guarded(self, photo: Optional[str], fn: Callable[[], dict]) -> dict:
+        """Run ``fn`` under the model's lock; an expected failure becomes ``{"status": one line}`` naming the
+        photo by its file name, a bug one line saying so."""
+        try:
+            with self.lock:
+                return fn()
+        except Exception as exc:  # noqa: BLE001 - the app never shows a traceback
+            line = error_line(exc) or bug_line(exc)
+            if photo:
+                line = line.replace(str(photo), Path(photo).name)
+            return {"status": line}
+
+    # ------------------------------------------------------------------------------------------ the handlers
+
+    def load_photo(self, path: Optional[str]) -> dict:
+        """Check an uploaded (or sample) photo as the CLI would and show it at the size it will be edited."""
+
+        def run():
+            from date_edit.imaging import to_pil
+
+            loaded = self._load(path, {})
+            image = to_pil(loaded.pixels)[0]
+            (w, h), (ow, oh) = loaded.processed_size, loaded.original_size
+            notes = "".join(f"; {n}" for n in loaded.notes)
+            return {"photo": str(path), "editor": {"background": image, "layers": [], "composite": image},
+                    "status": f"photo {Path(path).name}: {w}x{h} (from {ow}x{oh}){notes}"}
+
+        out = self._guarded(path, run)
+        return out if "photo" in out else {**out, "photo": None, "editor": None}
+
+    def load_sample(self, name: Optional[str]) -> dict:
+        """:meth:`load_photo` of a sample by its name under samples/."""
+        if not name:
+            return {}
+        return self.load_photo(str(SAMPLES / name))
+
+    def edit(self, photo: Optional[str], painted, form: dict, progress=None) -> dict:
+        """Edit the photo as the form asks; outputs ``result``, ``status``, ``record``, ``download``, ``plot``
+        (DATE's objective per update: ``[(step, score), ...]``) and ``command`` (the same edit as a command)."""
+        return self._guarded(photo, lambda: self._edit(photo, painted, {**FORM, **form}, progress))
+
+    def _edit(self, photo, painted, form: dict, progress) -> dict:
+        from date_edit.imaging import to_pil
+        from date_edit.pipeline import edit as run_edit
+
+        if not str(form["prompt"]).strip():
+            raise CliError("the target prompt is empty: type what the edited photo should show")
+        args = edit_args(photo or "", form, self.model, self._painted_mask(painted, form))
+        opts = parse(edit_command, args)
+        seed = 0 if opts["seed"] is None else opts["seed"]
+        config = common.edit_config(opts, common.edit_controls(opts), seed)  # the form gives every setting
+        common.precheck_mask(opts, photo)
+        config = common.resolved_config(config, self.backbone)
+        loaded = self._load(photo, opts)
+        user_mask = common.load_user_mask(opts, loaded)
+        scorer = self._scorer(opts, self.backbone, config.date is not None) if config.date is not None else None
+        if scorer is None:
+            opts["scorer_resolved"] = None
+        key = self._key(loaded, opts)
+        inversion = self._cached(key) if config.method == "ddpm" else None
+        result = run_edit(self.backbone, loaded.pixels, opts["prompt"], source_prompt=opts["source_prompt"],
+                          config=config, scorer=scorer, inversion=inversion, progress=progress, mask=user_mask)
+        self._remember(key, result.inversion)
+        state = "none (FlowEdit inverts nothing)" if config.method != "ddpm" else \
+            "cached" if inversion is not None else "computed"
+        line = command_line("edit", args, photo)
+        extra = {"input": Path(photo).name, "source_prompt": opts["source_prompt"],
+                 "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
+                 "cfg_target": config.cfg_target, "mask": form["mask"], **common.control_record(result),
+                 "inversion": state, "command_line": line}
+        record = common.record("edit", result, self.backbone, opts,
+                               common.score_images(scorer, result.images, result.prompts), extra)
+        path = self._write(result, record, photo, opts["prompt"], seed)
+        trace = result.trace
+        return {"result": to_pil(result.images)[0], "status": status_line(record), "record": record,
+                "download": str(path), "command": line,
+                "plot": list(zip(result.update_steps, trace.scores)) if trace else []}
+
+    def _write(self, result, record: dict, photo: str, prompt: str, seed: int) -> Path:
+        """The edit as a PNG carrying its record (the CLI's writer and metadata key) in the output folder."""
+        from date_edit.batch.results import json_safe
+        from date_edit.imaging import default_output_name, save_png, to_pil
+
+        path = self.out_dir / default_output_name(photo, prompt, seed)
+        common.check_finite(result, record)
+        record["output"] = path.name
+        metadata = {"date-edit": json.dumps(json_safe(record), allow_nan=False)}
+        return save_png(to_pil(result.images)[0], path, metadata=metadata, overwrite=True, protect=[photo])
+
+    def reconstruct(self, photo: Optional[str], form: dict, progress=None) -> dict:
+        """Invert and resample with the source prompt (no DATE): how exact the inversion is, as an image."""
+        return self._guarded(photo, lambda: self._reconstruct(photo, {**FORM, **form, "prompt": "-"}, progress))
+
+    def _reconstruct(self, photo, form: dict, progress) -> dict:
+        from date_edit.imaging import to_pil
+        from date_edit.pipeline import EditConfig, psnr_db, reconstruct
+
+        opts = parse(edit_command, edit_args(photo or "", form, self.model, self._painted_mask(None, {})))
+        seed = 0 if opts["seed"] is None else opts["seed"]
+        config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
+                            cfg_target=opts["cfg_source"], seed=seed, date=None)
+        loaded = self._load(photo, opts)
+        result = reconstruct(self.backbone, loaded.pixels, source_prompt=opts["source_prompt"], config=config,
+                             progress=progress)
+        psnr = psnr_db(result.images, loaded.pixels)
+        return {"reconstruction": to_pil(result.images)[0],
+                "status": f"reconstruction: PSNR {psnr:.2f} dB vs the input; inversion "
+                          f"{result.timings['inversion_s']:.2f} s, total {result.timings['total_s']:.2f} s"}
+
+    def sweep(self, photo: Optional[str], painted, form: dict, grid: dict, progress=None) -> dict:
+        """The Sweep tab: ``date-edit sweep`` with the Edit form's settings over the grid asked; outputs ``grid``
+        (the labelled image), ``rows`` (one per cell), ``status``, ``record`` and ``download``."""
+        return self._guarded(photo, lambda: self._sweep(photo, painted, {**FORM, **form}, {**SWEEP_FORM, **grid},
+                                                        progress))
+
+    def _sweep(self, photo, painted, form: dict, grid: dict, progress) -> dict:
+        from date_edit.imaging import default_output_name
+
+        if not str(form["prompt"]).strip():
+            raise CliError("the target prompt is empty: type what the edited photo should show")
+        args = sweep_args(photo or "", form, grid, self.model, self._painted_mask(painted, form))
+        opts = parse(sweep_command, args)
+        common.precheck_mask(opts, photo)
+        loaded = self._load(photo, opts)
+        scorer, evaluator = sweep_scorers(opts, self.backbone, self._scorer)
+        key = self._key(loaded, opts)
+        inversion = self._cached(key)
+        result = run_sweep(opts, opts["prompt"], self.backbone, loaded, scorer=scorer, evaluator=evaluator,
+                           inversion=inversion, progress=progress)
+        self._remember(key, result.inversion)
+        record = sweep_record(result, self.backbone, opts, Path(photo).name, loaded)
+        record["command_line"] = command_line("sweep", args, photo)
+        seed = 0 if opts["seed"] is None else opts["seed"]
+        path = self.out_dir / (default_output_name(photo, opts["prompt"], seed).removesuffix(".png") + "_sweep.png")
+        write_grid(result, loaded, path, record, True, [photo])
+        from PIL import Image
+
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+        t = result.timings
+        status = (f"sweep of {len(result.cells)} edits: inversion: {record['inversion']} "
+                  f"({t['inversion_s']:.2f} s), total {t['total_s']:.2f} s")
+        rows = [[c.skip, c.skip_steps, c.cfg_target, "on" if c.date else "off", round(c.clip, 4),
+                 round(c.mean_abs_diff, 2), round(c.psnr_db, 2)] for c in result.cells]
+        return {"grid": image, "rows": rows, "status": status, "record": record, "download": str(path)}
+
+
+SWEEP_COLUMNS = ["skip", "steps skipped", "CFG target", "DATE", "CLIP to target", "mean |diff| 0-255", "PSNR dB"]
+
+
+def status_line(record: dict) -> str:
+    """One line: whether the inversion was cached, and the times."""
+    t = record["timings"]
+    date = f" (DATE {t['date_s']:.2f} s)" if t.get("date_s") else ""
+    return (f"edit '{record['prompt']}': inversion: {record['inversion']} ({t['inversion_s']:.2f} s), sampling "
+            f"{t['sampling_s']:.2f} s{date}, total {t['total_s']:.2f} s; saved {record['output']}")
