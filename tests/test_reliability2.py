@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from date_edit import batch as jobs
+from test_readme import documentation_text
 from test_reliability import one_error, records, tree  # noqa: F401 - the first round's helpers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -505,7 +506,7 @@ def test_peer_timeout_is_documented_and_checked():
 
     helped = cli("batch", "--help", cwd=ROOT)
     assert f"{PEER_TIMEOUT_ENV} seconds, 60" in " ".join(helped.stdout.split())
-    assert PEER_TIMEOUT_ENV in (ROOT / "README.md").read_text()
+    assert PEER_TIMEOUT_ENV in documentation_text(), "named in the README or docs/"
 
 
 # ------------------------------------------------------------------------ item 11: where the cache goes
@@ -514,9 +515,9 @@ def test_peer_timeout_is_documented_and_checked():
 @pytest.mark.slow
 def test_the_offline_tokenizers_are_cached_only_where_the_readme_says(tmp_path):
     """Building tiny-sd3's T5 tokenizer wrote a cache under the home folder, undocumented. It goes to
-    $DATE_EDIT_CACHE (default ~/.cache/date-edit), which the README names, and nowhere else."""
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "`$DATE_EDIT_CACHE`, by default `~/.cache/date-edit`" in readme
+    $DATE_EDIT_CACHE (default ~/.cache/date-edit), which the docs name (README or docs/), and nowhere else."""
+    docs = " ".join(documentation_text().split())
+    assert "`$DATE_EDIT_CACHE`, by default `~/.cache/date-edit`" in docs
     home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
     env = dict(ENV, HOME=str(home), DATE_EDIT_CACHE=str(cache))
