@@ -172,7 +172,7 @@ def load_items(suite: str, limit: Optional[int], category: str = "all", data: Op
 
         if not data:
             raise ConfigError("data", "--suite pie needs --data DIR: the PIE-Bench folder with mapping_file.json and "
-                                      "annotation_images/ (see the README, 'PIE-Bench')")
+                                      "annotation_images/ (see docs/benchmarks.md, 'PIE-Bench')")
         items = [Item(id=e.key, prompt=e.target_prompt, group=e.category_name, image=str(e.image),
                       source_prompt=e.source_prompt, pie=e)
                  for e in load_pie(data, parse_categories(category), limit)]

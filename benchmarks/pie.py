@@ -175,7 +175,7 @@ def load_pie(data: str | os.PathLike, categories: Optional[set[str]] = None,
                                   f"{IMAGES}/)")
     if not mapping_path.is_file():
         raise ConfigError("data", f"{mapping_path}: not found; PIE-Bench comes as a folder with {MAPPING} and "
-                                  f"{IMAGES}/ (see the README, 'PIE-Bench')")
+                                  f"{IMAGES}/ (see docs/benchmarks.md, 'PIE-Bench')")
     if mapping_path.stat().st_size > MAX_MAPPING_BYTES:
         raise ConfigError("data", f"{mapping_path} is over {MAX_MAPPING_BYTES >> 20} MiB: not a PIE mapping file")
     try:

@@ -295,9 +295,9 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
 # ----------------------------------------------------------------------------------------- structure controls
 
 
-# what an edit does with no control flag: chosen on the toy two-object validation split (README, "Edits that change
-# only what was asked"): Prompt-to-Prompt where the model has cross-attention, and an automatic mask when the source
-# prompt is given (it needs one)
+# what an edit does with no control flag: chosen on the toy two-object validation split (docs/editing.md, "Edits that
+# change only what was asked"): Prompt-to-Prompt where the model has cross-attention, and an automatic mask when the
+# source prompt is given (it needs one)
 DEFAULT_P2P = True
 DEFAULT_MASK_WITH_SOURCE = "auto"
 
