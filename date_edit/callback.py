@@ -77,6 +77,8 @@ class DateCallback:
         self.size = (int(height or self.backbone.native_size), int(width or self.backbone.native_size))
         latents, tokens, pooled, extras = _INPUTS[self.family]
         self.base = self.backbone.encode_condition(self.prompts, size=self.size)
+        # the unconditional branch as the loop builds it (SD: the empty prompt encoded once, here)
+        self.base_uncond = self.backbone.unconditional(len(self.prompts), size=self.size)
         self.targets = self.base.resolve_targets(config.targets)
         if "pooled" in self.targets and pooled is None:
             raise ConfigError("date_targets", f"{type(pipe).__name__} does not hand its pooled embedding to "
@@ -157,9 +159,7 @@ class DateCallback:
 
         self._timesteps = list(timesteps)
         self._indices = frozenset(parse_update_steps(self.config.update_steps, n))
-        b = len(self.prompts)
-        uncond = self.backbone.unconditional(b, size=self.size)
-        _, uncond, scale = self.backbone.guidance(self.base, uncond, guidance_scale)
+        _, uncond, scale = self.backbone.guidance(self.base, self.base_uncond, guidance_scale)
         self._scale = guidance_scale
         self.hook, _ = _date_hook(self.backbone, self.config, self.scorer, self.prompts,
                                   uncond if guidance_scale > 1.0 else None, scale, self._timesteps, None)
@@ -214,7 +214,7 @@ class DateCallback:
         cond = self.base.replace(**pos)
         uncond = None
         if cfg:
-            uncond = self.backbone.unconditional(len(self.prompts), size=self.size).replace(**neg)
+            uncond = self.base_uncond.replace(**neg)
         if "add_time_ids" in self._names["extras"]:
             neg_ids, ids = halves(tensors["add_time_ids"])
             cond = cond.with_extras(time_ids=ids)
@@ -241,7 +241,7 @@ class DateCallback:
         if "pooled" in cond.names:
             kw["pooled_prompt_embeds"] = cond["pooled"].to(dtype)
         if self.family != "flux" and guidance > 1.0:
-            uncond = self.backbone.unconditional(len(self.prompts), size=self.size)
+            uncond = self.base_uncond
             kw["negative_prompt_embeds"] = uncond["tokens"].to(dtype)
             if "pooled" in uncond.names:
                 kw["negative_pooled_prompt_embeds"] = uncond["pooled"].to(dtype)
