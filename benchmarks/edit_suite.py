@@ -54,7 +54,7 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
     self_ = args.self_replace if args.self_replace is not None else self_
     mask = method.option("mask") or args.mask
     if mask == "auto":
-        kw["mask"] = MaskConfig("auto", threshold=args.mask_threshold)
+        kw["mask"] = MaskConfig("auto", threshold=args.mask_threshold, peak=getattr(args, "mask_peak", 0.9))
     elif mask == "bench":
         if args.suite != "pie":
             raise ConfigError("mask", f"method {method.label!r}: mask=bench needs --suite pie (its items carry "

@@ -686,7 +686,9 @@ def main(argv=None) -> int:
     r.add_argument("--mask", choices=("none", "auto", "bench"), default="none",
                    help="edit suites, every method: auto (from where the prompts' predictions differ) or bench (pie: "
                         "the benchmark's hand-drawn mask, an oracle); per method: @mask=...")
-    r.add_argument("--mask-threshold", type=float, default=0.75, help="edit, --mask auto: the mask's threshold")
+    r.add_argument("--mask-threshold", type=float, default=0.5, help="edit, --mask auto: the mask's threshold")
+    r.add_argument("--mask-peak", type=float, default=0.9, help="edit, --mask auto: the share of the map's maximum a "
+                                                                "region must reach to be kept")
     r.add_argument("--p2p", action="store_true", help="edit suites, every method: Prompt-to-Prompt attention "
                                                       "control (SD, SDXL); per method: @p2p")
     r.add_argument("--cross-replace", type=float, default=None, help="edit suites, P2P: cross-attention window "

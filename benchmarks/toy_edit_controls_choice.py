@@ -9,6 +9,12 @@ Groups, in the order they were run: ``auto`` (automatic-mask threshold x dilatio
 ``r3a`` and ``r3b`` (P2P 0.8/0.8 under the automatic mask, P2P alone and the automatic mask alone at CFG 7.5). Each
 writes benchmarks/results/toy_edit_controls_choice/<group>_val.json; the scenes, edits, user mask and metrics are
 benchmarks/toy_edit_controls.py's.
+
+The groups up to ``r3b`` ran with the first automatic-mask rule (latent cells at or above ``threshold`` of the
+map's maximum, then dilated; commit 4ce2135 and before); their ``auto thX dY`` settings mean that rule. ``pixels``
+(run on 40 validation scenes: ``python benchmarks/toy_edit_controls_choice.py pixels 40``) compares it, rebuilt
+from :func:`date_edit.masks.difference_map` and passed as a mask, with today's rule (the map brought to the
+pixels bilinearly, thresholded, only the regions reaching ``peak`` kept, dilated one cell), with and without P2P.
 """
 
 from __future__ import annotations
@@ -67,9 +73,35 @@ def configs(group: str) -> dict:
     elif group == "r3b":
         out["p2p0.8/0.8 cfg7.5"] = dict(p2p=_p2p(0.8, 0.8), cfg_target=7.5)
         out["auto th0.75 d16 cfg7.5"] = dict(mask=_auto(0.75, 16), cfg_target=7.5)
+    elif group == "pixels":
+        for p2p in (True, False):
+            pre, extra = ("p2p+", dict(p2p=_p2p(0.8, 0.8))) if p2p else ("", {})
+            out[f"{pre}cells th0.75 d16 (first rule)"] = dict(mask=user, cells_rule=(0.75, 16), cfg_target=7.5,
+                                                              **extra)
+            for peak in (1.0, 0.9, 0.5):
+                out[f"{pre}pixels th0.5 peak{peak} d8"] = dict(
+                    mask=MaskConfig("auto", threshold=0.5, peak=peak, dilate=8), cfg_target=7.5, **extra)
     else:
-        raise SystemExit(f"unknown group {group!r}: auto, user, auto3, user2, r3a or r3b")
+        raise SystemExit(f"unknown group {group!r}: auto, user, auto3, user2, r3a, r3b or pixels")
     return out
+
+
+def first_rule_mask(bb, inv, source: str, target: str, threshold: float, dilate: int,
+                    skip: int = 36) -> torch.Tensor:
+    """The first automatic-mask rule, as a pixel mask: the same difference map (8 of the run's noise levels over its
+    first half) with its latent cells at or above ``threshold`` of the maximum, upsampled as squares, dilated."""
+    import torch.nn.functional as F
+
+    from date_edit.masks import difference_map
+    from date_edit.masks import dilate as grow
+
+    trajectory, timesteps = inv.x_ts[skip:], inv.timesteps[skip:]
+    half = max(1, (len(timesteps) + 1) // 2)
+    ks = sorted({round(i * (half - 1) / 7) for i in range(8)})
+    diff = difference_map(bb, [(trajectory[k], timesteps[k]) for k in ks], source=bb.encode_condition([source]),
+                          target=bb.encode_condition([target]))
+    cells = (diff >= threshold).float().cpu()
+    return grow(F.interpolate(cells, size=(T.world.IMAGE_SIZE,) * 2, mode="nearest"), dilate)
 
 
 def run(group: str, n: int = 20, split: str = "val") -> None:
@@ -89,7 +121,10 @@ def run(group: str, n: int = 20, split: str = "val") -> None:
             for name, kw in cfgs.items():
                 kw = dict(kw)
                 extra = {}
-                if "mask" in kw and kw["mask"].source == "user":
+                cells_rule = kw.pop("cells_rule", None)
+                if cells_rule is not None:
+                    extra["mask"] = first_rule_mask(bb, inv, case.caption, case.prompt(kind), *cells_rule)
+                elif "mask" in kw and kw["mask"].source == "user":
                     extra["mask"] = torch.from_numpy(T.user_mask(case).astype(np.float32))[None, None]
                 cfg = EditConfig(steps=100, skip=kw.pop("skip", "36%"), cfg_source=3.5,
                                  cfg_target=kw.pop("cfg_target", 15.0), seed=0, date=None, **kw)
@@ -125,10 +160,10 @@ def report() -> str:
     lines = ["# How the control defaults were chosen (validation split only)", "",
              "`python benchmarks/toy_edit_controls_choice.py GROUP` for each group below; 20 two-object scenes "
              "(numpy seed 9100) x colour and shape edits, fixed embedding, 100 steps, skip 36% unless named, CFG 3.5 "
-             "-> 15 unless named. n = 20 per cell.", "",
+             "-> 15 unless named. n = 20 per cell (40 in pixels).", "",
              "| group | setting | colour success | shape success | colour other kept | mask area |",
              "|---|---|---|---|---|---|"]
-    for group in ("auto", "user", "auto3", "user2", "r3a", "r3b"):
+    for group in ("auto", "user", "auto3", "user2", "r3a", "r3b", "pixels"):
         path = OUT / f"{group}_val.json"
         if path.is_file():
             for r in json.loads(path.read_text())["rows"]:

@@ -322,7 +322,8 @@ def edit_controls(opts: dict) -> dict:
     mask_config = None
     if mask is not None:
         mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=opts.get("mask_dilate"),
-                                 feather=opts.get("mask_feather", 2), threshold=opts.get("mask_threshold", 0.75))
+                                 feather=opts.get("mask_feather", 2), threshold=opts.get("mask_threshold", 0.5),
+                                 peak=opts.get("mask_peak", 0.9))
     elif opts.get("save_mask"):
         raise ConfigError(None, "--save-mask needs a mask: --mask FILE, or --mask auto with --source-prompt")
     wanted = opts.get("p2p")

@@ -223,13 +223,16 @@ def control_options(f):
         click.option("--save-mask", is_flag=True,
                      help="Also write the mask used as <output>.mask.png (its coverage is in the --json record)."),
         click.option("--mask-dilate", type=click.IntRange(0, 256), default=None,
-                     help="Pixels the mask grows by  [default: 0 for a file, two latent cells (16 px) for auto]."),
+                     help="Pixels the mask grows by  [default: 0 for a file, one latent cell (8 px) for auto]."),
         click.option("--mask-feather", type=click.IntRange(0, 256), default=2, show_default=True,
                      help="Pixels of soft edge inside the mask where the edit is pasted into the input."),
         click.option("--mask-threshold", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-                     default=0.75, show_default=True,
-                     help="--mask auto: share of the difference map's maximum above which a latent cell may "
-                          "change."),
+                     default=0.5, show_default=True,
+                     help="--mask auto: share of the difference map's maximum (brought to the image's pixels) "
+                          "above which a pixel may change."),
+        click.option("--mask-peak", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
+                     help="--mask auto: keep only the regions above the threshold whose own maximum reaches this "
+                          "share of the map's maximum (1: only the strongest region; the threshold: every region)."),
         click.option("--p2p/--no-p2p", "p2p", default=None,
                      help="Prompt-to-Prompt: run the source branch (its exact inverted trajectory) beside the "
                           "target in each UNet call and inject its attention maps (SD 1.x/2.x, SDXL).  [default: on "

@@ -63,9 +63,11 @@ def edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: 
     """``(pixel_mask (B, 1, H, W), latent_mask (B, 1, h, w))`` for the edit, or ``(None, None)`` without a mask.
 
     An automatic mask (DiffEdit) averages the prediction difference over ``mask_config.draws`` of the run's noise
-    levels, evenly spaced over its first half (where the layout is decided); ``noisy(ks)`` gives those latents.
+    levels, evenly spaced over its first half (where the layout is decided); ``noisy(ks)`` gives those latents. It
+    is thresholded at the pixels (:func:`~date_edit.masks.auto_mask`), grown, and each latent cell any of its pixels
+    covers may change.
     """
-    from .masks import auto_mask, dilate, to_latent, to_pixels
+    from .masks import auto_mask, difference_map, dilate, to_latent
 
     if mask_config is None:
         return None, None
@@ -75,11 +77,9 @@ def edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: 
         return user_mask, to_latent(user_mask, latent_hw).to(backbone.device)
     half = max(1, (n_run + 1) // 2)
     ks = sorted({round(i * (half - 1) / max(1, mask_config.draws - 1)) for i in range(mask_config.draws)})
-    latent_mask, _ = auto_mask(backbone, noisy(ks), source=source, target=target, threshold=mask_config.threshold)
-    pixel_mask = dilate(to_pixels(latent_mask.cpu(), size), grow)
-    if grow:
-        latent_mask = to_latent(pixel_mask, latent_hw)
-    return pixel_mask, latent_mask.to(backbone.device)
+    difference = difference_map(backbone, noisy(ks), source=source, target=target).cpu()
+    pixel_mask = dilate(auto_mask(difference, size, threshold=mask_config.threshold, peak=mask_config.peak), grow)
+    return pixel_mask, to_latent(pixel_mask, latent_hw).to(backbone.device)
 
 
 def ran_controls(config: dict) -> list[str]:

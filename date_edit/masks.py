@@ -11,7 +11,10 @@ change. On the latent grid it becomes ``(B, 1, h, w)``: a cell may change when a
 * The decoded image is composited with the input under the feathered mask, so every pixel outside the mask is the
   input's exactly (the VAE round trip alone would change them slightly).
 * Automatic masks (DiffEdit, Couairon et al. 2022): the mean over several noise draws at the edit's noise levels
-  of ``|eps(x_t, source) - eps(x_t, target)|``, averaged over channels, normalised by its maximum, thresholded.
+  of ``|eps(x_t, source) - eps(x_t, target)|``, averaged over channels. That latent map is brought to the image's
+  pixels (bilinear), normalised by its maximum and thresholded; of the regions above the threshold only those
+  whose own maximum reaches ``peak`` of the map's are kept (hysteresis, as in Canny's edge linking), so a weaker
+  secondary response on an object the prompts did not change is dropped; the rest grows by one latent cell.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ class MaskConfig:
     """Where an edit may change the image, and how the result is put back together."""
 
     source: str = "user"  # user: a mask passed to the edit; auto: from where the two prompts' predictions differ
-    # pixels the mask grows by before use; None: 0 for a user's mask (it is used as drawn), two latent cells (16 px for
-    # SD) for an automatic one (its cells cover the changed object's core, not its rim; chosen on validation)
+    # pixels the mask grows by before use; None: 0 for a user's mask (it is used as drawn), one latent cell (8 px for
+    # SD) for an automatic one (the thresholded map covers the changed object's core, not its rim; validated)
     dilate: Optional[int] = None
     feather: int = 2  # pixels of soft edge inside the mask in the final composite (0: hard edge)
-    threshold: float = 0.75  # auto: share of the difference map's maximum above which a cell may change (validated)
+    threshold: float = 0.5  # auto: share of the difference map's maximum above which a pixel may change (validated)
+    # auto: a region above ``threshold`` is kept only when its own maximum reaches this share of the map's maximum
+    # (1.0: only the region holding the maximum; equal to ``threshold``: every region; validated)
+    peak: float = 0.9
     draws: int = 8  # auto: noise levels (independent noisings of the source) averaged into the difference map
     composite: bool = True  # paste the edit into the input under the mask, so pixels outside are the input's
 
@@ -60,6 +66,10 @@ class MaskConfig:
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)
                 and 0.0 < self.threshold < 1.0):
             raise ConfigError("mask_threshold", f"must be a number strictly between 0 and 1, got {self.threshold!r}")
+        if not (isinstance(self.peak, (int, float)) and not isinstance(self.peak, bool) and math.isfinite(self.peak)
+                and self.threshold <= self.peak <= 1.0):
+            raise ConfigError("mask_peak", f"must be a number between the threshold ({self.threshold}) and 1, got "
+                                           f"{self.peak!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready settings."""
@@ -69,7 +79,7 @@ class MaskConfig:
         """Pixels of dilation for a model whose latent cell is ``cell`` pixels wide (see ``dilate``)."""
         if self.dilate is not None:
             return self.dilate
-        return 2 * cell if self.source == "auto" else 0
+        return cell if self.source == "auto" else 0
 
 
 def load_mask(path: str | os.PathLike, *, original_size: tuple[int, int], processed_size: tuple[int, int],
@@ -220,18 +230,18 @@ class LatentBlend:
 
 
 @torch.no_grad()
-def auto_mask(denoiser, noisy: Sequence[tuple[torch.Tensor, object]], *, source: "Condition",
-              target: "Condition", threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """DiffEdit's mask: where the source and target predictions differ (Couairon et al. 2022, sec. 3.1).
+def difference_map(denoiser, noisy: Sequence[tuple[torch.Tensor, object]], *, source: "Condition",
+                   target: "Condition") -> torch.Tensor:
+    """DiffEdit's map (Couairon et al. 2022, sec. 3.1): where the source and target predictions differ.
 
     Args:
         denoiser: ``pred = denoiser(x_t, t, cond)`` (eps or velocity: any prediction linear in the noise).
         noisy: ``(x_t, t)`` pairs: independent noisings of the source latents ``(B, C, h, w)``.
         source / target: the two prompts' conditions (batch B).
-        threshold: in (0, 1), of the per-image maximum of the averaged difference.
 
     Returns:
-        ``(latent_mask, difference)``: the binary mask ``(B, 1, h, w)`` and the normalised map it thresholds.
+        ``(B, 1, h, w)``: ``|pred(source) - pred(target)|`` averaged over channels and the pairs, divided by each
+        image's maximum (so in [0, 1]).
     """
     from .conditioning import cat_conditions
 
@@ -241,10 +251,37 @@ def auto_mask(denoiser, noisy: Sequence[tuple[torch.Tensor, object]], *, source:
         p_src, p_tar = pred.float().chunk(2)
         diff = (p_src - p_tar).abs().mean(dim=1, keepdim=True)  # (B, 1, h, w)
         total = diff if total is None else total + diff
-    assert total is not None, "auto_mask needs at least one noisy latent"
-    peak = total.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
-    normalised = total / peak
-    return (normalised >= threshold).float(), normalised
+    if total is None:
+        raise ValueError("difference_map needs at least one noisy latent")
+    return total / total.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+
+
+def regions_reaching(binary: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """The 8-connected regions of a binary ``(B, 1, H, W)`` mask that contain a seed pixel (morphological
+    reconstruction by dilation: the seeds grow by 3 x 3 max-pooling, held inside ``binary``, until they stop)."""
+    binary = (binary > 0.5).float()
+    kept = binary * (seeds > 0.5).float()
+    while True:
+        grown = F.max_pool2d(kept, 3, stride=1, padding=1) * binary
+        if torch.equal(grown, kept):
+            return kept
+        kept = grown
+
+
+def auto_mask(difference: torch.Tensor, size: tuple[int, int], *, threshold: float, peak: float) -> torch.Tensor:
+    """The automatic mask ``(B, 1, H, W)`` in {0, 1} at the image's ``size`` from a latent difference map.
+
+    The map is upsampled bilinearly to the pixels and renormalised by its maximum; pixels at or above ``threshold``
+    may change, but only in the regions whose own maximum reaches ``peak`` (hysteresis): a weaker, separate response
+    (on an object the prompts did not change, say) is dropped. Dilation is the caller's (``MaskConfig.dilate``).
+
+    Args:
+        difference: ``(B, 1, h, w)``, as :func:`difference_map` gives it.
+        threshold / peak: shares of the map's maximum, ``0 < threshold <= peak <= 1``.
+    """
+    level = F.interpolate(difference.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    level = level / level.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return regions_reaching(level >= threshold, level >= peak * (1.0 - 1e-6))
 
 
 def to_image(mask: torch.Tensor):
@@ -260,4 +297,5 @@ def coverage(mask: Optional[torch.Tensor]) -> Optional[float]:
 
 
 __all__ = ["MASK_SOURCES", "LatentBlend", "MaskConfig", "auto_mask", "check_mask", "composite", "coverage",
+           "difference_map", "regions_reaching",
            "dilate", "feathered", "load_mask", "to_image", "to_latent", "to_pixels"]

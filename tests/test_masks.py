@@ -18,7 +18,7 @@ from PIL import Image
 
 from date_edit.backbones import load_backbone
 from date_edit.errors import ConfigError, ImageError
-from date_edit.masks import MaskConfig, composite, feathered, load_mask, to_latent
+from date_edit.masks import MaskConfig, auto_mask, composite, feathered, load_mask, regions_reaching, to_latent
 from date_edit.pipeline import EditConfig, edit, invert_image
 
 EXE = shutil.which("date-edit", path=str(Path(sys.executable).parent)) or "date-edit"
@@ -113,6 +113,30 @@ def test_auto_mask_covers_the_changed_object_in_the_toy_world():
     assert edited > 0.7 and other < 0.3, (float(edited), float(other))
 
 
+def test_auto_mask_is_thresholded_at_the_pixels_and_keeps_only_regions_reaching_the_peak():
+    """Two separate responses on an 8x8 latent map, a strong one and a weaker one (a secondary response on an
+    object the prompts did not change): peak 0.9 keeps the strong region only, peak = threshold keeps both; the map
+    is brought to the pixels bilinearly (a round region, not square cells) and its scale does not matter."""
+    diff = torch.zeros(1, 1, 8, 8)
+    diff[0, 0, 1:3, 1:3] = 1.0
+    diff[0, 0, 5:7, 5:7] = 0.7
+    strong = auto_mask(diff, (64, 64), threshold=0.5, peak=0.9)
+    assert strong.shape == (1, 1, 64, 64) and set(strong.unique().tolist()) == {0.0, 1.0}
+    assert float(strong[0, 0, 10:22, 10:22].min()) == 1.0 and float(strong[0, 0, 32:, 32:].max()) == 0.0
+    assert float(strong[0, 0, 8, 8]) == 0.0  # the cells' corner lies below the threshold after bilinear upsampling
+    both = auto_mask(diff, (64, 64), threshold=0.5, peak=0.5)
+    assert float(both[0, 0, 44:52, 44:52].min()) == 1.0 and torch.equal(both[0, 0, :32, :32], strong[0, 0, :32, :32])
+    assert torch.equal(auto_mask(diff * 7.0, (64, 64), threshold=0.5, peak=0.9), strong)
+    # a region is followed along any 8-connected path, however winding
+    ring = torch.zeros(1, 1, 9, 9)
+    ring[0, 0, 1, 1:8] = ring[0, 0, 7, 1:8] = ring[0, 0, 1:8, 1] = ring[0, 0, 1:8, 7] = 1.0
+    ring[0, 0, 4, 4] = 1.0  # a separate island
+    seed = torch.zeros_like(ring)
+    seed[0, 0, 7, 7] = 1.0
+    kept = regions_reaching(ring, seed)
+    assert torch.equal(kept[0, 0, 4, 4], torch.tensor(0.0)) and float(kept.sum()) == float(ring.sum()) - 1
+
+
 def test_auto_mask_needs_a_source_prompt_and_user_mask_needs_a_tensor(backbones):
     bb = backbones["tiny"]
     with pytest.raises(ConfigError, match="source prompt"):
@@ -124,6 +148,9 @@ def test_auto_mask_needs_a_source_prompt_and_user_mask_needs_a_tensor(backbones)
              mask=_box_mask(32))
     with pytest.raises(ConfigError):
         MaskConfig("auto", threshold=1.5)
+    with pytest.raises(ConfigError, match="mask_peak"):
+        MaskConfig("auto", threshold=0.6, peak=0.5)
+    assert MaskConfig("auto", threshold=0.6, peak=0.6).peak == 0.6
 
 
 def test_feathered_composite_is_exact_outside_and_soft_inside():
@@ -194,6 +221,8 @@ def test_cli_mask_file_save_mask_and_json_record(photo, tmp_path):
     (("--mask", "none", "--save-mask", "--source-prompt", "a cat"), "--save-mask needs a mask"),
     (("--p2p", "--reweight", "red"), "WORD=FACTOR"),
     (("--p2p", "--model", "tiny-sd3"), "joint attention"),
+    (("--mask", "auto", "--source-prompt", "a cat", "--mask-threshold", "0.6", "--mask-peak", "0.5"),
+     "--mask-peak must be"),
 ])
 def test_cli_bad_controls_are_one_line_and_write_nothing(photo, tmp_path, args, words):
     (tmp_path / "junk.png").write_bytes(b"junk")

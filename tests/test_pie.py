@@ -157,7 +157,7 @@ def test_settings_resolve_preset_options_and_command_line():
     from benchmarks.edit_suite import settings
 
     args = Namespace(suite="pie", preset=None, steps=None, cross_replace=None, self_replace=None, mask="none",
-                     mask_threshold=0.75, p2p=False)
+                     mask_threshold=0.5, mask_peak=0.9, p2p=False)
     kw, preset = settings(args, parse_method("fixed@p2p"), "sd")
     assert preset == "pie-ef-p2p"
     assert (kw["steps"], kw["skip"], kw["cfg_source"], kw["cfg_target"]) == (50, 12, 1.0, 7.5)

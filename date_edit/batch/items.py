@@ -67,6 +67,7 @@ OPTION_TYPES: dict[str, Any] = {
     "mask_dilate": int,
     "mask_feather": int,
     "mask_threshold": float,
+    "mask_peak": float,
     "p2p": bool,
     "cross_replace": float,
     "self_replace": float,
