@@ -162,3 +162,21 @@ def test_sweep_writes_the_tradeoff_plot(tmp_path):
     assert len(report["results"]) == n_points
     assert all(row["n"] == 2 for row in report["results"].values())  # 1 scene x 2 kinds per point
     assert out.with_suffix(".png").stat().st_size > 0 and "| control | skip |" in out.with_suffix(".md").read_text()
+
+
+def test_mask_sources_measures_each_map_and_restores_the_processors(tmp_path):
+    """benchmarks/toy_mask_sources.py on one scene: every map's means lie in [0, 1], the difference map is higher on
+    the edited object than on the other, the files are written, and the toy UNet's processors are its own again."""
+    from benchmarks import toy_mask_sources as tms
+    from date_edit.backbones import load_backbone
+
+    assert tms.main(["--scenes", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "toy_mask_sources.json").read_text())
+    assert report["scenes"] == 1 and len(report["records"]) == 2
+    for rows in report["table"].values():
+        for name in tms.MAPS:
+            assert 0 <= rows[name]["edited"] <= 1 and 0 <= rows[name]["other"] <= 1
+    assert report["table"]["colour"]["difference"]["edited"] > report["table"]["colour"]["difference"]["other"]
+    assert "| colour | noise difference" in (tmp_path / "toy_mask_sources.md").read_text()
+    unet = load_backbone("toy", device="cpu").unet
+    assert not any(isinstance(getattr(m, "processor", None), tms.CrossAttentionRecorder) for m in unet.modules())
