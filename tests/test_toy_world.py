@@ -193,3 +193,24 @@ def test_shipped_model_loads_with_diffusers_and_transformers():
         ref = clip.text_model(input_ids=ids).last_hidden_state
     assert hidden.shape == (1, 77, text.config.hidden_size) and eps.shape == (1, 4, 8, 8)
     assert torch.allclose(hidden, ref)
+
+
+def test_a_finer_latent_grid_is_a_configuration_of_the_toy_training():
+    """Three autoencoder levels give 16x16 latents at 64 px (the finer world issue 27 proposes); the UNet is built
+    for them, and a bad channel list is refused in one line by the training CLI."""
+    from dataclasses import replace
+
+    import torch
+
+    from date_edit.toy.train import ToyTrainConfig, build_unet, build_vae, latent_side, main
+
+    cfg = replace(ToyTrainConfig(), vae_channels=(8, 16, 32), unet_channels=(32, 64, 112, 112))
+    vae, unet = build_vae(cfg), build_unet(cfg)
+    z = vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
+    assert tuple(z.shape) == (1, 4, 16, 16) and latent_side(cfg) == unet.config.sample_size == 16
+    with torch.no_grad():
+        out = unet(z, 10, encoder_hidden_states=torch.zeros(1, 77, cfg.text_hidden)).sample
+    assert out.shape == z.shape
+    assert latent_side(ToyTrainConfig()) == 8
+    with pytest.raises(SystemExit):
+        main(["--vae-channels", "8,x", "--out", "/nonexistent"])

@@ -60,7 +60,9 @@ class ToyTrainConfig:
     caption_variants: int = 6  # random-order captions drawn per scene for the UNet (one picked per step)
     p_and_chain: float = 0.2  # of three-object captions: "a x and a y and a z" instead of "a x, a y and a z"
     # Autoencoder
-    vae_channels: tuple[int, ...] = (8, 16, 32, 48)  # 3 downsamplings: factor 8 like SD
+    # one block per entry, a downsampling between blocks: 4 entries = factor 8 like SD (8x8 latents); 3 entries =
+    # factor 4 (16x16 latents: objects 3-6 latent cells wide, the gap between two objects at least one cell)
+    vae_channels: tuple[int, ...] = (8, 16, 32, 48)
     vae_batch: int = 32
     vae_steps: int = 1000  # upper bound; the time share stops it first on a slow machine
     vae_lr: float = 2e-3
@@ -220,7 +222,7 @@ class _Curve:
 
 
 def build_vae(cfg: ToyTrainConfig):
-    """The tiny factor-8 ``AutoencoderKL``."""
+    """The tiny ``AutoencoderKL``: factor 8 like SD by default (``2 ** (len(cfg.vae_channels) - 1)``)."""
     from diffusers import AutoencoderKL
 
     n = len(cfg.vae_channels)
@@ -265,22 +267,28 @@ def build_clip(cfg: ToyTrainConfig):
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=cfg.projection_dim))
 
 
+def latent_side(cfg: ToyTrainConfig) -> int:
+    """The latent grid's side for ``cfg``'s autoencoder (64 px images: 8 by default, 16 with three VAE blocks)."""
+    return world.IMAGE_SIZE // 2 ** (len(cfg.vae_channels) - 1)
+
+
 def build_unet(cfg: ToyTrainConfig):
-    """The tiny ``UNet2DConditionModel`` on 8x8x4 latents; cross-attention at the two finer levels."""
+    """The tiny ``UNet2DConditionModel`` on the autoencoder's latents (8x8x4 by default); cross-attention at every
+    level but the coarsest."""
     from diffusers import UNet2DConditionModel
 
     n = len(cfg.unet_channels)
     down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
     return UNet2DConditionModel(
-        sample_size=world.IMAGE_SIZE // 8,
+        sample_size=latent_side(cfg),
         in_channels=4,
         out_channels=4,
         block_out_channels=cfg.unet_channels,
         layers_per_block=1,
         down_block_types=down,
         up_block_types=up,
-        mid_block_type=None,  # the 2x2 level already sees the whole 8x8 latent
+        mid_block_type=None,  # the coarsest level (2x2 with the default channels) already sees the whole latent
         cross_attention_dim=cfg.text_hidden,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -917,6 +925,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-steps", type=int, default=ToyTrainConfig.vae_steps, help="upper bound")
     p.add_argument("--clip-steps", type=int, default=ToyTrainConfig.clip_steps, help="upper bound")
     p.add_argument("--unet-steps", type=int, default=ToyTrainConfig.unet_steps, help="upper bound")
+    p.add_argument("--vae-channels", default=None, metavar="C1,C2,...",
+                   help="the autoencoder's block channels; one downsampling between blocks, so 4 levels (the "
+                        "default 8,16,32,48) give 8x8 latents and 3 levels (8,16,32) 16x16")
+    p.add_argument("--unet-channels", default=None, metavar="C1,C2,...",
+                   help="the UNet's block channels (default 32,64,112; with 16x16 latents add a level, e.g. "
+                        "32,64,112,112, so its coarsest level stays 2x2)")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/toy_training.json"))
     p.add_argument("--eval-only", action="store_true", help="evaluate an existing --out folder and update --results")
     p.add_argument("--grid", type=Path, default=None, help="also save a PNG grid of the evaluation images")
@@ -930,6 +944,16 @@ def main(argv: list[str] | None = None) -> None:
                         "used in training or in tuning the judge, into metrics.generation_fresh_seeds")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    channels = {}
+    for name in ("vae_channels", "unet_channels"):
+        text = getattr(args, name)
+        try:
+            value = tuple(int(c) for c in text.split(",")) if text else getattr(ToyTrainConfig, name)
+        except ValueError:
+            p.error(f"--{name.replace('_', '-')} {text!r}: give comma-separated channel counts, e.g. 8,16,32")
+        if len(value) < 2 or min(value) < 8 or any(c % 8 for c in value):
+            p.error(f"--{name.replace('_', '-')} {text!r}: at least two levels, each a multiple of 8 channels")
+        channels[name] = value
     cfg = ToyTrainConfig(
         seed=args.seed,
         minutes=args.minutes,
@@ -939,6 +963,7 @@ def main(argv: list[str] | None = None) -> None:
         vae_steps=args.vae_steps,
         clip_steps=args.clip_steps,
         unet_steps=args.unet_steps,
+        **channels,
     )
     if args.clip_check is not None:
         from transformers import CLIPModel
