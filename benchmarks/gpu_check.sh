@@ -16,7 +16,10 @@
 #   flow        the real-size SD3-medium and FLUX.1-dev architectures (random weights) at 1024 px, bf16, batch 1:
 #               plain vs DATE 10% with and without per-block gradient checkpointing of the transformer, with
 #               diffusers' own pipelines as baselines (BUDGET_SD3=200, BUDGET_FLUX=300)
-#   all         every stage above
+#   toy16       issue 27's finer toy world: the toy model retrained with a factor-4 autoencoder (16x16 latents)
+#               on the GPU into $OUT/toy16 (MINUTES_TOY16=8 of wall time, evaluation included); then, here on the
+#               CPU: python benchmarks/toy_edit_controls.py --model <that folder> --split val (not part of 'all')
+#   all         every stage above but toy16
 #
 # Where the GPU machine has no network, carry in .gpu/:
 #   .gpu/wheels/*.whl  (pip download --no-deps diffusers==0.42.1 importlib_metadata zipp [image-reward's wheels])
@@ -57,6 +60,10 @@ for stage in "${STAGES[@]}"; do
         --repeats 2 --warmup 1 --budget-s "${BUDGET_SD3:-200}" --out "$OUT/sd3"
       cost --arch flux --dtypes bf16 --batches 1 --fractions 10 --ckpt-default --block-checkpointing --breakdown \
         --repeats 2 --warmup 1 --budget-s "${BUDGET_FLUX:-300}" --out "$OUT/flux" ;;
-    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile, sdxl, flow or all" >&2; exit 2 ;;
+    toy16)
+      python3 -m date_edit.toy.train --device cuda --threads 8 --vae-channels 8,16,32 --unet-channels 32,64,112,112 \
+        --minutes "${MINUTES_TOY16:-8}" --out "$OUT/toy16" --results "$OUT/toy16-training.json" ;;
+    *) echo "gpu_check.sh: unknown stage '$stage': use base, objectives, compile, sdxl, flow, toy16 or all" >&2
+       exit 2 ;;
   esac
 done
