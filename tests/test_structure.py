@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"date_edit": ROOT / "date_edit", "date_edit_cli": ROOT / "cli"}
 # modules over the size goal (about 500 lines) today, with the most lines they may have: a ratchet, not a licence
-OVERSIZE = {"date_edit.toy.train": 1000}
+OVERSIZE = {"date_edit.toy.train": 940}
 LONG_FUNCTIONS: set[tuple[str, str]] = set()  # (module, function) allowed over 80 lines: none
 
 
