@@ -23,33 +23,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STEPS, GUIDANCE = 6, 4.0
 
 
-def pipeline(family: str):
-    """The stock diffusers pipeline of a tiny model of ``family``."""
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from date_edit.backbones import tiny_components, tiny_flux_components, tiny_sd3_components, tiny_sdxl_components
-
-    if family == "sd":
-        pipe = StableDiffusionPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    elif family == "sdxl":
-        pipe = StableDiffusionXLPipeline(**tiny_sdxl_components())
-    elif family == "sd3":
-        pipe = StableDiffusion3Pipeline(**tiny_sd3_components(), image_encoder=None, feature_extractor=None)
-    else:
-        pipe = FluxPipeline(**tiny_flux_components(), image_encoder=None, feature_extractor=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def generation_row(family: str, scorer) -> dict:
     """Max |stock - generate| of the final latents without and with DATE, and max |latents|."""
-    from date_edit.backbones import Backbone
+    from date_edit.backbones import Backbone, tiny_pipeline
     from date_edit.callback import DateCallback
     from date_edit.date import DateConfig
     from date_edit.pipeline import GenerateConfig, generate
 
-    pipe = pipeline(family)
+    pipe = tiny_pipeline(family)
     backbone = Backbone.from_pipeline(pipe)
     side = backbone.native_size // backbone.vae_scale_factor
     noise = torch.randn((1, backbone.latent_channels, side, side), generator=torch.Generator().manual_seed(0))
@@ -74,11 +55,11 @@ def generation_row(family: str, scorer) -> dict:
 
 def edit_row(family: str) -> dict:
     """Max |stock edit-friendly pipeline - edit| of the final latents, and of the source prompt's round trip."""
-    from date_edit.backbones import Backbone
+    from date_edit.backbones import Backbone, tiny_pipeline
     from date_edit.pipeline import EditConfig, edit, invert_image
     from date_edit.stock_edit import edit_friendly_pipeline
 
-    pipe = pipeline(family)
+    pipe = tiny_pipeline(family)
     backbone = Backbone.from_pipeline(pipe)
     pixels = torch.rand(1, 3, backbone.native_size, backbone.native_size, generator=torch.Generator().manual_seed(1))
     inversion = invert_image(backbone, pixels, source_prompt="a cat", steps=10, cfg_source=3.5, seed=0)

@@ -92,12 +92,12 @@ def first_rule_mask(bb, inv, source: str, target: str, threshold: float, dilate:
     first half) with its latent cells at or above ``threshold`` of the maximum, upsampled as squares, dilated."""
     import torch.nn.functional as F
 
+    from date_edit.controls import mask_levels
     from date_edit.masks import difference_map
     from date_edit.masks import dilate as grow
 
     trajectory, timesteps = inv.x_ts[skip:], inv.timesteps[skip:]
-    half = max(1, (len(timesteps) + 1) // 2)
-    ks = sorted({round(i * (half - 1) / 7) for i in range(8)})
+    ks = mask_levels(len(timesteps), 8)
     diff = difference_map(bb, [(trajectory[k], timesteps[k]) for k in ks], source=bb.encode_condition([source]),
                           target=bb.encode_condition([target]))
     cells = (diff >= threshold).float().cpu()

@@ -73,6 +73,7 @@ def _to_pixels(m: torch.Tensor) -> np.ndarray:
 
 def _case_rows(bb, store: list, case) -> list[dict]:
     """Both edits of one scene: the maps' means inside the edited and the other object's boxes."""
+    from date_edit.controls import mask_levels
     from date_edit.masks import difference_map
     from date_edit.p2p import changed_tokens
     from date_edit.pipeline import invert_image
@@ -80,8 +81,7 @@ def _case_rows(bb, store: list, case) -> list[dict]:
     pixels = T._pixels(T.world.render(case.scene))
     inv = invert_image(bb, pixels, source_prompt=case.caption, steps=100, cfg_source=3.5, seed=0)
     trajectory, timesteps = inv.x_ts[36:], inv.timesteps[36:]
-    half = max(1, (len(timesteps) + 1) // 2)
-    noisy = [(trajectory[k], timesteps[k]) for k in sorted({round(i * (half - 1) / 7) for i in range(8)})]
+    noisy = [(trajectory[k], timesteps[k]) for k in mask_levels(len(timesteps), 8)]
     grid = tuple(trajectory.shape[-2:])
     rows = []
     for kind in T.KINDS:

@@ -57,6 +57,13 @@ def user_mask(config, mask: Optional[torch.Tensor], batch: int,
     return check_mask(mask, batch, size)
 
 
+def mask_levels(n_run: int, draws: int) -> list[int]:
+    """The step indices whose noise levels an automatic mask averages over: ``draws`` of them, evenly spaced over
+    the first half of a run of ``n_run`` steps (where the layout is decided), without repeats."""
+    half = max(1, (n_run + 1) // 2)
+    return sorted({round(i * (half - 1) / max(1, draws - 1)) for i in range(draws)})
+
+
 def edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: Optional[torch.Tensor],
                size: tuple[int, int], latent_hw: tuple[int, int], *, noisy: Callable[[list[int]], list],
                n_run: int, source, target) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -75,9 +82,8 @@ def edit_mask(backbone: Backbone, mask_config: Optional[MaskConfig], user_mask: 
     if user_mask is not None:
         user_mask = dilate(user_mask, grow)
         return user_mask, to_latent(user_mask, latent_hw).to(backbone.device)
-    half = max(1, (n_run + 1) // 2)
-    ks = sorted({round(i * (half - 1) / max(1, mask_config.draws - 1)) for i in range(mask_config.draws)})
-    difference = difference_map(backbone, noisy(ks), source=source, target=target).cpu()
+    levels = noisy(mask_levels(n_run, mask_config.draws))
+    difference = difference_map(backbone, levels, source=source, target=target).cpu()
     pixel_mask = dilate(auto_mask(difference, size, threshold=mask_config.threshold, peak=mask_config.peak), grow)
     return pixel_mask, to_latent(pixel_mask, latent_hw).to(backbone.device)
 

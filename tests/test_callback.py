@@ -6,31 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from date_edit.backbones import (
-    Backbone, tiny_components, tiny_flux_components, tiny_sd3_components, tiny_sdxl_components,
-)
+from date_edit.backbones import Backbone, tiny_pipeline
 from date_edit.callback import DateCallback
 from date_edit.date import DateConfig
 from date_edit.errors import ConfigError
 from date_edit.pipeline import GenerateConfig, generate
 
 STEPS, GUIDANCE = 6, 4.0
-
-
-def _pipe(family: str):
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if family == "sd":
-        pipe = StableDiffusionPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    elif family == "sdxl":
-        pipe = StableDiffusionXLPipeline(**tiny_sdxl_components())
-    elif family == "sd3":
-        pipe = StableDiffusion3Pipeline(**tiny_sd3_components(), image_encoder=None, feature_extractor=None)
-    else:
-        pipe = FluxPipeline(**tiny_flux_components(), image_encoder=None, feature_extractor=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +22,7 @@ def pipes():
 
 def _get(pipes: dict, family: str):
     if family not in pipes:
-        pipes[family] = _pipe(family)
+        pipes[family] = tiny_pipeline(family)
     return pipes[family]
 
 

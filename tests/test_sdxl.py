@@ -170,10 +170,9 @@ def test_from_pipeline_uses_the_pipelines_modules_and_gives_the_same_image(xl_pi
 
 
 def test_from_pipeline_on_sd(tiny_backbone):
-    from diffusers import StableDiffusionPipeline
+    from date_edit.backbones import tiny_pipeline
 
-    pipe = StableDiffusionPipeline(**tiny_components(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = tiny_pipeline("sd")
     backbone = Backbone.from_pipeline(pipe)
     assert backbone.family == "sd" and backbone.unet is pipe.unet
     torch.testing.assert_close(backbone.encode_prompt(["a cat"]), tiny_backbone.encode_prompt(["a cat"]))

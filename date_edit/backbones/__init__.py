@@ -17,7 +17,9 @@ from .base import DTYPES, FAMILIES, Backbone, PromptTruncatedWarning, freeze, re
 from .components import (
     SD_SCHEDULER_CONFIG, save_components, sd15_components, sdxl_components, tiny_components, tiny_sdxl_components,
 )
-from .components_flow import flux_components, sd3_components, tiny_flux_components, tiny_sd3_components
+from .components_flow import (
+    flux_components, sd3_components, tiny_flux_components, tiny_pipeline, tiny_sd3_components,
+)
 from .flux import Flux
 from .loading import TOY_DIR, backbone_from_components, family_of, load_backbone, single_file_family
 from .sd import StableDiffusion
@@ -29,5 +31,5 @@ __all__ = [
     "Flux", "StableDiffusion", "StableDiffusion3", "StableDiffusionXL", "backbone_from_components", "family_of",
     "flux_components", "freeze", "load_backbone", "resolve_device", "resolve_dtype", "save_components",
     "sd15_components", "sd3_components", "sdxl_components", "single_file_family", "tiny_components",
-    "tiny_flux_components", "tiny_sd3_components", "tiny_sdxl_components",
+    "tiny_flux_components", "tiny_pipeline", "tiny_sd3_components", "tiny_sdxl_components",
 ]

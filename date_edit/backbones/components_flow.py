@@ -126,3 +126,26 @@ def flux_components(seed: int = 0, device: str | torch.device = "cpu", dtype: to
         encoders = {"text_encoder": CLIPTextModel(clip_config(768, 12, 12, 3072)),
                     "text_encoder_2": _t5(4096, 24, 64, 10240, 64, gated=True)}
     return _flow_set(transformer, vae, encoders, FLUX_SCHEDULER_CONFIG, dtype)
+
+
+def tiny_pipeline(family: str, seed: int = 0):
+    """The stock diffusers pipeline (``StableDiffusionPipeline``, ``...XLPipeline``, ``StableDiffusion3Pipeline``,
+    ``FluxPipeline``) over the tiny random components of ``family`` (sd, sdxl, sd3, flux), progress bar off: for
+    tests and the callback parity benchmark, offline."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from .components import tiny_components, tiny_sdxl_components
+
+    if family == "sd":
+        pipe = StableDiffusionPipeline(**tiny_components(seed), safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    elif family == "sdxl":
+        pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed))
+    elif family == "sd3":
+        pipe = StableDiffusion3Pipeline(**tiny_sd3_components(seed), image_encoder=None, feature_extractor=None)
+    elif family == "flux":
+        pipe = FluxPipeline(**tiny_flux_components(seed), image_encoder=None, feature_extractor=None)
+    else:
+        raise ValueError(f"no tiny pipeline for family {family!r}: use sd, sdxl, sd3 or flux")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
