@@ -102,6 +102,7 @@ def _body(input_dir, opts: dict) -> None:
     if opts["batch_size"] is not None and opts["batch_size"] < 1:
         raise CliError("--batch-size must be >= 1", EXIT_USAGE)
     out = Path(opts["out"]).expanduser()
+    _check_inputs_outside(opts, out)
     try:
         if input_dir is not None:
             items = jobs.plan_folder(Path(input_dir).expanduser(), out, prompt=opts["prompt"],
@@ -123,7 +124,7 @@ def _body(input_dir, opts: dict) -> None:
     tell = say if not dist.active else (lambda text: say(f"rank {dist.rank}: {text}"))
     try:
         summary = jobs.run_batch(
-            items, out, base_options=base, resolve=_resolver(opts["max_pixels"]), load_model=_model_loader(opts),
+            items, out, base_options=base, resolve=_resolver(opts["max_pixels"], out), load_model=_model_loader(opts),
             make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
             max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
             say=tell, on_record=on_record, dist=dist,
@@ -149,9 +150,28 @@ def _join(opts: dict):
     return dist
 
 
-def _resolver(max_pixels: int):
+def _check_inputs_outside(opts: dict, out) -> None:
+    """Before any work: the ``--mask`` file and the manifest are inputs, so neither may lie where the job writes (a
+    mask inside ``--out`` would be replaced by ``--save-mask``, a manifest that is the results file appended to)."""
+    import os
+
+    from date_edit import batch as jobs
+    from date_edit.choices import mask_file
+
+    mask = mask_file(opts.get("mask"))
+    if mask and jobs.stays_inside(mask, out):
+        raise CliError(f"--mask {mask} is inside the output folder {out}; outputs are never inputs: keep the mask "
+                       "elsewhere", EXIT_USAGE)
+    manifest = opts.get("manifest")
+    results = out / jobs.RESULTS_NAME
+    if manifest and os.path.exists(manifest) and os.path.exists(results) and os.path.samefile(manifest, results):
+        raise CliError(f"--manifest {manifest} is the job's results file; give the manifest you wrote", EXIT_USAGE)
+
+
+def _resolver(max_pixels: int, out):
     """Merged options -> ItemSettings, with the ``edit`` command's own config helpers; a manifest row's size is
-    held to ``max_pixels`` as --size is."""
+    held to ``max_pixels`` as --size is, and a mask file inside the output folder ``out`` is refused (outputs are
+    never inputs)."""
 
     def resolve(options: dict):
         from date_edit.batch import ItemSettings
@@ -163,8 +183,12 @@ def _resolver(max_pixels: int):
         if mask_config is not None and mask_config.source == "auto" and not options.get("source_prompt"):
             raise ConfigError("mask", "auto needs a source prompt (--source-prompt, or a source_prompt column)")
         if mask_config is not None and mask_config.source == "user":
-            from date_edit.batch import sha256_file
+            from date_edit.batch import sha256_file, stays_inside
             from date_edit.batch.items import MAX_MASK_BYTES
+
+            if stays_inside(options["mask"], out):
+                raise ConfigError("mask", f"file {options['mask']} is inside the output folder; outputs are never "
+                                          "inputs: keep masks elsewhere")
 
             # the mask's content decides the output, so it is part of the resume key (a new mask redoes the item)
             try:

@@ -7,6 +7,7 @@ command gets that far. Imports nothing from :mod:`.main`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -83,9 +84,10 @@ def scorer_spec(spec: str, model: str) -> str:
 
 def output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str], count: int = 1,
                 as_json: Optional[bool] = None) -> Path:
-    """Resolve ``--out`` and check, before any work, that it can be written: a .png name, not the input, not there
-    yet (unless ``overwrite``), in a folder that exists or can be created and takes new files; with ``as_json``
-    (None: the command's ``--json``), the same for the record's ``<output>.json``. Creates nothing."""
+    """Resolve ``--out`` and check, before any work, that it can be written: a .png name, none of the inputs
+    ``protect`` (:func:`input_files`), not there yet (unless ``overwrite``), in a folder that exists or can be
+    created and takes new files; with ``as_json`` (None: the command's ``--json``), the same for the record's
+    ``<output>.json``. Creates nothing."""
     if out is None:
         path = Path("outputs") / default_name
     else:
@@ -95,14 +97,17 @@ def output_path(out: Optional[str], default_name: str, overwrite: bool, protect:
     if path.suffix.lower() != ".png":
         raise CliError(f"--out {out}: outputs are PNG files; use a name ending in .png or a folder", EXIT_USAGE)
     targets = [path] if count == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(count)]
+    ctx = click.get_current_context(silent=True)
     if as_json is None:
-        ctx = click.get_current_context(silent=True)
         as_json = bool(ctx and ctx.params.get("as_json"))
+    photo = ctx.params.get("image") if ctx else None
     for target in targets + ([json_path(path)] if as_json else []):
         what = "the --json record " if target.suffix == ".json" else ""
         for src in protect:
             if Path(src).exists() and target.exists() and target.resolve() == Path(src).resolve():
-                raise CliError(f"--out {what}{target} is the input image; the input is never overwritten", EXIT_USAGE)
+                which = "the input image" if src == photo else f"an input of this run ({src})"
+                raise CliError(f"--out {what}{target} is {which}; inputs are never overwritten, --overwrite or not",
+                               EXIT_USAGE)
         if target.is_dir():
             raise CliError(f"--out {what}{target} is a folder; choose another --out", EXIT_USAGE)
         if os.path.lexists(target) and not overwrite:
@@ -228,11 +233,13 @@ def check_finite(result, record: dict) -> None:
         raise CliError(f"the score {bad[0]} of the output is not finite (NaN/Inf); nothing was written")
 
 
-def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: list[str], as_json: bool) -> None:
-    """Save the images (and with ``as_json`` the record beside them), whole or not at all: a signal waits."""
+def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: list[str], as_json: bool,
+                  save_mask: bool = False) -> None:
+    """Save the images (with ``save_mask`` the edit's mask, with ``as_json`` the record beside them): every file or
+    none. Checked first (finite output), written after, and a write that fails removes the files this call wrote
+    before it; a signal waits until the last is whole."""
     from date_edit.batch.results import json_safe
-    from date_edit.imaging import save_png, to_pil
-    from date_edit.outputs import save_text
+    from date_edit.imaging import to_pil
 
     check_finite(result, record)
     images = to_pil(result.images)
@@ -243,13 +250,15 @@ def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: li
         record["outputs"] = [str(p) for p in outputs]
     record = json_safe(record)  # strict JSON: what is not finite is null, text that is not UTF-8 escaped
     metadata = {"date-edit": json.dumps(record, allow_nan=False)}
+    files = [(mask_image(result), mask_path(path), None)] if save_mask and getattr(result, "mask", None) is not None \
+        else []
+    files += [(image, target, metadata) for image, target in zip(images, outputs)]
+    if as_json:  # the record's file follows the PNG's rules: atomic, never over an input or a folder
+        files.append((json.dumps(record, indent=2, allow_nan=False) + "\n", json_path(path), None))
     signals = running.SIGNALS
     with signals.held():  # a signal now waits the milliseconds until every file is whole
-        for image, target in zip(images, outputs):
-            save_png(image, target, metadata=metadata, overwrite=overwrite, protect=protect)
-        if as_json:  # the record's file follows the PNG's rules: atomic, never over the input or a folder
-            save_text(json.dumps(record, indent=2, allow_nan=False) + "\n", json_path(path), overwrite=overwrite,
-                      protect=protect)
+        write_all(files, overwrite, protect)
+        if as_json:
             click.echo(json.dumps(record, allow_nan=False))
         else:
             say(f"wrote {', '.join(str(p) for p in outputs)}")
@@ -331,12 +340,64 @@ def edit_controls(opts: dict) -> dict:
     if wanted or (wanted is None and DEFAULT_P2P):
         from date_edit.p2p import P2PConfig
 
-        p2p_config = P2PConfig(cross_replace=opts.get("cross_replace", 0.8),
-                               self_replace=opts.get("self_replace", 0.8),
+        p2p_config = P2PConfig(cross_replace=_or(opts.get("cross_replace"), DEFAULT_REPLACE),
+                               self_replace=_or(opts.get("self_replace"), DEFAULT_REPLACE),
                                reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
     elif opts.get("reweight") or opts.get("local_blend"):
         raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: drop --no-p2p")
-    return {"mask": mask_config, "p2p": p2p_config, "optional_controls": wanted is None}
+    # P2P by default is left out where the model cannot run it; asked for (--p2p, or any P2P option given), refused
+    return {"mask": mask_config, "p2p": p2p_config,
+            "optional_controls": wanted is None and not explicit_p2p_options(opts)}
+
+
+DEFAULT_REPLACE = 0.8  # --cross-replace and --self-replace when not given (validated; docs/editing.md)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def explicit_p2p_options(opts: dict) -> list[str]:
+    """The Prompt-to-Prompt options a run gave (``--cross-replace 0.5``, ``--reweight``, ...): each asks for P2P, so
+    a model without cross-attention refuses the run instead of dropping them silently."""
+    given = [name for name in ("cross_replace", "self_replace") if opts.get(name) is not None]
+    given += [name for name in ("reweight", "local_blend") if opts.get(name)]
+    return ["--" + name.replace("_", "-") for name in given]
+
+
+def check_p2p_supported(config, backbone, opts: dict) -> None:
+    """After the model loads: Prompt-to-Prompt that was asked for (``--p2p`` or a P2P option) on a model without
+    cross-attention is refused in one line naming what was given (the default P2P is left out there instead)."""
+    if config.p2p is None or config.optional_controls:
+        return
+    from date_edit.p2p import check_supported
+
+    try:
+        check_supported(backbone)
+    except ConfigError as exc:
+        given = [] if opts.get("p2p") else explicit_p2p_options(opts)
+        if not given:
+            raise
+        raise ConfigError(None, f"{', '.join(given)} asks for Prompt-to-Prompt, which {exc.problem[0].lower()}"
+                                f"{exc.problem[1:]}; drop {'it' if len(given) == 1 else 'them'}") from None
+
+
+def input_files(image: Optional[str], opts: dict) -> list[str]:
+    """Every file a run reads that an output could be pointed at: the photo first, then the ``--mask`` file and
+    weights files named by ``--scorer`` / ``--evaluator`` (``name:PATH``). ``--overwrite`` never replaces one."""
+    from date_edit.choices import mask_file
+
+    files = [image] if image else []
+    mask = mask_file(opts.get("mask"))
+    if mask:
+        files.append(mask)
+    for spec in (opts.get("scorer"), opts.get("evaluator")):
+        for term in str(spec or "").split(","):
+            name, sep, variant = term.partition(":")
+            variant = variant.rsplit("=", 1)[0].strip() if sep else ""
+            if variant and os.path.lexists(variant):
+                files.append(variant)
+    return files
 
 
 def mask_path(path: Path) -> Path:
@@ -378,14 +439,29 @@ def control_record(result) -> dict:
     return {"controls": ran_controls(result.config), "mask_coverage": coverage(getattr(result, "mask", None))}
 
 
-def write_mask(result, path: Path, overwrite: bool, protect: list[str]) -> Optional[Path]:
-    """Write the edit's mask (white = changed) as ``mask_path(path)``; None when the edit had no mask."""
-    from date_edit.imaging import save_png
+def mask_image(result):
+    """The edit's mask (white = changed) as a PIL image, what ``--save-mask`` writes."""
     from date_edit.masks import to_image
 
-    if getattr(result, "mask", None) is None:
-        return None
-    target = mask_path(path)
-    with running.SIGNALS.held():
-        save_png(to_image(result.mask), target, overwrite=overwrite, protect=protect)
-    return target
+    return to_image(result.mask)
+
+
+def write_all(files: list, overwrite: bool, protect: list[str]) -> None:
+    """Write ``(content, path, metadata)`` files in order (a PIL image as a PNG, text as UTF-8), each atomically;
+    when one fails, the ones written before it are removed again, so a run leaves all its files or none."""
+    from date_edit.imaging import save_png
+    from date_edit.outputs import save_text
+
+    written: list[Path] = []
+    try:
+        for content, target, metadata in files:
+            if isinstance(content, str):
+                save_text(content, target, overwrite=overwrite, protect=protect)
+            else:
+                save_png(content, target, metadata=metadata, overwrite=overwrite, protect=protect)
+            written.append(Path(target))
+    except BaseException:
+        for done in written:
+            with contextlib.suppress(OSError):
+                done.unlink()
+        raise

@@ -29,10 +29,11 @@ def edit(image: str, prompt: str, **opts) -> None:
         from date_edit.imaging import default_output_name
 
         seed = 0 if opts["seed"] is None else opts["seed"]
+        inputs = common.input_files(image, opts)  # the photo, the mask file, weights files: never overwritten
         # --out first: it costs no import of torch, so an unwritable one is answered at once
-        path = common.output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], [image])
+        path = common.output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], inputs)
         if opts["save_mask"]:
-            common.output_path(str(common.mask_path(path)), "", opts["overwrite"], [image], as_json=False)
+            common.output_path(str(common.mask_path(path)), "", opts["overwrite"], inputs, as_json=False)
         from date_edit.pipeline import edit as run_edit
 
         config = common.edit_config(opts, common.edit_controls(opts), seed)
@@ -41,10 +42,7 @@ def edit(image: str, prompt: str, **opts) -> None:
         common.precheck_mask(opts, image)
         backbone = common.load_model(opts)
         config = common.resolved_config(config, backbone)
-        if config.p2p is not None and not config.optional_controls:
-            from date_edit.p2p import check_supported
-
-            check_supported(backbone)
+        common.check_p2p_supported(config, backbone, opts)
         loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
         user_mask = common.load_user_mask(opts, loaded)
         scorer = common.build_scorer(opts, backbone, config.date is not None)
@@ -55,11 +53,10 @@ def edit(image: str, prompt: str, **opts) -> None:
                  "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
                  "cfg_target": config.cfg_target, "mask": common.resolved_mask(opts),
                  **common.control_record(result)}
-        if opts["save_mask"]:
+        if opts["save_mask"] and getattr(result, "mask", None) is not None:
             extra["mask_output"] = str(common.mask_path(path))
-            common.write_mask(result, path, opts["overwrite"], [image])
         common.write_outputs(result, path, common.record("edit", result, backbone, opts, scores, extra),
-                             opts["overwrite"], [image], opts["as_json"])
+                             opts["overwrite"], inputs, opts["as_json"], save_mask=opts["save_mask"])
 
     run_command(body)
 
@@ -85,7 +82,8 @@ def generate(prompt: str, **opts) -> None:
         seed = 6 if opts["seed"] is None else opts["seed"]
         if opts["num_images"] < 1:
             raise CliError("--num-images must be >= 1", EXIT_USAGE)
-        path = common.output_path(opts["out"], default_output_name(None, prompt, seed), opts["overwrite"], [],
+        inputs = common.input_files(None, opts)  # weights files --scorer names
+        path = common.output_path(opts["out"], default_output_name(None, prompt, seed), opts["overwrite"], inputs,
                                   count=opts["num_images"])
         from date_edit.pipeline import GenerateConfig, generate as run_generate
 
@@ -99,7 +97,7 @@ def generate(prompt: str, **opts) -> None:
         scores = common.score_images(scorer, result.images, result.prompts)
         extra = {"guidance_scale": config.guidance_scale}
         common.write_outputs(result, path, common.record("generate", result, backbone, opts, scores, extra),
-                             opts["overwrite"], [], opts["as_json"])
+                             opts["overwrite"], inputs, opts["as_json"])
 
     run_command(body)
 

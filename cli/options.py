@@ -183,9 +183,9 @@ def edit_options(f):
         click.option("--n-min", type=int, default=None,
                      help="FlowEdit: run the last N steps as plain sampling of the target from the edited latent "
                           "(SDEdit-style; must leave at least one FlowEdit step)  [default: 0, the published]."),
-        click.option("--n-avg", type=int, default=None,
+        click.option("--n-avg", type=int, default=None, callback=checked("check_n_avg"),
                      help="FlowEdit: draw N noises per step and average their velocity differences (N times the "
-                          "model calls; smoother, slower)  [default: 1, the published]."),
+                          "model calls; smoother, slower; at most 32)  [default: 1, the published]."),
         click.option("--reference-compat", is_flag=True,
                      help="Draw and use the noise as the official codes do, to compare with their results: DDPM "
                           "editing draws the per-step noises in the official order (the same seed then gives the "
@@ -199,6 +199,8 @@ def _reweight(ctx: click.Context, param: click.Parameter, value):
     """``WORD=FACTOR`` pairs as ``((word, factor), ...)``; a malformed one is a usage error naming the flag."""
     import math
 
+    from date_edit.errors import excerpt
+
     pairs = []
     for text in value or ():
         word, sep, factor = text.partition("=")
@@ -207,7 +209,8 @@ def _reweight(ctx: click.Context, param: click.Parameter, value):
         except ValueError:
             number = math.nan
         if not sep or not word.strip() or not math.isfinite(number) or number < 0:
-            raise click.BadParameter(f"{text!r}: give WORD=FACTOR with a finite FACTOR >= 0 (e.g. red=2)", ctx, param)
+            raise click.BadParameter(f"{excerpt(text)}: give WORD=FACTOR with a finite FACTOR >= 0 (e.g. red=2)",
+                                     ctx, param)
         pairs.append((word.strip(), number))
     return tuple(pairs)
 
@@ -237,11 +240,13 @@ def control_options(f):
                      help="Prompt-to-Prompt: run the source branch (its exact inverted trajectory) beside the "
                           "target in each UNet call and inject its attention maps (SD 1.x/2.x, SDXL).  [default: on "
                           "where the model has cross-attention and the edit is DDPM; --p2p on SD3/FLUX is refused]"),
-        click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
+        click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=None,
                      help="--p2p: fraction of the edit's steps whose cross-attention maps come from the source "
-                          "(replace for a word swap, refine when words are added or removed)."),
-        click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
-                     help="--p2p: fraction of the edit's steps whose self-attention maps are the source's."),
+                          "(replace for a word swap, refine when words are added or removed)  [default: 0.8]. Like "
+                          "every P2P option, giving it asks for Prompt-to-Prompt: refused on SD3/FLUX."),
+        click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="--p2p: fraction of the edit's steps whose self-attention maps are the source's  "
+                          "[default: 0.8]."),
         click.option("--reweight", multiple=True, metavar="WORD=FACTOR", callback=_reweight,
                      help="--p2p: scale the attention to WORD of the target prompt by FACTOR (repeatable)."),
         click.option("--local-blend", is_flag=True,

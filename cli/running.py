@@ -38,9 +38,16 @@ class CliError(Exception):
         self.code = code
 
 
+MAX_LINE = 1000  # characters of one message line at most: user text inside is quoted as an excerpt anyway
+
+
 def say(message: str) -> None:
-    """One line on stderr, prefixed ``date-edit:``."""
-    click.echo(f"date-edit: {printable(message)}", err=True)
+    """One line on stderr, prefixed ``date-edit:``; a line over :data:`MAX_LINE` characters (a message quoting a
+    huge argument whole) is cut there, with its length."""
+    text = printable(message)
+    if len(text) > MAX_LINE:
+        text = f"{text[:MAX_LINE]}... (cut: {len(text):,} characters)"
+    click.echo(f"date-edit: {text}", err=True)
 
 
 def _is_ours(category: type, filename: str) -> bool:

@@ -44,10 +44,11 @@ SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding
               help="As for `edit`  [default: auto with --source-prompt, else none].")
 @click.option("--p2p/--no-p2p", "p2p", default=None, help="Prompt-to-Prompt, as for `edit`  [default: on where "
                                                           "the model has cross-attention].")
-@click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
-              help="--p2p: share of the steps whose cross-attention maps are the source's.")
-@click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=0.8, show_default=True,
-              help="--p2p: share of the steps whose self-attention maps are the source's.")
+@click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=None,
+              help="--p2p: share of the steps whose cross-attention maps are the source's  [default: 0.8; giving "
+                   "it asks for Prompt-to-Prompt, refused on SD3/FLUX].")
+@click.option("--self-replace", type=click.FloatRange(0.0, 1.0), default=None,
+              help="--p2p: share of the steps whose self-attention maps are the source's  [default: 0.8].")
 @click.option("--json", "json_out", type=click.Path(), default=None,
               help="Also write the sweep's record (settings and every cell's numbers) to this JSON file.")
 @image_options
@@ -59,12 +60,12 @@ def sweep(image: str, prompt: str, **opts) -> None:
         import json
 
         from date_edit.imaging import default_output_name
-        from date_edit.outputs import save_text
 
         seed = 0 if opts["seed"] is None else opts["seed"]
         name = default_output_name(image, prompt, seed).removesuffix(".png") + "_sweep.png"
-        path = common.output_path(opts["out"], name, opts["overwrite"], [image], as_json=False)
-        json_target = json_path(opts["json_out"], opts["overwrite"], image) if opts["json_out"] else None
+        inputs = common.input_files(image, opts)  # the photo, the mask file, weights files: never overwritten
+        path = common.output_path(opts["out"], name, opts["overwrite"], inputs, as_json=False)
+        json_target = json_path(opts["json_out"], opts["overwrite"], inputs) if opts["json_out"] else None
         from date_edit.sweep import parse_cfgs, parse_skips
 
         parse_skips(opts["skips"]), parse_cfgs(opts["cfgs"])  # a bad grid is refused before the model loads
@@ -76,29 +77,32 @@ def sweep(image: str, prompt: str, **opts) -> None:
         result = run_sweep(opts, prompt, backbone, loaded, scorer=scorer, evaluator=evaluator,
                            progress=progress(opts["quiet"]))
         record = sweep_record(result, backbone, opts, image, loaded)
-        write_grid(result, loaded, path, record, opts["overwrite"], [image])
+        files = [grid_file(result, loaded, path, record)]
         if json_target is not None:
-            save_text(json.dumps(record, indent=2, allow_nan=False) + "\n", json_target, overwrite=opts["overwrite"],
-                      protect=[image])
+            files.append((json.dumps(record, indent=2, allow_nan=False) + "\n", json_target, None))
+        with common.running.SIGNALS.held():  # the grid and its record: both or neither; a signal waits
+            common.write_all(files, opts["overwrite"], inputs)
         click.echo(table(result))
         say(f"wrote {path}" + (f" and {json_target}" if json_target else ""))
 
     run_command(body)
 
 
-def json_path(out: str, overwrite: bool, image: str):
-    """Check ``--json`` before any work: a .json name, not the input, not a folder, not there yet (unless
-    ``overwrite``), in a folder that can take it."""
+def json_path(out: str, overwrite: bool, inputs: list[str]):
+    """Check ``--json`` before any work: a .json name, none of the ``inputs``, not a folder, nothing there yet (a
+    dangling link counts; unless ``overwrite``), in a folder that can take it."""
+    import os
     from pathlib import Path
 
     path = Path(out).expanduser()
     if path.suffix.lower() != ".json":
         raise CliError(f"--json {out}: the record is a JSON file; use a name ending in .json", EXIT_USAGE)
-    if path.exists() and Path(image).exists() and path.resolve() == Path(image).resolve():
-        raise CliError(f"--json {out} is the input image; the input is never overwritten", EXIT_USAGE)
+    for src in inputs:
+        if path.exists() and Path(src).exists() and path.resolve() == Path(src).resolve():
+            raise CliError(f"--json {out} is an input of this run ({src}); inputs are never overwritten", EXIT_USAGE)
     if path.is_dir():
         raise CliError(f"--json {out} is a folder; give a file name ending in .json", EXIT_USAGE)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise CliError(f"{out} exists; pass --overwrite or choose another --json", EXIT_USAGE)
     common.check_can_create(path.parent, path.name)
     return path
@@ -132,6 +136,7 @@ def run_sweep(opts: dict, prompt: str, backbone, loaded, *, scorer, evaluator, i
 
     seed = 0 if opts["seed"] is None else opts["seed"]
     config = common.resolved_config(common.edit_config(base_opts(opts), common.edit_controls(opts), seed), backbone)
+    common.check_p2p_supported(config, backbone, opts)
     user_mask = common.load_user_mask(opts, loaded)
     return run(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], skips=opts["skips"],
                cfgs=opts["cfgs"], dates=DATE_CHOICES[opts["date_mode"]], base=config, scorer=scorer,
@@ -148,16 +153,22 @@ def sweep_record(result, backbone, opts: dict, image: str, loaded) -> dict:
                       "processed_size": list(loaded.processed_size), "scorer": scorer, **result.to_dict()})
 
 
-def write_grid(result, loaded, path, record: dict, overwrite: bool, protect: list[str]):
-    """Save the labelled grid as ``path`` with the record in its PNG metadata; returns the path."""
+def grid_file(result, loaded, path, record: dict) -> tuple:
+    """The labelled grid as ``(image, path, metadata)`` for :func:`common.write_all`, the record in its PNG
+    metadata."""
     import json
 
-    from date_edit.imaging import save_png
     from date_edit.sweep import grid_image
 
+    return grid_image(result, loaded.pixels), path, {"date-edit": json.dumps({**record, "output": str(path)},
+                                                                             allow_nan=False)}
+
+
+def write_grid(result, loaded, path, record: dict, overwrite: bool, protect: list[str]):
+    """Save the labelled grid as ``path`` with the record in its PNG metadata; returns the path."""
     with common.running.SIGNALS.held():  # a signal waits until the file is whole
-        return save_png(grid_image(result, loaded.pixels), path, overwrite=overwrite, protect=protect,
-                        metadata={"date-edit": json.dumps({**record, "output": str(path)}, allow_nan=False)})
+        common.write_all([grid_file(result, loaded, path, record)], overwrite, protect)
+    return path
 
 
 def table(result) -> str:

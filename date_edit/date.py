@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .conditioning import TARGETS, Condition, Conditioning, as_conditioning
-from .errors import ConfigError
+from .errors import ConfigError, excerpt
 from .limits import check_grad_iters
 from .sampling import Denoiser, StepState
 from .scorers.preprocess import reference_grad_preprocessing
@@ -100,7 +100,7 @@ class DateConfig:
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ConfigError(name, f"must be a finite number >= 0, got {value}")
         if self.targets not in TARGETS:
-            raise ConfigError("date_targets", f"{self.targets!r}: use one of {', '.join(TARGETS)}")
+            raise ConfigError("date_targets", f"{excerpt(self.targets)}: use one of {', '.join(TARGETS)}")
         check_grad_iters(self.iterations)
         parse_update_steps(self.update_steps, None)  # syntax check only; range checked per run
 
@@ -135,7 +135,7 @@ _ABLATIONS = {
 def ablation_changes(ablation: str) -> dict:
     """The :class:`DateConfig` fields a benchmark ablation (one of :data:`date_edit.choices.ABLATIONS`) sets."""
     if ablation not in _ABLATIONS:
-        raise ConfigError("ablation", f"{ablation!r} is unknown: use one of {', '.join(_ABLATIONS)}")
+        raise ConfigError("ablation", f"{excerpt(ablation)} is unknown: use one of {', '.join(_ABLATIONS)}")
     return dict(_ABLATIONS[ablation])
 
 
@@ -143,7 +143,7 @@ def _member(kind: type[enum.Enum], value, param: str):
     try:
         return kind(value)
     except ValueError:
-        raise ConfigError(param, f"{value!r}: use one of {', '.join(m.value for m in kind)}") from None
+        raise ConfigError(param, f"{excerpt(value)}: use one of {', '.join(m.value for m in kind)}") from None
 
 
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
@@ -163,15 +163,15 @@ def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
     if text.startswith("every:"):
         k = _int(text[6:], spec)
         if k < 1:
-            raise ConfigError("update_steps", f"{spec!r}: every:K needs K >= 1")
+            raise ConfigError("update_steps", f"{excerpt(spec)}: every:K needs K >= 1")
         return [] if num_steps is None else list(range(0, num_steps, k))
     if text.endswith("%"):
         try:
             frac = float(text[:-1]) / 100.0
         except ValueError:
-            raise ConfigError("update_steps", f"{spec!r}: a fraction looks like 10%") from None
+            raise ConfigError("update_steps", f"{excerpt(spec)}: a fraction looks like 10%") from None
         if not 0.0 < frac <= 1.0:
-            raise ConfigError("update_steps", f"{spec!r}: the fraction must be in (0%, 100%]")
+            raise ConfigError("update_steps", f"{excerpt(spec)}: the fraction must be in (0%, 100%]")
         if num_steps is None:
             return []
         count = max(1, round(frac * num_steps))
@@ -182,7 +182,7 @@ def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
         if match:
             lo, hi = int(match.group(1)), int(match.group(2))
             if hi < lo:
-                raise ConfigError("update_steps", f"{spec!r}: range {item} runs backwards")
+                raise ConfigError("update_steps", f"{excerpt(spec)}: range {item} runs backwards")
             indices.update(range(lo, hi + 1))
         else:
             indices.add(_int(item, spec))
@@ -190,7 +190,8 @@ def parse_update_steps(spec: str, num_steps: Optional[int]) -> list[int]:
     if num_steps is not None and result and (result[0] < 0 or result[-1] >= num_steps):
         bad = [i for i in result if not 0 <= i < num_steps]
         raise ConfigError(
-            "update_steps", f"{spec!r}: step {bad[0]} is outside 0..{num_steps - 1} (this run has {num_steps} steps)"
+            "update_steps",
+            f"{excerpt(spec)}: step {bad[0]} is outside 0..{num_steps - 1} (this run has {num_steps} steps)"
         )
     return result
 
@@ -200,7 +201,7 @@ def _int(text: str, spec: str) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(
-            "update_steps", f"{spec!r}: expected indices like 0,10,20, a range 20-40, every:10 or 10%"
+            "update_steps", f"{excerpt(spec)}: expected indices like 0,10,20, a range 20-40, every:10 or 10%"
         ) from None
 
 

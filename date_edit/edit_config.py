@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Optional
 
 from .choices import EDIT_METHODS
 from .date import DateConfig
-from .errors import ConfigError
-from .limits import check_seed
+from .errors import ConfigError, excerpt
+from .limits import check_n_avg, check_seed
 from .masks import MaskConfig
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class EditConfig:
         if self.mask is not None and not isinstance(self.mask, MaskConfig):
             raise ConfigError("mask", f"must be a MaskConfig or None, got {type(self.mask).__name__}")
         if self.method not in EDIT_METHODS:
-            raise ConfigError("edit_method", f"{self.method!r}: use one of {', '.join(EDIT_METHODS)}")
+            raise ConfigError("edit_method", f"{excerpt(self.method)}: use one of {', '.join(EDIT_METHODS)}")
         if self.skip is not None and self.steps is not None:
             skip = self.resolved_skip()
             if not 0 <= skip < self.steps:
@@ -80,10 +80,10 @@ class EditConfig:
             _skip_count(self.skip, 100)  # the syntax
         check_finite(self, *(n for n in ("cfg_source", "cfg_target") if getattr(self, n) is not None))
         check_seed(self.seed, name="seed")
-        for name, least in (("n_min", 0), ("n_avg", 1)):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-                raise ConfigError(name, f"must be an integer >= {least}, got {value!r}")
+        if self.n_min is not None and (not isinstance(self.n_min, int) or isinstance(self.n_min, bool)
+                                       or self.n_min < 0):
+            raise ConfigError("n_min", f"must be an integer >= 0, got {self.n_min!r}")
+        check_n_avg(self.n_avg)
         if self.n_min and self.steps is not None and self.skip is not None and self.n_min >= self.run_steps():
             raise ConfigError("n_min", f"{self.n_min} must leave at least one FlowEdit step of the run's "
                                        f"{self.run_steps()} (steps - skip): 0..{self.run_steps() - 1}")
@@ -140,7 +140,12 @@ def _skip_count(skip: int | str, steps: Optional[int]) -> int:
     text = str(skip).strip()
     try:
         if text.endswith("%"):
-            return int(float(text[:-1]) / 100.0 * steps)
+            share = float(text[:-1])
+            if not (math.isfinite(share) and 0.0 <= share <= 100.0):  # inf% made int() raise OverflowError
+                raise ConfigError("skip", f"{excerpt(skip)}: a percentage of the steps is between 0% and 100%")
+            return int(share / 100.0 * steps)
         return int(text)
-    except ValueError:
-        raise ConfigError("skip", f"{skip!r}: give a step count (36) or a percentage (36%)") from None
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError("skip", f"{excerpt(skip)}: give a step count (36) or a percentage (36%)") from None

@@ -9,6 +9,7 @@ A ``ValueError`` or ``RuntimeError`` that is *not* one of these is a bug (ours o
 * :class:`ImageError`, :class:`OutputError` -- an input image or an output path that cannot be used.
 * :class:`ScorerError` -- a scorer spec that cannot be resolved or built.
 * :class:`BatchError` -- a batch job that cannot run as asked (folder, manifest, output folder).
+* :class:`NonFiniteError` -- an output that is NaN or infinite (a runtime failure; nothing is written).
 * :class:`DistributedError` -- a job of several processes lost one of them (a runtime failure).
 * :class:`BackboneError` -- a model that cannot be loaded (a runtime failure, not a usage error);
   :class:`ModelFileError`, one of them, a model file or folder that is malformed (a usage error).
@@ -35,6 +36,19 @@ def printable(text: str) -> str:
         return text
     return _SURROGATE.sub(lambda m: (f"\\x{ord(m.group()) - 0xDC00:02x}" if "\udc80" <= m.group() <= "\udcff"
                                      else f"\\u{ord(m.group()):04x}"), text)
+
+
+EXCERPT_CHARS = 60  # user text quoted in a message at most (a 100,000-character prompt is not echoed whole)
+
+
+def excerpt(text: object, limit: int = EXCERPT_CHARS, quote: bool = True) -> str:
+    """``text`` for a one-line message: quoted (its ``repr``; as it is with ``quote=False``) when short, else its
+    first ``limit`` characters with an ellipsis and the whole length (``'a red car and a blue'... (100,000
+    characters)``), so that a message quoting user text stays one short line."""
+    text = printable(str(text))
+    head = text if len(text) <= limit else text[:limit]
+    head = repr(head) if quote else head
+    return head if len(text) <= limit else f"{head}... ({len(text):,} characters)"
 
 
 def check_text(value: str, param: Optional[str]) -> str:
@@ -87,6 +101,13 @@ class BatchError(DateEditError, ValueError):
 
 class BackboneError(DateEditError, RuntimeError):
     """A backbone could not be loaded; ``str(e)`` is one line naming the model and what to do."""
+
+    usage = False
+
+
+class NonFiniteError(DateEditError, RuntimeError):
+    """An output came out NaN or infinite (an fp16 overflow, a DATE radius or guidance scale far too large); one line
+    saying which and what to try. A runtime failure: nothing was written, and the CLI exits 1."""
 
     usage = False
 

@@ -28,6 +28,7 @@ import torch
 from .conditioning import Condition
 from .defaults import FLOWEDIT_DEFAULTS  # noqa: F401 - the published settings, per family (defined there)
 from .errors import ConfigError
+from .limits import check_n_avg
 from .sampling import CondHook, Denoiser, StepState, guided_eps
 
 
@@ -61,8 +62,7 @@ def _target_velocity(denoiser: Denoiser, state: StepState, tar_uncond: Optional[
 
 def _check_counts(n_min: int, n_avg: int, n: int) -> None:
     """One-line ConfigErrors for an ``n_avg`` below 1 and an ``n_min`` that leaves no FlowEdit step of ``n``."""
-    if not isinstance(n_avg, int) or n_avg < 1:
-        raise ConfigError("n_avg", f"must be an integer >= 1, got {n_avg!r}")
+    check_n_avg(n_avg)
     if not isinstance(n_min, int) or not 0 <= n_min < n:
         raise ConfigError("n_min", f"must be between 0 and {n - 1} for a run of {n} steps, got {n_min!r}")
 

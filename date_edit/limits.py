@@ -21,6 +21,7 @@ BYTES_PER_PIXEL = 16  # input file size allowed per pixel of the budget (16-bit 
 MIN_INPUT_BYTES = 64 * 2**20  # the input file size limit is never below this
 UNLIMITED_PIXELS_INPUT_BYTES = 4 * 2**30  # the input file size limit when no pixel budget is set
 MAX_GRAD_ITERS = 100  # gradient iterations per DATE update step (each costs about five plain steps)
+MAX_N_AVG = 32  # FlowEdit noise draws averaged per step (published: 1; each costs two model calls a step)
 MAX_SCORER_TERMS = 8  # distinct terms of a scorer spec (each loads a model); repeated terms are merged first
 MAX_CONFIG_BYTES = 64 * 2**20  # a model's JSON files (model_index.json, */config.json, tokenizer.json) at most
 MAX_MANIFEST_BYTES = 128 * 2**20  # a batch manifest at most (over a million rows of 100 bytes)
@@ -115,6 +116,21 @@ def check_grad_iters(iterations: int, *, name: str = "iterations") -> int:
         raise ConfigError(name, f"{iterations} is too many: at most {MAX_GRAD_ITERS} gradient iterations per update "
                                 "step (each costs about five plain steps)")
     return iterations
+
+
+def check_n_avg(n_avg: int | None, *, name: str = "n_avg") -> int | None:
+    """Validate FlowEdit's noise draws per step: None (the model's default) or an integer from 1 to
+    :data:`MAX_N_AVG` (the published value is 1; each draw costs two model calls a step: a huge count never ends)."""
+    if n_avg is None:
+        return None
+    if not _is_int(n_avg):
+        raise ConfigError(name, f"must be an integer, got {n_avg!r}")
+    if n_avg < 1:
+        raise ConfigError(name, f"must be >= 1, got {n_avg}")
+    if n_avg > MAX_N_AVG:
+        raise ConfigError(name, f"{n_avg} is too many: at most {MAX_N_AVG} noise draws per FlowEdit step (published: "
+                                "1; each costs two model calls a step)")
+    return n_avg
 
 
 def check_device(device: str, *, name: str = "device") -> str:

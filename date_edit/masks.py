@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, ImageError
+from .errors import ConfigError, ImageError, excerpt
 
 if TYPE_CHECKING:
     from .conditioning import Condition
@@ -54,7 +54,7 @@ class MaskConfig:
 
     def __post_init__(self) -> None:
         if self.source not in MASK_SOURCES:
-            raise ConfigError("mask", f"{self.source!r}: use a mask file or 'auto'")
+            raise ConfigError("mask", f"{excerpt(self.source)}: use a mask file or 'auto'")
         for name in ("dilate", "feather", "draws"):
             value = getattr(self, name)
             if value is None and name == "dilate":
@@ -88,7 +88,8 @@ def load_mask(path: str | os.PathLike, *, original_size: tuple[int, int], proces
 
     The mask is oriented (EXIF), turned to grey (a transparent pixel counts as black), brought to the input image's
     original size when it differs (stretched), then resized with the image's own ``resize`` policy, so it lies
-    over the processed image exactly as it lay over the input. Grey levels are thresholded at 50%.
+    over the processed image exactly as it lay over the input. Grey levels are thresholded at 50% of white, whatever
+    the file's bit depth and mode (a 16-bit grey of 1000/65535 is 1.5% grey: "keep", as in 8 bits).
 
     Args:
         original_size / processed_size: ``(width, height)`` of the input image before and after resizing.
@@ -99,7 +100,7 @@ def load_mask(path: str | os.PathLike, *, original_size: tuple[int, int], proces
     import numpy as np
     from PIL import Image, ImageOps
 
-    from .imaging import MIN_SIDE, _resize, _resize_mode, open_input
+    from .imaging import _HIGH_BIT_MODES, MIN_SIDE, _high_bit_to_l, _resize, _resize_mode, open_input
     from .limits import DEFAULT_MAX_PIXELS, max_input_bytes
 
     source = os.fspath(path)
@@ -113,7 +114,9 @@ def load_mask(path: str | os.PathLike, *, original_size: tuple[int, int], proces
                 raise ImageError(f"mask {source} is too small ({w}x{h} px); give a mask the size of the image")
             im.load()
             im = ImageOps.exif_transpose(im) or im
-            if "A" in im.getbands() or im.mode == "P" and "transparency" in im.info:
+            if im.mode in _HIGH_BIT_MODES:  # 16-bit / 32-bit grey: scaled to 8 bits as the photo is, not clipped
+                im, _ = _high_bit_to_l(im)
+            elif "A" in im.getbands() or im.mode == "P" and "transparency" in im.info:
                 rgba = im.convert("RGBA")
                 grey = np.asarray(rgba.convert("L"), dtype=np.float32) * (np.asarray(rgba)[..., 3] / 255.0)
                 im = Image.fromarray(grey.round().astype(np.uint8), "L")

@@ -90,7 +90,8 @@ def save_png(
         path: target file; must end in ``.png``. Missing parent folders are created.
         metadata: each key becomes a PNG text chunk; non-str values are JSON-dumped.
         overwrite: replace an existing file at `path` (a symlink there is replaced, never written through).
-        protect: paths (e.g. the input image) that must never be replaced, even with `overwrite`.
+        protect: paths (the input image first, then any other input: a mask file, weights) that must never be
+            replaced, even with `overwrite`.
         within: a folder the file must stay inside. `path` must lie under it, and every folder from the real
             path of `within` down to the file is opened without following symlinks (and created as a plain
             folder where missing), at write time, so no link inside `within` can send the write elsewhere.
@@ -206,16 +207,16 @@ def _check_target(target: Path, dir_fd: int, protect: Iterable[PathLike], overwr
         return
     except OSError as e:
         raise OutputError(f"cannot write {target}: {e.strerror or e}") from e
-    for guarded in protect:
+    for i, guarded in enumerate(protect):
         try:
             g = os.stat(os.fspath(guarded))
             followed = os.stat(target.name, dir_fd=dir_fd)
         except OSError:
             continue
         if (g.st_dev, g.st_ino) in ((st.st_dev, st.st_ino), (followed.st_dev, followed.st_ino)):
-            raise OutputError(
-                f"refusing to write {target}: it is the input image {os.fspath(guarded)}; choose another --out"
-            )
+            which = "the input image" if i == 0 else "an input of this run"
+            raise OutputError(f"refusing to write {target}: it is {which} {os.fspath(guarded)}, and inputs are never "
+                              "replaced; choose another --out")
     if stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{target} is a directory; choose a file name for the output")
     if not overwrite:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioning import Condition, as_conditioning, cat_conditions
-from .errors import ConfigError
+from .errors import ConfigError, excerpt
 
 P2P_FAMILIES = ("sd", "sdxl")  # families whose denoiser has cross-attention
 MODES = ("replace", "refine")
@@ -44,11 +44,12 @@ def _reweight_pairs(value: object) -> tuple[tuple[str, float], ...]:
     for entry in list(value.items()) if isinstance(value, Mapping) else list(value or ()):
         ok = isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
         if not ok or not entry[0].strip() or not _is_number(entry[1]) or entry[1] < 0:
-            raise ConfigError("reweight", f"{entry!r}: give (word, factor) pairs, a word of the target prompt and "
-                                          "a finite factor >= 0")
+            shown = excerpt(repr(entry), quote=False)
+            raise ConfigError("reweight", f"{shown}: give (word, factor) pairs, a word of the target prompt and a "
+                                          "finite factor >= 0")
         pairs.append((entry[0].strip(), float(entry[1])))
     if len({w.lower() for w, _ in pairs}) != len(pairs):
-        raise ConfigError("reweight", f"a word is given twice in {pairs}: give each word once")
+        raise ConfigError("reweight", f"a word is given twice in {excerpt(pairs, quote=False)}: give each word once")
     return tuple(pairs)
 
 
@@ -167,7 +168,8 @@ def word_token_indices(tokenizer, prompt: str, word: str, *, param: str = "rewei
     n = len(pieces)
     hits = sorted({i + k for i in range(1, len(ids) - n) if n and ids[i:i + n] == pieces for k in range(n)})
     if not hits:
-        raise ConfigError(param, f"{word!r} is not a word of the prompt {prompt!r}: name a word the prompt has")
+        raise ConfigError(param, f"{excerpt(word)} is not a word of the prompt {excerpt(prompt)}: name a word the "
+                                 "prompt has")
     return hits
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError, excerpt
 
 if TYPE_CHECKING:
     import torch
@@ -38,15 +38,16 @@ def parse_skips(text: str | Sequence) -> tuple[str, ...]:
     items = [s.strip() for s in text.split(",")] if isinstance(text, str) else [str(s).strip() for s in text]
     items = [s for s in items if s]
     if not items:
-        raise ConfigError("skips", f"{text!r} names no skip: give a comma-separated list such as 20%,36%,50%")
+        raise ConfigError("skips", f"{excerpt(text)} names no skip: give a comma-separated list such as 20%,36%,50%")
     for item in items:
         number = item[:-1] if item.endswith("%") else item
         try:
-            ok = float(number) >= 0 if item.endswith("%") else int(number) >= 0
+            ok = 0 <= float(number) <= 100 if item.endswith("%") else int(number) >= 0  # nan% and inf% fail too
         except ValueError:
             ok = False
         if not ok:
-            raise ConfigError("skips", f"{item!r} is not a step count (36) or a percentage (36%)")
+            raise ConfigError("skips", f"{excerpt(item)} is not a step count (36) or a percentage from 0% to 100% "
+                                       "(36%)")
     return tuple(dict.fromkeys(items))
 
 
@@ -59,7 +60,7 @@ def parse_cfgs(text: str | Sequence) -> tuple[float, ...]:
     items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
     items = [s for s in items if str(s).strip()]
     if not items:
-        raise ConfigError("cfgs", f"{text!r} names no scale: give a comma-separated list such as 7.5,15")
+        raise ConfigError("cfgs", f"{excerpt(text)} names no scale: give a comma-separated list such as 7.5,15")
     values = []
     for item in items:
         try:
@@ -67,7 +68,7 @@ def parse_cfgs(text: str | Sequence) -> tuple[float, ...]:
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value):
-            raise ConfigError("cfgs", f"{item!r} is not a finite number")
+            raise ConfigError("cfgs", f"{excerpt(item)} is not a finite number")
         values.append(value)
     return tuple(dict.fromkeys(values))
 
@@ -159,6 +160,7 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
 
     Raises:
         ConfigError: an empty or oversized grid, or a cell whose settings the edit refuses.
+        NonFiniteError: a cell's output is NaN or infinite (the sweep stops at it).
     """
     import torch
 
@@ -197,6 +199,7 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
                       progress=(lambda phase, i, n, tag=tag: progress(f"{tag}: {phase}", i, n)) if progress else None)
         with torch.no_grad():
             score = float(evaluator(result.images, [prompt]).float()[0])
+        check_finite_cell(result, score, skip, cfg, use_date)
         mad, psnr = distances(result.images, pixels)
         cells.append(Cell(skip=skip, skip_steps=config.resolved_skip(), cfg_target=cfg, date=use_date, clip=score,
                           mean_abs_diff=mad, psnr_db=psnr, update_steps=list(result.update_steps),
@@ -207,6 +210,23 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
     return Sweep(cells=cells, prompt=prompt, source_prompt=source_prompt, evaluator=evaluator_name,
                  config=base.to_dict() | {"method": base.resolved_method(backbone)}, timings=timings,
                  inversion=inversion, inversion_cached=cached)
+
+
+def check_finite_cell(result, score: float, skip: str, cfg: float, use_date: bool) -> None:
+    """Refuse a cell whose output latents, image or evaluator score are NaN or infinite (a CFG of 1e308, a DATE
+    radius of 1e30), as ``edit`` refuses such an edit: the sweep stops there and writes nothing.
+
+    Raises:
+        NonFiniteError: naming the cell and what to try.
+    """
+    import torch
+
+    finite = (bool(torch.isfinite(result.latents.float()).all()) and bool(torch.isfinite(result.images.float()).all())
+              and math.isfinite(score))
+    if not finite:
+        raise NonFiniteError(f"the cell skip {skip}, CFG {cfg:g}{' + DATE' if use_date else ''} has non-finite "
+                             "values (NaN/Inf) in its output; nothing was written. Try smaller --cfgs, a smaller "
+                             "--rho (or --rho-relative), or --dtype fp32")
 
 
 def _font(size: int):

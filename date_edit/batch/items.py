@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..choices import (
     ABLATIONS, DATE_NORMS, DATE_TARGETS, DTYPE_NAMES, EDIT_METHODS, RESIZE_MODES, UPDATE_MODES, mask_file,
 )
-from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, check_text  # noqa: F401
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ConfigError, check_text, excerpt  # noqa: F401
 from ..limits import check_seed
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
@@ -227,7 +227,7 @@ def coerce_option(name: str, value: Any) -> Any:
     text = str(value).strip()
     if isinstance(kind, tuple):
         if text.lower() not in kind:
-            raise ConfigError(name, f"{value!r}: choose one of {', '.join(kind)}")
+            raise ConfigError(name, f"{excerpt(value)}: choose one of {', '.join(kind)}")
         return text.lower()
     if kind is bool:
         if isinstance(value, bool):
@@ -236,14 +236,14 @@ def coerce_option(name: str, value: Any) -> Any:
             return True
         if text.lower() in ("0", "false", "no", "off", ""):
             return False
-        raise ConfigError(name, f"{value!r}: expected true or false")
+        raise ConfigError(name, f"{excerpt(value)}: expected true or false")
     if kind is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(name, f"{value!r}: expected an integer")
+            raise ConfigError(name, f"{excerpt(value)}: expected an integer")
         try:
             number = int(value) if isinstance(value, (int, float)) else int(text)
         except ValueError:
-            raise ConfigError(name, f"{value!r}: expected an integer") from None
+            raise ConfigError(name, f"{excerpt(value)}: expected an integer") from None
         return check_seed(number, name=name) if name == "seed" else number
     if kind is float:
         try:
@@ -251,7 +251,7 @@ def coerce_option(name: str, value: Any) -> Any:
         except ValueError:
             number = math.nan
         if not math.isfinite(number):
-            raise ConfigError(name, f"{value!r}: expected a finite number")
+            raise ConfigError(name, f"{excerpt(value)}: expected a finite number")
         return number
     if name in ("prompt", "source_prompt"):
         check_text(value if isinstance(value, str) else text, name)  # no tokenizer takes lone surrogates

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..choices import mask_file
-from ..errors import BatchError, ConfigError
+from ..errors import BatchError, ConfigError, excerpt
 from ..limits import MAX_MANIFEST_BYTES, read_capped
 
 if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
@@ -218,9 +218,9 @@ def _read_manifest(path: Path) -> list[tuple[int, dict | str]]:
 def _safe_output(text: str, out: Path) -> Path:
     rel = Path(str(text).strip())
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise ValueError(f"output {text!r} must be a relative path inside the output folder")
+        raise ValueError(f"output {excerpt(text)} must be a relative path inside the output folder")
     if rel.suffix.lower() != ".png":
-        raise ValueError(f"output {text!r}: outputs are PNG files, end the name in .png")
+        raise ValueError(f"output {excerpt(text)}: outputs are PNG files, end the name in .png")
     return out / rel
 
 

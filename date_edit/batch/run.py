@@ -119,6 +119,14 @@ def _item_result(result: Result, i: int, seed: int) -> Result:
                    mask=None if mask is None else mask[i:i + 1])
 
 
+def _inputs(work: _Work) -> list:
+    """The files an item reads, which its writes never replace: its photo first, then its mask file."""
+    from ..choices import mask_file
+
+    mask = mask_file(work.settings.options.get("mask"))
+    return [work.item.source] + ([mask] if mask else [])
+
+
 def _user_mask(work: _Work, max_pixels: int | None):
     """The item's mask file as a ``(1, 1, H, W)`` tensor over its processed image, or None (no mask, or auto)."""
     from ..choices import mask_file
@@ -393,7 +401,7 @@ class _Runner:
         with self.interrupts.critical():  # the PNG and its results line: both, or (after a crash) the PNG alone
             try:
                 save_png(image, item.output, metadata={METADATA_KEY: dumps_record(record)}, overwrite=work.overwrite,
-                         protect=[item.source], within=self.out)
+                         protect=_inputs(work), within=self.out)
             except (OSError, ValueError) as e:  # OutputError is a ValueError
                 failure = reason(e)
             else:
@@ -411,6 +419,6 @@ class _Runner:
 
         target = work.item.output.with_name(f"{work.item.output.stem}.mask.png")
         try:
-            save_png(to_image(mask), target, overwrite=True, protect=[work.item.source], within=self.out)
+            save_png(to_image(mask), target, overwrite=True, protect=_inputs(work), within=self.out)
         except (OSError, ValueError) as e:
             self.say(f"{work.item.label}: the mask could not be saved: {reason(e)}")

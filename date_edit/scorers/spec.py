@@ -7,6 +7,7 @@ import math
 import re
 from typing import Optional
 
+from ..errors import excerpt
 from .base import ScorerError
 
 _TERM = re.compile(r"^([A-Za-z0-9_.\-]+)(?::(.+?))?(?:=(.+))?$")
@@ -28,14 +29,14 @@ def parse_scorer_spec(spec: str) -> list[tuple[str, Optional[str], float]]:
     for part in text.split(","):
         match = _TERM.match(part.strip())
         if not match:
-            raise ScorerError(f"cannot read scorer {part!r}: use name, name:variant or name=weight")
+            raise ScorerError(f"cannot read scorer {excerpt(part)}: use name, name:variant or name=weight")
         name, variant, weight = match.group(1), match.group(2), match.group(3)
         try:
             w = 1.0 if weight is None else float(weight)
         except ValueError:
-            raise ScorerError(f"scorer weight {weight!r} in {part!r} is not a number") from None
+            raise ScorerError(f"scorer weight {excerpt(weight)} in {excerpt(part)} is not a number") from None
         if not math.isfinite(w):
-            raise ScorerError(f"scorer weight in {part!r} must be finite")
+            raise ScorerError(f"scorer weight in {excerpt(part)} must be finite")
         key = (name.lower(), variant)
         terms[key] = terms.get(key, 0.0) + w
         if len(terms) > MAX_SCORER_TERMS:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import excerpt
+
 COLOURS: tuple[str, ...] = ("red", "yellow", "green", "blue", "purple")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # Flat RGB, hues (degrees) about 0, 51, 134, 222, 285: at least 51 degrees apart.
@@ -148,7 +150,8 @@ def parse_prompt(prompt: str) -> list[tuple[str, str]]:
         m = _OBJ_RE.match(part.strip())
         if not m or m.group(1) not in COLOURS or m.group(2) not in SHAPES:
             raise ValueError(
-                f"{prompt!r} is not a toy-world prompt: expected 'a <colour> <shape>[ and a <colour> <shape>]' with "
+                f"{excerpt(prompt)} is not a toy-world prompt: expected 'a <colour> <shape>[ and a <colour> <shape>]' "
+                f"with "
                 f"colour in {COLOURS} and shape in {SHAPES}"
             )
         out.append((m.group(1), m.group(2)))
