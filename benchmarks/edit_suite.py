@@ -50,6 +50,8 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
         kw = {"steps": args.steps} if args.steps else {}
     if method.option("editor"):
         kw["method"] = method.option("editor")
+    if getattr(args, "n_avg", None) is not None:  # checked against date_edit.limits.MAX_N_AVG by EditConfig too
+        kw["n_avg"] = args.n_avg
     cross = args.cross_replace if args.cross_replace is not None else cross
     self_ = args.self_replace if args.self_replace is not None else self_
     mask = method.option("mask") or args.mask
@@ -69,14 +71,18 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
 
 
 def check_methods(args, methods, backbone, source_prompt: str) -> None:
-    """Refuse, before any image is edited, a method this model cannot run (P2P on FlowEdit, FlowEdit on SD)."""
+    """Refuse, before any image is edited, a method this model cannot run (P2P on FlowEdit, FlowEdit on SD, a
+    FlowEdit setting such as ``--n-avg`` on DDPM editing)."""
     from date_edit.controls import check
+    from date_edit.defaults import resolve_edit_config
     from date_edit.pipeline import EditConfig
 
     for method in methods:
         kw, _ = settings(args, method, backbone.family)
         try:
-            check(backbone, EditConfig(date=method.date, **kw), [source_prompt])
+            config = EditConfig(date=method.date, **kw)
+            resolve_edit_config(config, backbone)
+            check(backbone, config, [source_prompt])
         except ConfigError as exc:
             raise ConfigError(None, f"method {method.label!r} on {backbone.name}: {str(exc).splitlines()[0]}") \
                 from None

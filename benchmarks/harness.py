@@ -29,10 +29,13 @@ from typing import Optional
 
 import torch
 
+from benchmarks.checks import MAX_STEPS_FACTOR, check_arguments, check_item_id, number, print_error
+from benchmarks.pie import excerpt
 from date_edit.choices import DEFAULT_MODEL, OFFLINE_MODELS
 from date_edit.date import DateConfig
 from date_edit.distributed import JobProgress
 from date_edit.errors import ConfigError, DateEditError
+from date_edit.limits import MAX_N_AVG
 from date_edit.multiconcept import mean_ci95
 from date_edit.pipeline import psnr_db as psnr
 from date_edit.scorers import offline_scorer_spec
@@ -81,7 +84,7 @@ def parse_method(text: str, default_updates: str = "10%") -> Method:
     """``date-clip@rho=1.0@updates=20%`` -> Method (unknown names and keys are one-line errors)."""
     base, *overrides = text.strip().split("@")
     if base not in BASE_METHODS:
-        raise ConfigError(None, f"unknown method {base!r}: known are {', '.join(BASE_METHODS)}")
+        raise ConfigError(None, f"unknown method {excerpt(base)}: known are {', '.join(BASE_METHODS)}")
     date_kw, scorer, ug = BASE_METHODS[base]
     date_kw = dict(date_kw) if date_kw is not None else None
     factor = 1.0
@@ -91,17 +94,17 @@ def parse_method(text: str, default_updates: str = "10%") -> Method:
         if key in EDIT_OPTIONS:
             edit[key] = _edit_option(text, key, value)
         elif key == "rho" and date_kw is not None:
-            date_kw["rho"] = float(value)
+            date_kw["rho"] = number(text, key, value)
         elif key == "updates" and date_kw is not None:
             date_kw["update_steps"] = value
         elif key == "mode" and date_kw is not None:
             date_kw["mode"] = value
         elif key == "ug":
-            ug = float(value)
+            ug = number(text, key, value)
         elif key == "steps-factor":
-            factor = float(value)
+            factor = number(text, key, value, MAX_STEPS_FACTOR)
         else:
-            raise ConfigError(None, f"method {text!r}: cannot set {key!r} here")
+            raise ConfigError(None, f"method {excerpt(text)}: cannot set {excerpt(key)} here")
     date = None
     if date_kw is not None:
         date = DateConfig(**({"update_steps": default_updates} | date_kw))
@@ -117,7 +120,8 @@ def _edit_option(text: str, key: str, value: str) -> str:
     if key == "preset":
         check_preset(value)
     elif value not in EDIT_OPTIONS[key]:
-        raise ConfigError(None, f"method {text!r}: {key} takes {', '.join(EDIT_OPTIONS[key])}, got {value!r}")
+        raise ConfigError(None, f"method {excerpt(text)}: {key} takes {', '.join(EDIT_OPTIONS[key])}, got "
+                                f"{excerpt(value)}")
     return value
 
 
@@ -430,7 +434,7 @@ class _Runner:
             cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date, universal_guidance=method.ug,
                                  guidance_scale=args.guidance)
             result = generate(backbone, item.prompt, config=cfg, scorer=self._scorer(method))
-        image_path = self.out / "images" / _slug(method.label) / f"{item.id}_s{seed}.png"
+        image_path = self.out / "images" / _slug(method.label) / f"{check_item_id(item.id, self.out)}_s{seed}.png"
         save_png(to_pil(result.images)[0], image_path, overwrite=True)
         rec = {"suite": args.suite, "method": method.label, "base": method.base, "item": item.id,
                "group": item.group, "prompt": item.prompt, "seed": seed, "steps": n_steps,
@@ -695,6 +699,8 @@ def main(argv=None) -> int:
                                                                      "(default: the preset's, else 0.8)")
     r.add_argument("--self-replace", type=float, default=None, help="edit suites, P2P: self-attention window "
                                                                     "(default: the preset's, else 0.8)")
+    r.add_argument("--n-avg", type=int, default=None, help=f"edit suites, FlowEdit: noise draws averaged per step "
+                                                           f"(1 to {MAX_N_AVG}; default 1, the published)")
     r.add_argument("--model", default=None,
                    help=f"backbone (toy and tiny, tiny-sdxl, tiny-sd3, tiny-flux offline; default: toy for --suite "
                         f"toy, else {DEFAULT_MODEL})")
@@ -711,10 +717,14 @@ def main(argv=None) -> int:
         args.model = "toy" if args.suite == "toy" else DEFAULT_MODEL
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        check_arguments(args, EDIT_SUITES)
         out = run(args)
     except DateEditError as exc:  # bad input or an unavailable model; anything else is a bug: its traceback shows
-        print(f"benchmarks: error: {str(exc).splitlines()[0]}")
-        return 2
+        print_error(str(exc))
+        return 2 if exc.usage else 1
+    except OSError as exc:  # a full disk, a folder we may not write: a runtime failure, not a bug
+        print_error(str(exc) or type(exc).__name__)
+        return 1
     if out is None:  # a rank other than 0: rank 0 writes and prints the reports
         return 0
     print((out / "summary.md").read_text())

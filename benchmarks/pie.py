@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Optional
@@ -25,12 +26,17 @@ from typing import Optional
 import numpy as np
 
 from date_edit.defaults import FLOWEDIT_DEFAULTS
-from date_edit.errors import ConfigError
+from date_edit.errors import ConfigError, printable
 
 MAPPING = "mapping_file.json"
 IMAGES = "annotation_images"
 SIZE = (512, 512)
 MAX_MAPPING_BYTES = 256 * 2**20  # the real file is about 15 MB
+# an item's key names its output files (``images/<method>/<key>_s<seed>.png``): a plain name, never a path (the
+# dataset's keys are 12 digits)
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_SHORT = reprlib.Repr()  # how messages quote the mapping's values: a short excerpt, whatever their size or depth
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 40, 40, 2, 4, 4
 
 # editing_type_id -> the edit type (the dataset's folder names: 0_random_140, 1_change_object_80, ...)
 CATEGORIES = {
@@ -92,7 +98,8 @@ def decode_mask(runs, shape: tuple[int, int] = SIZE, border: bool = True) -> np.
     for start, length in zip(values[0::2], values[1::2]):
         if isinstance(start, bool) or isinstance(length, bool) or not isinstance(start, int) \
                 or not isinstance(length, int) or start < 0 or length < 0:
-            raise ValueError(f"a PIE mask run must be two non-negative integers, got ({start!r}, {length!r})")
+            raise ValueError(f"a PIE mask run must be two non-negative integers, got ({excerpt(start)}, "
+                             f"{excerpt(length)})")
         flat[start:start + max(0, min(length, total - start))] = 1
     mask = flat.reshape(h, w)
     if border:
@@ -151,11 +158,29 @@ def parse_categories(text: Optional[str]) -> Optional[set[str]]:
     return chosen
 
 
+def excerpt(value) -> str:
+    """``value`` quoted for a message: its repr cut short (strings, lists and nesting alike), always printable."""
+    return printable(_SHORT.repr(value))
+
+
+def plain_name(text) -> bool:
+    """Whether ``text`` can name a file by itself: letters, digits, ``.``, ``_``, ``-`` (not first), at most 128."""
+    return isinstance(text, str) and PLAIN_NAME.fullmatch(text) is not None
+
+
+def _inside(path: str) -> Optional[PurePosixPath]:
+    """``path`` as a relative path that stays in its folder (not empty, not absolute, no ``..``), else None."""
+    p = PurePosixPath(path.replace("\\", "/"))
+    if not path.strip() or "\0" in path or p.is_absolute() or ".." in p.parts or str(p) == ".":
+        return None
+    return p
+
+
 def _relative(path: str, key: str) -> str:
     """``image_path`` as a safe relative path (no absolute paths, no ``..``): it names files we read and write."""
-    p = PurePosixPath(str(path).replace("\\", "/"))
-    if not str(path).strip() or p.is_absolute() or ".." in p.parts:
-        raise ConfigError("data", f"{MAPPING}: item {key!r} has image_path {path!r}: expected a path inside "
+    p = _inside(path)
+    if p is None:
+        raise ConfigError("data", f"{MAPPING}: item {key!r} has image_path {excerpt(path)}: expected a path inside "
                                   f"{IMAGES}/")
     return str(p)
 
@@ -165,8 +190,9 @@ def load_pie(data: str | os.PathLike, categories: Optional[set[str]] = None,
     """The items of a PIE-Bench folder in the mapping file's order, of the chosen edit types, the first ``limit``.
 
     Raises:
-        ConfigError: one line naming what is wrong: no folder, no or unreadable mapping file, an item without a
-            field the benchmark needs, a bad mask, an image that is not there.
+        ConfigError: one line naming what is wrong: no folder, no or unreadable mapping file (or one nested too
+            deeply to parse), a key that is not a plain name, an item without a field the benchmark needs or with
+            one of the wrong type, a bad mask, an image that is not there or whose real path leaves ``data``.
     """
     root = Path(data).expanduser()
     mapping_path = root / MAPPING
@@ -182,12 +208,16 @@ def load_pie(data: str | os.PathLike, categories: Optional[set[str]] = None,
         mapping = json.loads(mapping_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError("data", f"{mapping_path}: not JSON ({str(exc).splitlines()[0][:120]})") from None
+    except RecursionError:  # [[[[...]]]]: the parser recurses once per level
+        raise ConfigError("data", f"{mapping_path}: nested too deeply to parse; a PIE mapping is an object of "
+                                  "items, each an object of strings and a mask list") from None
     if not isinstance(mapping, dict):
         raise ConfigError("data", f"{mapping_path}: expected an object of items by key, got "
                                   f"{type(mapping).__name__}")
     entries = []
+    real_root = root.resolve()
     for key, item in mapping.items():
-        entry = _entry(root, str(key), item)
+        entry = _entry(root, real_root, key, item)
         if categories is None or entry.category in categories:
             entries.append(entry)
         if limit and len(entries) >= limit:
@@ -197,33 +227,87 @@ def load_pie(data: str | os.PathLike, categories: Optional[set[str]] = None,
     return entries
 
 
-def _entry(root: Path, key: str, item) -> PieEntry:
-    needed = ("image_path", "original_prompt", "editing_prompt", "editing_type_id", "mask")
-    if not isinstance(item, dict) or any(k not in item for k in needed):
-        missing = [k for k in needed if not isinstance(item, dict) or k not in item]
+# the fields of an item: name -> (required, the JSON types it may have, as the message says them)
+FIELDS = {"image_path": (True, (str,), "a string"), "original_prompt": (True, (str,), "a string"),
+          "editing_prompt": (True, (str,), "a string"), "editing_type_id": (True, (str, int), "a string or integer"),
+          "mask": (True, (list,), "a list of numbers"), "editing_instruction": (False, (str,), "a string"),
+          "blended_word": (False, (str,), "a string")}
+
+
+def _check_item(key, item) -> str:
+    """The item's key, after its key and its fields' types are checked (one line naming the first problem)."""
+    if not plain_name(key):
+        raise ConfigError("data", f"{MAPPING}: item key {excerpt(key)} is not a plain name (letters, digits, '.', "
+                                  "'_', '-'; the dataset's are 12 digits): it names the item's output files")
+    if not isinstance(item, dict):
+        raise ConfigError("data", f"{MAPPING}: item {key!r} is {type(item).__name__}, expected an object")
+    missing = [k for k, (needed, _, _) in FIELDS.items() if needed and k not in item]
+    if missing:
         raise ConfigError("data", f"{MAPPING}: item {key!r} lacks {', '.join(missing)}")
-    rel = _relative(item["image_path"], key)
+    for name, (needed, types, said) in FIELDS.items():
+        value = item.get(name)
+        if value is None and not needed:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ConfigError("data", f"{MAPPING}: item {key!r} has {name} {excerpt(value)}: expected {said}")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (JSON escapes d800..dfff): no tokenizer takes it
+                raise ConfigError("data", f"{MAPPING}: item {key!r} has {name} {excerpt(value)}: not valid "
+                                          "Unicode text") from None
+    return key
+
+
+def _image(root: Path, real_root: Path, rel: str, key: str) -> Path:
+    """The real path of the item's photo, which must be a file inside the data folder (links are followed, and
+    must not lead out of it)."""
     image = root / IMAGES / rel
     if not image.is_file():
-        raise ConfigError("data", f"{image}: not found (item {key!r} of {MAPPING})")
+        raise ConfigError("data", f"{root / IMAGES}/{excerpt(rel)[1:-1]}: not found (item {key!r} of {MAPPING})")
+    try:
+        real = image.resolve(strict=True)
+    except (OSError, RuntimeError):  # a link loop, or the file went away
+        raise ConfigError("data", f"{root / IMAGES}/{excerpt(rel)[1:-1]}: cannot be opened (item {key!r} of "
+                                  f"{MAPPING})") from None
+    if not real.is_relative_to(real_root):
+        raise ConfigError("data", f"{root / IMAGES}/{excerpt(rel)[1:-1]} (item {key!r}) is a link to a file "
+                                  f"outside {root}: the dataset's files must be inside --data")
+    return real
+
+
+def _entry(root: Path, real_root: Path, key, item) -> PieEntry:
+    """One checked item: its shape first, then its mask, then its photo."""
+    key = _check_item(key, item)
+    rel = _relative(item["image_path"], key)
     runs = item["mask"]
     try:
         decode_mask(runs)
     except (TypeError, ValueError) as exc:
         raise ConfigError("data", f"{MAPPING}: item {key!r}: {exc}") from None
+    image = _image(root, real_root, rel, key)
     blended = str(item.get("blended_word") or "").split()
     return PieEntry(key=key, image_path=rel, image=image,
-                    source_prompt=strip_brackets(str(item["original_prompt"])),
-                    target_prompt=strip_brackets(str(item["editing_prompt"])),
+                    source_prompt=strip_brackets(item["original_prompt"]),
+                    target_prompt=strip_brackets(item["editing_prompt"]),
                     instruction=str(item.get("editing_instruction") or ""),
                     category=str(item["editing_type_id"]), blended_words=tuple(blended),
-                    edited_words=tuple(bracketed(str(item["editing_prompt"]))), runs=tuple(runs))
+                    edited_words=tuple(bracketed(item["editing_prompt"])), runs=tuple(runs))
 
 
 def reference_path(out: Path, method_slug: str, image_path: str) -> Path:
     """Where the reference layout keeps a method's edit of one item: ``<out>/reference/<method>/annotation_images/
-    <image_path>``, the folder the reference's ``evaluate.py`` reads as ``output/<method>/annotation_images``."""
-    return out / "reference" / method_slug / IMAGES / image_path
+    <image_path>``, the folder the reference's ``evaluate.py`` reads as ``output/<method>/annotation_images``.
+
+    Raises:
+        ConfigError: a method slug that is not one file name or an ``image_path`` that would leave that folder
+            (absolute, ``..``): nothing is written outside ``out``, whatever the mapping says.
+    """
+    rel, slug = _inside(str(image_path)), _inside(str(method_slug))
+    if rel is None or slug is None or len(slug.parts) != 1:
+        raise ConfigError("data", f"the reference layout of {excerpt(method_slug)} cannot hold image_path "
+                                  f"{excerpt(image_path)}: expected a path inside {IMAGES}/")
+    return out / "reference" / method_slug / IMAGES / rel
 
 
 def encode_mask(mask: np.ndarray) -> list[int]:

@@ -183,10 +183,10 @@ def _harness(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_pie_without_data_or_with_an_unrunnable_method_is_one_line(tmp_path, pie_dir):
     done = _harness("--suite", "pie", "--model", "tiny", "--out", str(tmp_path / "a"))
-    assert done.returncode == 2 and "--data" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert done.returncode == 2 and "--data" in done.stderr and "Traceback" not in done.stdout + done.stderr
     done = _harness("--suite", "pie", "--data", str(pie_dir), "--model", "tiny-sd3", "--methods", "fixed@p2p",
                     "--out", str(tmp_path / "b"))
-    assert done.returncode == 2 and "p2p" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert done.returncode == 2 and "p2p" in done.stderr and "Traceback" not in done.stdout + done.stderr
 
 
 def test_pie_fixture_runs_every_method_on_the_tiny_models(tmp_path, pie_dir):
