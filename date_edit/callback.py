@@ -26,11 +26,11 @@ scheduler and settings the latents equal ``generate``'s (tested on the tiny mode
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Optional, Sequence
 
 import torch
 
+from . import callback_checks as checks
 from .backbones import Backbone
 from .conditioning import Conditioning
 from .date import DateConfig, DateTrace, parse_update_steps
@@ -60,22 +60,28 @@ class DateCallback:
             are added to :attr:`tensor_inputs` through ``then_inputs``.
 
     Raises:
-        ConfigError: the pipeline has no ``callback_on_step_end``, or does not hand a tensor DATE must move to it
-            (FLUX's pooled embedding, a pipeline variant without ``pooled_prompt_embeds``).
+        ConfigError: one line naming the argument, before any model runs: an argument of the wrong type or out of
+            range (:mod:`date_edit.callback_checks`), a pipeline without ``callback_on_step_end``, or one that does
+            not hand a tensor DATE must move to it (FLUX's pooled embedding, a variant without
+            ``pooled_prompt_embeds``).
     """
 
     def __init__(self, pipe, prompt: str | Sequence[str], *, scorer, config: DateConfig = DateConfig(),
                  height: Optional[int] = None, width: Optional[int] = None,
                  then: Optional[Callable] = None, then_inputs: Sequence[str] = ()) -> None:
-        if "callback_on_step_end" not in inspect.signature(pipe.__call__).parameters:
-            raise ConfigError("pipe", f"{type(pipe).__name__} has no callback_on_step_end: DATE cannot run inside "
-                                      "it; use Backbone.from_pipeline(pipe) with date_edit.generate instead")
+        checks.check_pipe(pipe)
+        self.prompts = checks.check_prompts(prompt)
+        checks.check_scorer(scorer)
+        checks.check_config(config)
+        then_inputs = checks.check_then(then, then_inputs)
         self.backbone = Backbone.from_pipeline(pipe)
         self.family = self.backbone.family
-        self.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self.config, self.scorer, self.then = config, scorer, then
-        self.size = (int(height or self.backbone.native_size), int(width or self.backbone.native_size))
+        self.size = checks.check_size(height, width, self.backbone)
         latents, tokens, pooled, extras = _INPUTS[self.family]
+        wanted = [latents, tokens] + ([pooled] if pooled else []) + list(extras)
+        offered = list(getattr(pipe, "_callback_tensor_inputs", wanted))
+        checks.check_then_offered(then_inputs, offered, type(pipe).__name__)
         self.base = self.backbone.encode_condition(self.prompts, size=self.size)
         # the unconditional branch as the loop builds it (SD: the empty prompt encoded once, here)
         self.base_uncond = self.backbone.unconditional(len(self.prompts), size=self.size)
@@ -84,16 +90,15 @@ class DateCallback:
             raise ConfigError("date_targets", f"{type(pipe).__name__} does not hand its pooled embedding to "
                                               "callbacks, so DATE can move only the token embeddings there: use "
                                               "targets='tokens', or date_edit.generate on Backbone.from_pipeline")
-        wanted = [latents, tokens] + ([pooled] if pooled else []) + list(extras)
-        offered = list(getattr(pipe, "_callback_tensor_inputs", wanted))
         missing = [n for n in wanted if n not in offered and (n != pooled or "pooled" in self.targets)]
         if missing:
             raise ConfigError("pipe", f"{type(pipe).__name__} does not hand {', '.join(missing)} to callbacks "
                                       f"(it offers {', '.join(offered)}): DATE cannot update there")
         self._names = {"latents": latents, "tokens": tokens, "pooled": pooled if pooled in offered else None,
                        "extras": tuple(e for e in extras if e in offered)}
-        inputs = [n for n in wanted if n in offered]
-        self.tensor_inputs = list(dict.fromkeys([*inputs, *then_inputs]))
+        self._needed = [n for n in wanted if n in offered]  # what each callback invocation must be handed
+        self.tensor_inputs = list(dict.fromkeys([*self._needed, *then_inputs]))
+        self._denoiser = checks.denoiser_of(pipe)
         self.hook = None
         self._indices: frozenset[int] = frozenset()
         self._timesteps: list = []
@@ -114,7 +119,14 @@ class DateCallback:
         you would pass it to the pipeline. The returned dict holds the (updated) embeddings in place of the
         prompt, the latents, the callback and its tensor inputs, the steps, guidance and size: call
         ``pipe(**date.prepare(...))`` (add your own keyword arguments, but not ``prompt``).
+
+        Raises:
+            ConfigError: naming the argument, before any model runs: a step count that is not an integer from 1 to
+                the model's training timesteps, a guidance scale that is not a finite number, or latents that are
+                not a finite float tensor of this run's shape (one per prompt).
         """
+        checks.check_run(num_inference_steps, guidance_scale, self.backbone)
+        checks.check_latents(latents, self.backbone, self.size, len(self.prompts))
         self._start(num_inference_steps, float(guidance_scale), self.backbone.timesteps(num_inference_steps,
                                                                                         self.size))
         self._active = True
@@ -127,10 +139,24 @@ class DateCallback:
         return self._pipeline_kwargs(cond, latents, num_inference_steps, guidance_scale)
 
     def __call__(self, pipe, i: int, t, tensors: dict) -> dict:
-        """diffusers' ``callback_on_step_end``: DATE's update for step ``i + 1`` when it is scheduled."""
+        """diffusers' ``callback_on_step_end``: DATE's update for step ``i + 1`` when it is scheduled.
+
+        Raises:
+            ConfigError: before DATE runs, naming what to change: ``pipe`` is not the pipeline this callback was
+                made for, ``tensors`` lacks what DATE reads (pass ``callback_on_step_end_tensor_inputs=
+                date.tensor_inputs``), or the pipeline runs other prompts than the callback's.
+        """
+        try:
+            checks.check_step(pipe, i, tensors, denoiser=self._denoiser, needed=self._needed)
+            checks.check_batch(tensors, self._names, len(self.prompts),
+                               bool(getattr(pipe, "do_classifier_free_guidance", False)))
+            guidance = None if self._active else checks.check_guidance(getattr(pipe, "guidance_scale", 1.0))
+        except ConfigError:
+            self._active = False  # the pipeline stops here: the next call is a new run
+            raise
         n = len(pipe.scheduler.timesteps)
         if not self._active:  # the callback alone: the run starts here, at the end of its first step
-            self._start(n, float(getattr(pipe, "guidance_scale", 1.0)), self._pipe_timesteps(pipe, n))
+            self._start(n, guidance, self._pipe_timesteps(pipe, n))
             self._active = True
             if 0 in self._indices:
                 self._active = False
