@@ -10,10 +10,13 @@ numpy at module level.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
+import sys
 import tempfile
 import threading
 import traceback
@@ -24,14 +27,17 @@ from typing import Callable, Optional
 import click
 
 from date_edit.errors import ConfigError, DateEditError, printable
+from date_edit.limits import DEFAULT_MAX_PIXELS
 
 from . import common
 from .edit_cmd import edit as edit_command
-from .running import CliError, flag_for
+from .running import EXIT_USAGE, CliError, flag_for, say
 from .sweep_cmd import run_sweep, sweep as sweep_command, sweep_record, sweep_scorers, write_grid
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # a source checkout's sample photos (absent from a wheel)
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+MAX_LAYER_PIXELS = DEFAULT_MAX_PIXELS  # a painted layer's budget: the photo's, checked before it is decoded
+PAINTED_MASK = "the painted mask"  # how messages name the painted mask (never by its file on the server)
 CACHE_SIZE = 8  # inversions kept (an SD inversion of 100 steps is about 13 MB)
 # the Edit form: its fields in order, with their defaults (the CLI's: P2P and an automatic mask with a source prompt,
 # so CFG 7.5)
@@ -58,17 +64,47 @@ def error_line(exc: BaseException) -> Optional[str]:
     return "error: " + printable((text.strip().splitlines() or [type(exc).__name__])[0])
 
 
-def bug_line(exc: BaseException) -> str:
-    """An unexpected failure: one line saying it is a bug and where its traceback was saved (never the traceback)."""
-    first = printable((str(exc).strip().splitlines() or [""])[0])
+def saved_traceback(exc: BaseException) -> str:
+    """Save ``exc``'s traceback to a file for the server's log; where it is, as a phrase (never shown to a browser)."""
     try:
         fd, path = tempfile.mkstemp(prefix="date-edit-ui-error-", suffix=".txt")
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=f)
-        where = f"the traceback is in {path}"
+        return f"the traceback is in {path}"
     except OSError:
-        where = "the traceback could not be saved"
-    return f"error: unexpected {type(exc).__name__}: {first}. This is a bug, not bad input: {where}; please report it"
+        return "the traceback could not be saved"
+
+
+def bug_line(exc: BaseException) -> tuple[str, str]:
+    """An unexpected failure: one line saying it is a bug, for the browser (no server path) and for the server's log
+    (where its traceback was saved); never the traceback itself."""
+    first = printable((str(exc).strip().splitlines() or [""])[0])
+    head = f"error: unexpected {type(exc).__name__}: {first}. This is a bug, not bad input"
+    return f"{head}: the server's log says where its traceback is; please report it", \
+        f"{head}: {saved_traceback(exc)}; please report it"
+
+
+def server_prefixes(*more) -> list[str]:
+    """The server's folders a message may name (temporary folders, this checkout, Python's, the home folder),
+    longest first."""
+    found = {str(p) for p in (*more, tempfile.gettempdir(), os.environ.get("GRADIO_TEMP_DIR"), SAMPLES.parent,
+                                sys.prefix, sys.base_prefix, os.path.expanduser("~")) if p}
+    found |= {os.path.realpath(p) for p in found}
+    return sorted((p.rstrip(os.sep) for p in found if len(p.rstrip(os.sep)) > 1), key=len, reverse=True)
+
+
+def public(text: str, names: Optional[dict] = None, prefixes: Optional[list] = None) -> str:
+    """``text`` as a browser may see it: each path in ``names`` replaced by its name (an upload's file name, or a
+    role such as "the painted mask"), then any other path under a server folder (:func:`server_prefixes`) by
+    its last part, so that no message shows where the server keeps anything."""
+    for path, name in sorted((names or {}).items(), key=lambda kv: len(kv[0]), reverse=True):
+        if path:
+            text = text.replace(f"mask {path}", name) if name == PAINTED_MASK else text
+            text = text.replace(path, name)
+    for prefix in prefixes if prefixes is not None else server_prefixes():
+        text = re.sub(re.escape(prefix) + r"(?![^/\\\s'\"`,;:()])(?:[/\\][^\s'\"`,;:()]*)?",
+                      lambda m: os.path.basename(m.group().rstrip("/\\")) or "?", text)
+    return text
 
 
 def _number(value, integer: bool = False) -> str:
@@ -116,10 +152,28 @@ def parse(command: click.Command, args: list[str]) -> dict:
         return dict(ctx.params)
 
 
-def command_line(name: str, args: list[str], photo: str) -> str:
-    """``date-edit <name> ...`` as a shell line, the photo named by its file name."""
-    shown = [Path(a).name if a == photo else a for a in args]
+def command_line(name: str, args: list[str], photo: str, mask_file: Optional[str] = None) -> str:
+    """``date-edit <name> ...`` as a shell line, the photo named by its file name and a painted mask as
+    ``painted-mask.png`` (no server path)."""
+    shown = [Path(a).name if a == photo else "painted-mask.png" if mask_file and a == mask_file else a
+             for a in args]
     return shlex.join(["date-edit", name, *shown])
+
+
+def layer_size(layer) -> tuple[int, int]:
+    """A painted layer's (width, height), read without decoding it (a PIL image as opened: its header; an array),
+    refused in one line (a :class:`CliError`, exit 2) over :data:`MAX_LAYER_PIXELS` or not an image."""
+    if hasattr(layer, "shape") and len(layer.shape) >= 2:
+        h, w = int(layer.shape[0]), int(layer.shape[1])
+    elif hasattr(layer, "size") and len(getattr(layer, "size", ())) == 2:
+        w, h = layer.size
+    else:
+        raise CliError(f"{PAINTED_MASK} is not an image (a {type(layer).__name__}); reload the photo and paint again",
+                       EXIT_USAGE)
+    if w * h > MAX_LAYER_PIXELS:
+        raise CliError(f"{PAINTED_MASK} is {w}x{h} = {w * h:,} pixels, over the limit of {MAX_LAYER_PIXELS:,} (the "
+                       "photo's); paint on the photo as the app shows it", EXIT_USAGE)
+    return w, h
 
 
 def is_local(host: str) -> bool:
@@ -214,15 +268,32 @@ class App:
         while len(self.inversions) > CACHE_SIZE:
             self.inversions.popitem(last=False)
 
+    @contextlib.contextmanager
+    def _painted(self, painted, form: dict):
+        """The painted layers as a mask file for the request (None unless the form's mask is 'painted'), removed
+        after it: the app's folder keeps no mask, and a refused layer is never written."""
+        path = self._painted_mask(painted, form)
+        try:
+            yield path
+        finally:
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
     def _painted_mask(self, painted, form: dict) -> Optional[str]:
         """The painted layers (any stroke, any colour) as a mask file, white where painted; None unless the form's
-        mask is 'painted'."""
+        mask is 'painted'. Each layer's size is checked before it is decoded (a layer over the photo's pixel budget
+        is refused unread)."""
         if form.get("mask") != "painted":
             return None
         import numpy as np
         from PIL import Image
 
         layers = [] if not painted else [la for la in (painted.get("layers") or []) if la is not None]
+        sizes = {layer_size(layer) for layer in layers}
+        if len(sizes) > 1:
+            raise CliError(f"{PAINTED_MASK}'s layers differ in size ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
+                           "reload the photo and paint again", EXIT_USAGE)
         alpha = None
         for layer in layers:
             a = np.asarray(Image.fromarray(layer) if isinstance(layer, np.ndarray) else layer.convert("RGBA"))
@@ -236,17 +307,23 @@ class App:
         Image.fromarray(alpha.astype(np.uint8) * 255, "L").save(path)
         return str(path)
 
-    def _guarded(self, photo: Optional[str], fn: Callable[[], dict]) -> dict:
+    def _guarded(self, what: str, photo: Optional[str], fn: Callable[[], dict]) -> dict:
         """Run ``fn`` under the model's lock; an expected failure becomes ``{"status": one line}`` naming the
-        photo by its file name, a bug one line saying so."""
+        photo by its file name and the painted mask by its role (no server path), a bug one line saying so; either
+        is logged as one line on the server's stderr."""
         try:
             with self.lock:
                 return fn()
         except Exception as exc:  # noqa: BLE001 - the app never shows a traceback
-            line = error_line(exc) or bug_line(exc)
+            line = error_line(exc)
+            shown, logged = (line, line) if line is not None else bug_line(exc)
+            masks = re.findall(re.escape(str(self.out_dir / "painted_mask_")) + r"\d+\.png", shown + logged)
+            names = {p: PAINTED_MASK for p in masks}
             if photo:
-                line = line.replace(str(photo), Path(photo).name)
-            return {"status": line}
+                names[str(photo)] = Path(photo).name
+            shown = public(shown, names, server_prefixes(self.out_dir))
+            say(f"{what}: {shown if line is not None else public(logged, names, [])}")
+            return {"status": shown}
 
     # ------------------------------------------------------------------------------------------ the handlers
 
@@ -263,7 +340,7 @@ class App:
             return {"photo": str(path), "editor": {"background": image, "layers": [], "composite": image},
                     "status": f"photo {Path(path).name}: {w}x{h} (from {ow}x{oh}){notes}"}
 
-        out = self._guarded(path, run)
+        out = self._guarded("photo", path, run)
         return out if "photo" in out else {**out, "photo": None, "editor": None}
 
     def load_sample(self, name: Optional[str]) -> dict:
@@ -275,15 +352,19 @@ class App:
     def edit(self, photo: Optional[str], painted, form: dict, progress=None) -> dict:
         """Edit the photo as the form asks; outputs ``result``, ``status``, ``record``, ``download``, ``plot``
         (DATE's objective per update: ``[(step, score), ...]``) and ``command`` (the same edit as a command)."""
-        return self._guarded(photo, lambda: self._edit(photo, painted, {**FORM, **form}, progress))
+        return self._guarded("edit", photo, lambda: self._edit(photo, painted, {**FORM, **form}, progress))
 
     def _edit(self, photo, painted, form: dict, progress) -> dict:
+        if not str(form["prompt"]).strip():
+            raise CliError("the target prompt is empty: type what the edited photo should show")
+        with self._painted(painted, form) as mask_file:
+            return self._edit_with(photo, mask_file, form, progress)
+
+    def _edit_with(self, photo, mask_file: Optional[str], form: dict, progress) -> dict:
         from date_edit.imaging import to_pil
         from date_edit.pipeline import edit as run_edit
 
-        if not str(form["prompt"]).strip():
-            raise CliError("the target prompt is empty: type what the edited photo should show")
-        args = edit_args(photo or "", form, self.model, self._painted_mask(painted, form))
+        args = edit_args(photo or "", form, self.model, mask_file)
         opts = parse(edit_command, args)
         seed = 0 if opts["seed"] is None else opts["seed"]
         config = common.edit_config(opts, common.edit_controls(opts), seed)  # the form gives every setting
@@ -301,7 +382,7 @@ class App:
         self._remember(key, result.inversion)
         state = "none (FlowEdit inverts nothing)" if config.method != "ddpm" else \
             "cached" if inversion is not None else "computed"
-        line = command_line("edit", args, photo)
+        line = command_line("edit", args, photo, mask_file)
         extra = {"input": Path(photo).name, "source_prompt": opts["source_prompt"],
                  "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
                  "cfg_target": config.cfg_target, "mask": form["mask"], **common.control_record(result),
@@ -327,13 +408,14 @@ class App:
 
     def reconstruct(self, photo: Optional[str], form: dict, progress=None) -> dict:
         """Invert and resample with the source prompt (no DATE): how exact the inversion is, as an image."""
-        return self._guarded(photo, lambda: self._reconstruct(photo, {**FORM, **form, "prompt": "-"}, progress))
+        return self._guarded("reconstruct", photo,
+                             lambda: self._reconstruct(photo, {**FORM, **form, "prompt": "-"}, progress))
 
     def _reconstruct(self, photo, form: dict, progress) -> dict:
         from date_edit.imaging import to_pil
         from date_edit.pipeline import EditConfig, psnr_db, reconstruct
 
-        opts = parse(edit_command, edit_args(photo or "", form, self.model, self._painted_mask(None, {})))
+        opts = parse(edit_command, edit_args(photo or "", form, self.model, None))
         seed = 0 if opts["seed"] is None else opts["seed"]
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
                             cfg_target=opts["cfg_source"], seed=seed, date=None)
@@ -348,15 +430,19 @@ class App:
     def sweep(self, photo: Optional[str], painted, form: dict, grid: dict, progress=None) -> dict:
         """The Sweep tab: ``date-edit sweep`` with the Edit form's settings over the grid asked; outputs ``grid``
         (the labelled image), ``rows`` (one per cell), ``status``, ``record`` and ``download``."""
-        return self._guarded(photo, lambda: self._sweep(photo, painted, {**FORM, **form}, {**SWEEP_FORM, **grid},
-                                                        progress))
+        return self._guarded("sweep", photo, lambda: self._sweep(photo, painted, {**FORM, **form},
+                                                                 {**SWEEP_FORM, **grid}, progress))
 
     def _sweep(self, photo, painted, form: dict, grid: dict, progress) -> dict:
-        from date_edit.imaging import default_output_name
-
         if not str(form["prompt"]).strip():
             raise CliError("the target prompt is empty: type what the edited photo should show")
-        args = sweep_args(photo or "", form, grid, self.model, self._painted_mask(painted, form))
+        with self._painted(painted, form) as mask_file:
+            return self._sweep_with(photo, mask_file, form, grid, progress)
+
+    def _sweep_with(self, photo, mask_file: Optional[str], form: dict, grid: dict, progress) -> dict:
+        from date_edit.imaging import default_output_name
+
+        args = sweep_args(photo or "", form, grid, self.model, mask_file)
         opts = parse(sweep_command, args)
         common.precheck_mask(opts, photo)
         loaded = self._load(photo, opts)
@@ -367,7 +453,7 @@ class App:
                            inversion=inversion, progress=progress)
         self._remember(key, result.inversion)
         record = sweep_record(result, self.backbone, opts, Path(photo).name, loaded)
-        record["command_line"] = command_line("sweep", args, photo)
+        record["command_line"] = command_line("sweep", args, photo, mask_file)
         seed = 0 if opts["seed"] is None else opts["seed"]
         path = self.out_dir / (default_output_name(photo, opts["prompt"], seed).removesuffix(".png") + "_sweep.png")
         write_grid(result, loaded, path, record, True, [photo])

@@ -6,10 +6,13 @@ costs nothing; the handlers hold the logic and are tested without a browser.
 
 from __future__ import annotations
 
+import html
 import os
 import random
 
-from .ui_app import FORM, MASK_MODES, RADIUS_KINDS, SWEEP_COLUMNS, SWEEP_FORM, App
+from .running import EXIT_USAGE, CliError, printable, say
+from .ui_app import FORM, MASK_MODES, MAX_LAYER_PIXELS, RADIUS_KINDS, SWEEP_COLUMNS, SWEEP_FORM, App, public, \
+    saved_traceback
 
 INTRO = ("Upload a photo (or pick a sample), describe it (source prompt) and say what it should become (target "
          "prompt), then **Edit**. The first edit of a photo inverts it; a new target prompt, CFG, skip, mask or DATE "
@@ -31,6 +34,61 @@ def _frame(rows):
     import pandas as pd
 
     return pd.DataFrame(rows, columns=["step", "objective"], dtype=float)
+
+
+def _size_checked(gr, convert):
+    """An ImageEditor's image reader (``convert(file, flatten_on_white)``) that reads each image's header first: an
+    image over :data:`.ui_app.MAX_LAYER_PIXELS` is passed on as opened, never decoded (the handler refuses a painted
+    layer so large in one line; the photo and composite the editor sends are not used), one that is not an image
+    is refused in one line."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    def checked(file, flatten_on_white: bool = False):
+        if file is None:
+            return None
+        try:
+            im = Image.open(BytesIO(bytes(file)) if isinstance(file, (bytes, bytearray, memoryview)) else file.path)
+        except Image.DecompressionBombError:
+            raise gr.Error(f"error: an image the editor sent is over the limit of {MAX_LAYER_PIXELS:,} pixels; "
+                           "reload the photo and paint again", print_exception=False) from None
+        except Exception:  # noqa: BLE001 - whatever the file holds, one line
+            raise gr.Error("error: an image the editor sent (the photo or the painted mask) is not an image the "
+                           "app can read; reload the photo and paint again", print_exception=False) from None
+        if im.width * im.height > MAX_LAYER_PIXELS:
+            return im
+        im.close()
+        return convert(file, flatten_on_white)
+
+    return checked
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = printable((str(text).strip().splitlines() or [""])[0])
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def guard_requests(gr, demo) -> None:
+    """Make every request gradio itself refuses (a value a component cannot take, a file that is not an image) one
+    line in the server's log (``date-edit: request refused: ...``) and one line in the browser, never a traceback
+    and never a server path; the handlers' own refusals are their status lines (:meth:`.ui_app.App._guarded`)."""
+    process_api = demo.process_api
+
+    async def guarded(*args, **kwargs):
+        try:
+            return await process_api(*args, **kwargs)
+        except gr.Error as exc:
+            text = public(_one_line(exc.message))
+            say(f"request refused: {text}")
+            raise gr.Error(html.escape(text, quote=False), duration=exc.duration, visible=exc.visible,
+                           title=exc.title, print_exception=False) from None
+        except Exception as exc:  # noqa: BLE001 - one line, the traceback to a file
+            say(f"request refused: {type(exc).__name__}: {_one_line(exc)} ({saved_traceback(exc)})")
+            raise gr.Error("error: the app could not take this request's values; reload the page and try again",
+                           print_exception=False) from None
+
+    demo.process_api = guarded
 
 
 def _controls(gr, app: App) -> dict:
@@ -114,6 +172,7 @@ def build(app: App):
                                         label="Source (paint the mask here when Mask is 'painted')",
                                         sources=(), transforms=(), layers=False, elem_id="editor", height=320,
                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"))
+                editor.convert_and_format_image = _size_checked(gr, editor.convert_and_format_image)
                 source_prompt = gr.Textbox(label="Source prompt (what the photo shows)", elem_id="source-prompt")
                 prompt = gr.Textbox(label="Target prompt (what it should become)", elem_id="target-prompt")
                 with gr.Row():
@@ -130,6 +189,7 @@ def build(app: App):
                 **{k: controls[k] for k in FORM if k in controls}}
         _wire(gr, demo, app, photo, upload, sample, editor, status, form, controls, out, sweep,
               edit_btn, recon_btn)
+    guard_requests(gr, demo)
     return demo
 
 
@@ -182,8 +242,14 @@ def _wire(gr, demo, app, photo, upload, sample, editor, status, form, controls, 
                                    [controls[k] for k in ("steps", "skip", "cfg_source", "cfg_target")])
 
 
-def launch(demo, app: App, host: str, port: int, share: bool) -> None:
-    """Serve the app, one model request at a time (gradio's queue), until interrupted."""
+def launch(demo, app: App, host: str, port: int, share: bool, **kwargs) -> None:
+    """Serve the app on ``host`` (an IPv6 address too, bracketed for gradio) and ``port``, one model request at a
+    time (gradio's queue), until interrupted; a port taken meanwhile is one line (exit 2)."""
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.out_dir)], quiet=True,
-                ssr_mode=False, show_error=False, footer_links=["gradio"], css=CSS)
+    try:
+        demo.launch(server_name=f"[{host}]" if ":" in host else host, server_port=port, share=share,
+                    allowed_paths=[str(app.out_dir)], quiet=True, ssr_mode=False, show_error=False,
+                    footer_links=["gradio"], css=CSS, **kwargs)
+    except OSError as exc:
+        raise CliError(f"cannot serve on {printable(host)} port {port} ({_one_line(exc, 80)}); choose another "
+                       "--port", EXIT_USAGE) from None

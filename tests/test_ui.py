@@ -3,6 +3,7 @@ offline, 64 px). The browser drives the same handlers in tests/test_ui_browser.p
 
 import json
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -214,7 +215,7 @@ def test_sweep_command_refuses_bad_options_in_one_line(env, tmp_path):
     out = cli(env, "sweep", RED_CIRCLE, "a blue circle", "--model", "toy", "--skips", "x", "--out",
               tmp_path / "g.png", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "date-edit: error: --skips 'x' is not a step count (36) " \
-                                                         "or a percentage (36%)", out.stderr
+                                                         "or a percentage from 0% to 100% (36%)", out.stderr
     out = cli(env, "sweep", RED_CIRCLE, "a", "--json", tmp_path / "g.txt", cwd=tmp_path)
     assert out.returncode == 2 and "ending in .json" in out.stderr and not (tmp_path / "outputs").exists()
 
@@ -228,7 +229,11 @@ def test_ui_command_binds_locally_and_warns_for_other_hosts(env, tmp_path):
     assert is_local("127.0.0.1") and not is_local("0.0.0.0")
     help_text = cli(env, "ui", "--help", cwd=tmp_path).stdout
     assert "--host" in help_text and "127.0.0.1" in help_text and "--share" in help_text and "--port" in help_text
-    out = cli(env, "ui", "--host", "0.0.0.0", "--model", str(tmp_path / "no-such-model"), cwd=tmp_path)
+    with socket.socket() as probe:  # a port free now: the address check binds it for a moment, never 7860
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = cli(env, "ui", "--host", "0.0.0.0", "--port", port, "--model", str(tmp_path / "no-such-model"),
+              cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0 and lines[0].startswith("date-edit: warning: --host 0.0.0.0 serves other machines")
     assert lines[-1].startswith("date-edit: error:") and "Traceback" not in out.stderr
