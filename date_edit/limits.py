@@ -106,16 +106,21 @@ def check_seed(seed: int | None, *, name: str = "seed") -> int | None:
     return seed
 
 
+def _check_count(value, name: str, most: int, what: str) -> int:
+    """``value`` if it is an integer from 1 to ``most``; a ConfigError naming ``name`` (and the bound) otherwise."""
+    if not _is_int(value):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if value < 1:
+        raise ConfigError(name, f"must be >= 1, got {value}")
+    if value > most:
+        raise ConfigError(name, f"{value} is too many: at most {most} {what}")
+    return value
+
+
 def check_grad_iters(iterations: int, *, name: str = "iterations") -> int:
     """Validate DATE's gradient iterations per update step: an integer from 1 to :data:`MAX_GRAD_ITERS`."""
-    if not _is_int(iterations):
-        raise ConfigError(name, f"must be an integer, got {iterations!r}")
-    if iterations < 1:
-        raise ConfigError(name, f"must be >= 1, got {iterations}")
-    if iterations > MAX_GRAD_ITERS:
-        raise ConfigError(name, f"{iterations} is too many: at most {MAX_GRAD_ITERS} gradient iterations per update "
-                                "step (each costs about five plain steps)")
-    return iterations
+    return _check_count(iterations, name, MAX_GRAD_ITERS,
+                        "gradient iterations per update step (each costs about five plain steps)")
 
 
 def check_n_avg(n_avg: int | None, *, name: str = "n_avg") -> int | None:
@@ -123,14 +128,8 @@ def check_n_avg(n_avg: int | None, *, name: str = "n_avg") -> int | None:
     :data:`MAX_N_AVG` (the published value is 1; each draw costs two model calls a step: a huge count never ends)."""
     if n_avg is None:
         return None
-    if not _is_int(n_avg):
-        raise ConfigError(name, f"must be an integer, got {n_avg!r}")
-    if n_avg < 1:
-        raise ConfigError(name, f"must be >= 1, got {n_avg}")
-    if n_avg > MAX_N_AVG:
-        raise ConfigError(name, f"{n_avg} is too many: at most {MAX_N_AVG} noise draws per FlowEdit step (published: "
-                                "1; each costs two model calls a step)")
-    return n_avg
+    return _check_count(n_avg, name, MAX_N_AVG,
+                        "noise draws per FlowEdit step (published: 1; each costs two model calls a step)")
 
 
 def check_device(device: str, *, name: str = "device") -> str:

@@ -34,6 +34,22 @@ def tiny_scorer():
     return build_scorer("clip:tiny")
 
 
+@pytest.fixture(scope="module")
+def toy():
+    """The shipped toy-world backbone (CPU, fp32), loaded once per module."""
+    from date_edit.backbones import load_backbone
+
+    return load_backbone("toy", device="cpu")
+
+
+@pytest.fixture
+def app(toy, tmp_path):
+    """The web app's handlers (``date_edit_cli.ui_app.App``) on the toy model, writing under ``tmp_path``."""
+    from date_edit_cli.ui_app import App
+
+    return App(toy, "toy", out_dir=str(tmp_path / "out"))
+
+
 @pytest.fixture(scope="session")
 def sd_schedule():
     """The SD 1.x noise schedule."""

@@ -47,18 +47,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def toy():
-    from date_edit.backbones import load_backbone
-
-    return load_backbone("toy", device="cpu")
-
-
-@pytest.fixture
-def app(toy, tmp_path):
-    from date_edit_cli.ui_app import App
-
-    return App(toy, "toy", out_dir=str(tmp_path / "out"))
 
 
 # --------------------------------------------------------------------- item 7: the painted layer's size; paths

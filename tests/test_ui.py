@@ -36,20 +36,6 @@ def env(checkout_env):
     return env
 
 
-@pytest.fixture(scope="module")
-def toy():
-    from date_edit.backbones import load_backbone
-
-    return load_backbone("toy", device="cpu")
-
-
-@pytest.fixture
-def app(toy, tmp_path):
-    from date_edit_cli.ui_app import App
-
-    return App(toy, "toy", out_dir=str(tmp_path / "out"))
-
-
 def _one_line_error(status: str) -> None:
     assert status.startswith("error: ") and "\n" not in status and "Traceback" not in status, status
 
