@@ -33,7 +33,7 @@ import torch
 from . import callback_checks as checks
 from .backbones import Backbone
 from .conditioning import Conditioning
-from .date import DateConfig, DateTrace, parse_update_steps
+from .date import DateConfig, DateTrace, date_hook, parse_update_steps
 from .errors import ConfigError
 from .sampling import StepState
 
@@ -167,7 +167,7 @@ class DateCallback:
             cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
             cond, uncond = self._conditions(tensors, cfg)
             if uncond is not None:  # the pipeline's negative half: the user's negative prompt, if any
-                self.hook.uncond = uncond
+                self.hook.guidance.uncond = uncond
             x = self._pipeline_state(pipe, tensors[self._names["latents"]], k)
             state = StepState(index=k, t=self._timesteps[k], x_t=x, cond=self._guided(cond))
             tensors = self._write_back(tensors, self._strip(self.hook(state)), cfg)
@@ -181,14 +181,12 @@ class DateCallback:
 
     def _start(self, n: int, guidance_scale: float, timesteps: list) -> None:
         """A fresh DATE hook for a run of ``n`` steps (each pipeline call starts from the original embedding)."""
-        from .pipeline import _date_hook
-
         self._timesteps = list(timesteps)
         self._indices = frozenset(parse_update_steps(self.config.update_steps, n))
         _, uncond, scale = self.backbone.guidance(self.base, self.base_uncond, guidance_scale)
         self._scale = guidance_scale
-        self.hook, _ = _date_hook(self.backbone, self.config, self.scorer, self.prompts,
-                                  uncond if guidance_scale > 1.0 else None, scale, self._timesteps, None)
+        self.hook = date_hook(self.backbone, self.config, self.scorer, self.prompts,
+                              uncond if guidance_scale > 1.0 else None, scale, self._timesteps)
         if self.hook is None:  # no update step in this run
             self._indices = frozenset()
 

@@ -25,12 +25,12 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .cfg import shared_guidance, step_eps
 from .conditioning import Condition
 from .defaults import FLOWEDIT_DEFAULTS  # noqa: F401 - the published settings, per family (defined there)
 from .errors import ConfigError
 from .limits import check_n_avg
 from .sampling import CondHook, Denoiser, StepState, guided_eps
-
 
 
 def _noise(shape: tuple, generators: Sequence[torch.Generator], device) -> torch.Tensor:
@@ -50,14 +50,6 @@ def packed_noise(backbone, x_src: torch.Tensor, seeds: Sequence[int]) -> Callabl
         return backbone.unpack(packed, tuple(x_src.shape)).to(x_src.device)
 
     return draw
-
-
-def _target_velocity(denoiser: Denoiser, state: StepState, tar_uncond: Optional[Condition],
-                     tar_scale: float) -> torch.Tensor:
-    """The guided target velocity at ``state.x_t``, reusing the unconditional one a hook (DATE) left there."""
-    if state.eps_uncond is not None and tar_uncond is not None and tar_scale != 1.0:
-        return state.eps_uncond + tar_scale * (denoiser(state.x_t, state.t, state.cond) - state.eps_uncond)
-    return guided_eps(denoiser, state.x_t, state.t, state.cond, tar_uncond, tar_scale)
 
 
 def _check_counts(n_min: int, n_avg: int, n: int) -> None:
@@ -117,6 +109,7 @@ def flow_edit(
     draw = noise or (lambda: _noise(tuple(x_src.shape), generators, x_src.device))
     mask = None if latent_mask is None else latent_mask.to(x_src.device, x_src.dtype)
     z_edit, x_tar, sde_noise = x_src.clone(), None, None
+    shared = shared_guidance(cond_hook, tar_uncond, tar_scale)
     for i, t in enumerate(ts):
         t_prev = schedule.next_timestep(ts, i)
         if i < len(ts) - n_min:
@@ -129,8 +122,8 @@ def flow_edit(
                     if k == 0:  # DATE sees (and updates the condition at) the first draw
                         with torch.enable_grad():
                             state = _hooked_state(i, t, z_tar, tar_cond, cond_hook)
-                        tar_cond, v_tar = state.cond, _target_velocity(denoiser, state, tar_uncond, tar_scale)
-                        first = v_tar
+                        tar_cond = state.cond  # the target velocity takes the eps_u DATE's guidance kept here
+                        first = v_tar = step_eps(denoiser, z_tar, t, tar_cond, tar_uncond, tar_scale, shared)
                     else:
                         v_tar = guided_eps(denoiser, z_tar, t, tar_cond, tar_uncond, tar_scale)
                     v_src = guided_eps(denoiser, z_src, t, src_cond, src_uncond, src_scale)
@@ -146,7 +139,7 @@ def flow_edit(
             state = _hooked_state(i, t, x_tar, tar_cond, cond_hook)
             tar_cond = state.cond
             with torch.no_grad():
-                v_tar = _target_velocity(denoiser, state, tar_uncond, tar_scale)
+                v_tar = step_eps(denoiser, x_tar, t, tar_cond, tar_uncond, tar_scale, shared)
                 x_tar = schedule.ddim(x_tar, v_tar, t, t_prev)
                 if mask is not None:  # outside the mask, the source on its own noisy path (x_src at sigma 0)
                     x_tar = mask * x_tar + (1.0 - mask) * schedule.noisy(x_src, sde_noise, t_prev)

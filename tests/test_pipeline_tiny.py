@@ -167,9 +167,9 @@ def test_approximate_grad_decoder_only_steers(tiny_scorer, pixels):
 
 
 def test_update_step_reuses_the_unconditional_eps(tiny_backbone, tiny_scorer, pixels, monkeypatch):
-    """An update step evaluates eps_uncond once (in the gradient pass) and the sampling step reuses it: one UNet
+    """An update step evaluates eps_u once (in the gradient pass) and the sampling step reuses it: one UNet
     row fewer per update step, and the same result as recomputing it (CPU, fp32)."""
-    from date_edit import date as date_mod
+    from date_edit import cfg as cfg_mod
 
     cfg = EditConfig(steps=8, skip=0, date=DateConfig(update_steps="0,2,4"))
     inversion = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=8, skip=0, date=None)).inversion
@@ -184,14 +184,8 @@ def test_update_step_reuses_the_unconditional_eps(tiny_backbone, tiny_scorer, pi
     reused = edit(tiny_backbone, pixels, "a dog", scorer=tiny_scorer, config=cfg, inversion=inversion)
     rows_reused, rows[:] = sum(rows), []
 
-    real_call = date_mod.DateHook.__call__
-
-    def forgetful_call(self, state):  # the unoptimised path: the loop evaluates eps_uncond again
-        cond = real_call(self, state)
-        state.eps_uncond = None
-        return cond
-
-    monkeypatch.setattr(date_mod.DateHook, "__call__", forgetful_call)
+    # the unoptimised path: the kept eps_u is never handed over, so the loop evaluates it again
+    monkeypatch.setattr(cfg_mod.ClassifierFreeGuidance, "take", lambda self, x_t, t: None)
     recomputed = edit(tiny_backbone, pixels, "a dog", scorer=tiny_scorer, config=cfg, inversion=inversion)
     # 5 plain steps x 2 rows + 3 update steps x (uncond + cond with grad + cond) = 19; recomputing adds 3.
     assert (rows_reused, sum(rows)) == (19, 22)
