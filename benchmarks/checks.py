@@ -1,4 +1,5 @@
-"""The harness's checks of what it is given, before any model loads or any file is written, and its error line.
+"""The harness's checks of what it is given (before any model loads or any file is written), the folder names it
+makes of method labels, and its error line.
 
 Everything here is light (no torch): a refused run costs no model load and writes nothing.
 """
@@ -6,6 +7,7 @@ Everything here is light (no torch): a refused run costs no model load and write
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -36,6 +38,12 @@ def check_item_id(item_id: str, out: Path) -> str:
         raise ConfigError(None, f"item id {excerpt(item_id)} is not a plain file name; it would name a file outside "
                                 f"{out}")
     return item_id
+
+
+def method_slug(label: str) -> str:
+    """A method's label as the name of its folders (``images/<slug>``, ``reference/<slug>``): runs of other characters
+    than ``A-Za-z0-9.=%-`` become ``_``, ``%`` becomes ``pct``."""
+    return re.sub(r"[^A-Za-z0-9.=%-]+", "_", label).replace("%", "pct")
 
 
 def check_arguments(args, edit_suites: tuple[str, ...]) -> None:

@@ -158,7 +158,7 @@ def pie_fields(runner, method, item, seed: int, result) -> dict:
     """
     from PIL import Image
 
-    from benchmarks.harness import _slug
+    from benchmarks.checks import method_slug
     from benchmarks.pie import decode_mask, reference_path
     from date_edit.imaging import to_pil
 
@@ -168,7 +168,7 @@ def pie_fields(runner, method, item, seed: int, result) -> dict:
     edited = to_pil(result.images)[0]
     if edited.size != (photo.shape[1], photo.shape[0]):
         edited = edited.resize((photo.shape[1], photo.shape[0]), Image.BICUBIC)
-    slug = _slug(method.label) + ("" if seed == runner.args.seed else f"_s{seed}")
+    slug = method_slug(method.label) + ("" if seed == runner.args.seed else f"_s{seed}")
     ref = reference_path(runner.out, slug, entry.image_path)
     _save_jpeg(edited, ref)
     with Image.open(ref) as im:

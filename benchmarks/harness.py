@@ -19,7 +19,6 @@ import csv
 import html
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -29,16 +28,17 @@ from typing import Optional
 
 import torch
 
-from benchmarks.checks import MAX_STEPS_FACTOR, check_arguments, check_item_id, number, print_error
+from benchmarks.checks import (MAX_STEPS_FACTOR, check_arguments, check_item_id, method_slug, number,
+                               print_error)
 from benchmarks.pie import excerpt
 from date_edit.choices import DEFAULT_MODEL, OFFLINE_MODELS
 from date_edit.date import DateConfig
 from date_edit.distributed import JobProgress
 from date_edit.errors import ConfigError, DateEditError
 from date_edit.limits import MAX_N_AVG
-from date_edit.multiconcept import mean_ci95
-from date_edit.pipeline import psnr_db as psnr
+from date_edit.metrics import psnr_db as psnr
 from date_edit.scorers import offline_scorer_spec
+from date_edit.stats import mean_ci95
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -434,7 +434,8 @@ class _Runner:
             cfg = GenerateConfig(steps=n_steps, seed=seed, date=method.date, universal_guidance=method.ug,
                                  guidance_scale=args.guidance)
             result = generate(backbone, item.prompt, config=cfg, scorer=self._scorer(method))
-        image_path = self.out / "images" / _slug(method.label) / f"{check_item_id(item.id, self.out)}_s{seed}.png"
+        folder = self.out / "images" / method_slug(method.label)
+        image_path = folder / f"{check_item_id(item.id, self.out)}_s{seed}.png"
         save_png(to_pil(result.images)[0], image_path, overwrite=True)
         rec = {"suite": args.suite, "method": method.label, "base": method.base, "item": item.id,
                "group": item.group, "prompt": item.prompt, "seed": seed, "steps": n_steps,
@@ -489,7 +490,7 @@ def compute_fid(out: Path, methods: list[Method], reference: str, device) -> dic
         raise ConfigError("fid_ref", f"{reference}: no such file or folder")
     result = {}
     for method in methods:
-        folder = out / "images" / _slug(method.label)
+        folder = out / "images" / method_slug(method.label)
         try:
             result[method.label] = float(calculate_fid_given_paths([str(folder), reference], 50, str(device), 2048))
         except Exception as exc:  # weights not downloadable offline, too few images, ...
@@ -518,9 +519,6 @@ def _load_records(path: Path) -> dict:
             done[(r["method"], r["item"], r["seed"])] = r
     return done
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=%-]+", "_", text).replace("%", "pct")
 
 
 # --------------------------------------------------------------------------------------------- reports

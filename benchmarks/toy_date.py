@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from date_edit.date import DateConfig  # noqa: E402
-from date_edit.multiconcept import mean_ci95  # noqa: E402
 from date_edit.pipeline import GenerateConfig, generate  # noqa: E402
+from date_edit.stats import mean_ci95  # noqa: E402
 from date_edit.toy import world  # noqa: E402
 from date_edit.toy.judge import evaluate  # noqa: E402
 

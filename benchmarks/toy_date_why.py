@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import toy_date as td  # noqa: E402
 from date_edit.date import DateConfig  # noqa: E402
-from date_edit.multiconcept import mean_ci95  # noqa: E402
+from date_edit.stats import mean_ci95  # noqa: E402
 from date_edit.toy import world  # noqa: E402
 
 REPLICATION_SEEDS = tuple(range(7100, 7108))

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from date_edit.multiconcept import mean_ci95  # noqa: E402
+from date_edit.stats import mean_ci95  # noqa: E402
 from date_edit.toy import world  # noqa: E402
 from date_edit.toy.judge import box_iou, evaluate  # noqa: E402
 

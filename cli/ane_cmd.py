@@ -9,7 +9,7 @@ import click
 
 from date_edit.choices import ANE_CATEGORIES, DTYPE_NAMES, RANDOM_MODELS
 
-from . import common
+from . import common, request
 from .options import date_options, device_option, seed_option
 from .running import EXIT_USAGE, CliError, progress, run_command, say
 
@@ -56,7 +56,7 @@ def ane(**opts) -> None:
         if opts["seed"] + opts["seeds"] - 1 > MAX_SEED:
             raise CliError(f"--seed {opts['seed']} with --seeds {opts['seeds']} runs past the last seed, {MAX_SEED}; "
                            "choose a smaller --seed", EXIT_USAGE)
-        date = common.date_config(opts)
+        date = request.date_config(opts)
         config = GenerateConfig(steps=opts["steps"], guidance_scale=opts["cfg_target"], seed=opts["seed"], date=date)
         model = opts["model"]
         prompts = _prompts(model, opts["category"], load_ane_prompts)

@@ -14,7 +14,7 @@ import click
 
 from date_edit.errors import ConfigError
 
-from . import common
+from . import common, request
 from .options import (
     checked, control_options, date_options, edit_options, image_options, model_options, seed_option,
 )
@@ -178,30 +178,26 @@ def _resolver(max_pixels: int, out):
         from date_edit.limits import check_size
 
         check_size(options["size"], max_pixels=max_pixels)
-        controls = common.edit_controls(options)
-        mask_config = controls["mask"]
-        if mask_config is not None and mask_config.source == "auto" and not options.get("source_prompt"):
+        req = request.edit_request(None, options["prompt"], options)  # the item's one request
+        if req.mask == "auto" and not req.source_prompt:
             raise ConfigError("mask", "auto needs a source prompt (--source-prompt, or a source_prompt column)")
-        if mask_config is not None and mask_config.source == "user":
+        if req.mask not in (None, "auto"):
             from date_edit.batch import sha256_file, stays_inside
             from date_edit.batch.items import MAX_MASK_BYTES
 
-            if stays_inside(options["mask"], out):
-                raise ConfigError("mask", f"file {options['mask']} is inside the output folder; outputs are never "
-                                          "inputs: keep masks elsewhere")
-
+            if stays_inside(req.mask, out):
+                raise ConfigError("mask", f"file {req.mask} is inside the output folder; outputs are never inputs: "
+                                          "keep masks elsewhere")
             # the mask's content decides the output, so it is part of the resume key (a new mask redoes the item)
             try:
-                options = dict(options, mask_sha256=sha256_file(options["mask"], max_bytes=MAX_MASK_BYTES))
+                options = dict(options, mask_sha256=sha256_file(req.mask, max_bytes=MAX_MASK_BYTES))
             except ValueError as exc:  # ImageError: missing, a folder, a device, too large
                 raise ConfigError("mask", f"file: {exc}") from None
         # left-out schedule settings stay None: edit() resolves them for the model, as for `edit` and the API
-        config = common.edit_config(options, controls, options["seed"])
-        common.check_schedule_early(config)
-        return ItemSettings(prompt=options["prompt"], source_prompt=options["source_prompt"] or "", config=config,
-                            model=options["model"], model_config=options["model_config"], dtype=options["dtype"],
-                            size=options["size"], resize=options["resize"],
-                            scorer=common.scorer_spec(options["scorer"], options["model"]), options=options)
+        common.check_schedule_early(req.config)
+        return ItemSettings(prompt=req.prompt, source_prompt=req.source_prompt, config=req.config,
+                            model=req.model.name, model_config=req.model.config, dtype=req.model.dtype,
+                            size=req.size, resize=req.resize, scorer=req.scorer, options=options, request=req)
 
     return resolve
 
@@ -210,18 +206,14 @@ def _model_loader(opts: dict):
     """``(needs_date) -> (backbone, scorer)``: the model and scorer, loaded once, when the first item needs them."""
 
     def load(needs_date: bool):
-        backbone = common.load_model(opts)
-        return backbone, common.build_scorer(opts, backbone, needs_date)
+        model = request.ModelChoice.from_options(opts)
+        backbone = model.load()
+        spec = common.scorer_spec(opts["scorer"], opts["model"])
+        return backbone, request.build_scorer(None, backbone, needs_date, spec=spec, quiet=model.quiet)
 
     return load
 
 
 def _make_record(result, settings, loaded, backbone, scorer) -> dict:
-    """The record ``date-edit edit --json`` makes, for one item."""
-    options = dict(settings.options, scorer_resolved=settings.scorer)
-    scores = common.score_images(scorer, result.images, result.prompts)
-    extra = {"input": loaded.source_path, "source_prompt": settings.source_prompt,
-             "processed_size": list(loaded.processed_size), "cfg_source": result.config.get("cfg_source"),
-             "cfg_target": result.config.get("cfg_target"), "mask": common.resolved_mask(settings.options),
-             **common.control_record(result)}
-    return common.record("edit", result, backbone, options, scores, extra)
+    """The record ``date-edit edit --json`` makes, for one item (from the request its settings came from)."""
+    return request.edit_record(settings.request, result, backbone, scorer, loaded)

@@ -18,36 +18,8 @@ from typing import Optional
 
 import click
 
-from date_edit.errors import ConfigError
-
 from . import running
 from .running import EXIT_INTERRUPTED, EXIT_USAGE, CliError, say
-
-
-def date_config(opts: dict):
-    """The :class:`~date_edit.date.DateConfig` the DATE options ask for, or None with ``--no-date``."""
-    from date_edit.date import DateConfig, ablation_changes
-
-    if opts["no_date"]:
-        return None
-    if opts.get("rho") is not None and opts.get("rho_relative") is not None:
-        raise ConfigError(None, "--rho and --rho-relative are exclusive: give the DATE radius one way")
-    return DateConfig(rho=opts["rho"], rho_relative=opts.get("rho_relative"), update_steps=opts["update_steps"],
-                      mode=opts["update_mode"], iterations=opts["grad_iters"],
-                      targets=opts.get("date_targets") or "tokens", norm=opts.get("date_norm") or "joint",
-                      **ablation_changes(opts["ablation"]))
-
-
-def edit_config(opts: dict, controls: dict, seed: int):
-    """The :class:`~date_edit.edit_config.EditConfig` the edit options ask for: a schedule option left out is None,
-    the model's default, which :func:`resolved_config` (once the model is loaded) and ``edit()`` fill in through
-    :func:`date_edit.defaults.resolve_edit_config`, as the Python API does."""
-    from date_edit.edit_config import EditConfig
-
-    return EditConfig(steps=opts.get("steps"), skip=opts.get("skip"), cfg_source=opts.get("cfg_source"),
-                      cfg_target=opts.get("cfg_target"), seed=seed, date=date_config(opts),
-                      method=opts.get("edit_method") or "auto", n_min=opts.get("n_min"), n_avg=opts.get("n_avg"),
-                      reference_compat=bool(opts.get("reference_compat")), **controls)
 
 
 def check_schedule_early(config) -> None:
@@ -83,11 +55,11 @@ def scorer_spec(spec: str, model: str) -> str:
 
 
 def output_path(out: Optional[str], default_name: str, overwrite: bool, protect: list[str], count: int = 1,
-                as_json: Optional[bool] = None) -> Path:
+                as_json: Optional[bool] = None, photo: Optional[str] = None) -> Path:
     """Resolve ``--out`` and check, before any work, that it can be written: a .png name, none of the inputs
-    ``protect`` (:func:`input_files`), not there yet (unless ``overwrite``), in a folder that exists or can be
-    created and takes new files; with ``as_json`` (None: the command's ``--json``), the same for the record's
-    ``<output>.json``. Creates nothing."""
+    ``protect`` (the request's inputs; ``photo`` is named as the input image), not there yet (unless
+    ``overwrite``), in a folder that exists or can be created and takes new files; with ``as_json`` (None: the
+    command's ``--json``), the same for the record's ``<output>.json``. Creates nothing."""
     if out is None:
         path = Path("outputs") / default_name
     else:
@@ -100,7 +72,7 @@ def output_path(out: Optional[str], default_name: str, overwrite: bool, protect:
     ctx = click.get_current_context(silent=True)
     if as_json is None:
         as_json = bool(ctx and ctx.params.get("as_json"))
-    photo = ctx.params.get("image") if ctx else None
+    photo = photo if photo is not None else ctx.params.get("image") if ctx else None
     for target in targets + ([json_path(path)] if as_json else []):
         what = "the --json record " if target.suffix == ".json" else ""
         for src in protect:
@@ -150,40 +122,9 @@ def check_can_create(folder: Path, name: str) -> None:
                        EXIT_USAGE) from None
 
 
-def load_model(opts: dict):
-    """The backbone the model options name."""
-    from date_edit.backbones import load_backbone
-    from date_edit.hub import library_progress_bars
-
-    with library_progress_bars(_bars_wanted(opts)):
-        backbone = load_backbone(opts["model"], dtype=opts["dtype"], device=opts["device"],
-                                 config=opts["model_config"], grad_checkpointing=opts["grad_checkpointing"],
-                                 grad_decoder=opts["grad_decoder"],
-                                 compile=opts["compile_mode"] if opts.get("compile_unet") else None)
-    if backbone.random_weights:
-        say(f"note: --model {backbone.name} has random weights; its images are noise (for tests and smoke runs)")
-    return backbone
-
-
-def build_scorer(opts: dict, backbone, for_date: bool):
-    """The scorer ``--scorer`` names, resolved for the model; records the resolved spec in ``opts``."""
-    from date_edit.scorers import build_scorer as build
-
-    spec = scorer_spec(opts["scorer"], opts["model"])
-    opts["scorer_resolved"] = spec
-    if for_date:
-        from date_edit.scorers.aesthetic import warn_if_aesthetic_alone
-
-        warn_if_aesthetic_alone(spec)
-    from date_edit.hub import library_progress_bars
-
-    with library_progress_bars(_bars_wanted(opts)):
-        return build(spec, device=backbone.device, require_differentiable=for_date)
-
-
-def _bars_wanted(opts: dict) -> bool:
+def bars_wanted(quiet: bool) -> bool:
     """Library progress bars (weights loading, downloads) only on a terminal and without ``--quiet``."""
-    return sys.stderr.isatty() and not opts.get("quiet")
+    return sys.stderr.isatty() and not quiet
 
 
 def score_images(scorer, images, prompts) -> dict:
@@ -238,7 +179,7 @@ def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: li
     """Save the images (with ``save_mask`` the edit's mask, with ``as_json`` the record beside them): every file or
     none. Checked first (finite output), written after, and a write that fails removes the files this call wrote
     before it; a signal waits until the last is whole."""
-    from date_edit.batch.results import json_safe
+    from date_edit.outputs import json_safe
     from date_edit.imaging import to_pil
 
     check_finite(result, record)
@@ -267,8 +208,10 @@ def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: li
         sys.exit(EXIT_INTERRUPTED)
 
 
-def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict) -> dict:
-    """The JSON record of one run (what ``--json`` prints and the PNG carries)."""
+def record(command: str, result, backbone, *, scorer: Optional[str], update_mode: Optional[str], scores: dict,
+           extra: dict) -> dict:
+    """The JSON record of one run (what ``--json`` prints and the PNG carries): ``scorer`` is the resolved spec
+    that scored it (None: none), ``update_mode`` DATE's (None without DATE)."""
     trace = result.trace
     date = result.config.get("date") or {}  # None without DATE (--no-date, reconstruct)
     rec = {
@@ -283,8 +226,8 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
         "update_steps": result.update_steps,
         "rho": date.get("rho"),  # the resolved radius (0.5 when neither --rho nor --rho-relative is given)
         "rho_relative": date.get("rho_relative"),
-        "update_mode": opts.get("update_mode") if not opts.get("no_date") else None,
-        "scorer": opts.get("scorer_resolved"),
+        "update_mode": update_mode,
+        "scorer": scorer,
         "date_targets": list(trace.targets) if trace else [],
         "date_norm": date.get("norm"),
         "embedding_update_norms": result.embedding_update_norms,
@@ -301,134 +244,12 @@ def record(command: str, result, backbone, opts: dict, scores: dict, extra: dict
     return rec
 
 
-# ----------------------------------------------------------------------------------------- structure controls
-
-
-# what an edit does with no control flag: chosen on the toy two-object validation split (docs/editing.md, "Edits that
-# change only what was asked"): Prompt-to-Prompt where the model has cross-attention, and an automatic mask when the
-# source prompt is given (it needs one)
-DEFAULT_P2P = True
-DEFAULT_MASK_WITH_SOURCE = "auto"
-
-
-def resolved_mask(opts: dict) -> Optional[str]:
-    """What ``--mask`` means for this run: ``"auto"``, a file path, or None (``--mask none``, or the default without
-    a source prompt)."""
-    from date_edit.choices import mask_file
-
-    mask = opts.get("mask")
-    if mask is None:
-        return DEFAULT_MASK_WITH_SOURCE if opts.get("source_prompt") else None
-    return mask_file(mask) or ("auto" if str(mask).strip().lower() == "auto" else None)
-
-
-def edit_controls(opts: dict) -> dict:
-    """The ``EditConfig`` keywords of the control options: ``mask``, ``p2p`` and ``optional_controls`` (True when
-    Prompt-to-Prompt is on by default, so a model without cross-attention runs without it instead of failing)."""
-    from date_edit.masks import MaskConfig
-
-    mask = resolved_mask(opts)
-    mask_config = None
-    if mask is not None:
-        mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=opts.get("mask_dilate"),
-                                 feather=opts.get("mask_feather", 2), threshold=opts.get("mask_threshold", 0.5),
-                                 peak=opts.get("mask_peak", 0.9))
-    elif opts.get("save_mask"):
-        raise ConfigError(None, "--save-mask needs a mask: --mask FILE, or --mask auto with --source-prompt")
-    wanted = opts.get("p2p")
-    p2p_config = None
-    if wanted or (wanted is None and DEFAULT_P2P):
-        from date_edit.p2p import P2PConfig
-
-        p2p_config = P2PConfig(cross_replace=_or(opts.get("cross_replace"), DEFAULT_REPLACE),
-                               self_replace=_or(opts.get("self_replace"), DEFAULT_REPLACE),
-                               reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
-    elif opts.get("reweight") or opts.get("local_blend"):
-        raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: drop --no-p2p")
-    # P2P by default is left out where the model cannot run it; asked for (--p2p, or any P2P option given), refused
-    return {"mask": mask_config, "p2p": p2p_config,
-            "optional_controls": wanted is None and not explicit_p2p_options(opts)}
-
-
-DEFAULT_REPLACE = 0.8  # --cross-replace and --self-replace when not given (validated; docs/editing.md)
-
-
-def _or(value, default):
-    return default if value is None else value
-
-
-def explicit_p2p_options(opts: dict) -> list[str]:
-    """The Prompt-to-Prompt options a run gave (``--cross-replace 0.5``, ``--reweight``, ...): each asks for P2P, so
-    a model without cross-attention refuses the run instead of dropping them silently."""
-    given = [name for name in ("cross_replace", "self_replace") if opts.get(name) is not None]
-    given += [name for name in ("reweight", "local_blend") if opts.get(name)]
-    return ["--" + name.replace("_", "-") for name in given]
-
-
-def check_p2p_supported(config, backbone, opts: dict) -> None:
-    """After the model loads: Prompt-to-Prompt that was asked for (``--p2p`` or a P2P option) on a model without
-    cross-attention is refused in one line naming what was given (the default P2P is left out there instead)."""
-    if config.p2p is None or config.optional_controls:
-        return
-    from date_edit.p2p import check_supported
-
-    try:
-        check_supported(backbone)
-    except ConfigError as exc:
-        given = [] if opts.get("p2p") else explicit_p2p_options(opts)
-        if not given:
-            raise
-        raise ConfigError(None, f"{', '.join(given)} asks for Prompt-to-Prompt, which {exc.problem[0].lower()}"
-                                f"{exc.problem[1:]}; drop {'it' if len(given) == 1 else 'them'}") from None
-
-
-def input_files(image: Optional[str], opts: dict) -> list[str]:
-    """Every file a run reads that an output could be pointed at: the photo first, then the ``--mask`` file and
-    weights files named by ``--scorer`` / ``--evaluator`` (``name:PATH``). ``--overwrite`` never replaces one."""
-    from date_edit.choices import mask_file
-
-    files = [image] if image else []
-    mask = mask_file(opts.get("mask"))
-    if mask:
-        files.append(mask)
-    for spec in (opts.get("scorer"), opts.get("evaluator")):
-        for term in str(spec or "").split(","):
-            name, sep, variant = term.partition(":")
-            variant = variant.rsplit("=", 1)[0].strip() if sep else ""
-            if variant and os.path.lexists(variant):
-                files.append(variant)
-    return files
+# ----------------------------------------------------------------------------------------- masks
 
 
 def mask_path(path: Path) -> Path:
     """Where ``--save-mask`` writes the mask of output ``path``: ``photo.png`` -> ``photo.mask.png``."""
     return path.with_name(f"{path.stem}.mask.png")
-
-
-def load_user_mask(opts: dict, loaded, max_pixels=None):
-    """The ``--mask FILE`` as a ``(1, 1, H, W)`` tensor over the processed image ``loaded``, or None."""
-    mask = resolved_mask(opts)
-    if mask in (None, "auto"):
-        return None
-    from date_edit.masks import load_mask
-
-    return load_mask(mask, original_size=loaded.original_size, processed_size=loaded.processed_size,
-                     resize=opts.get("resize") or "fit", max_pixels=max_pixels)
-
-
-def precheck_mask(opts: dict, image: str) -> None:
-    """Fail on an unreadable ``--mask`` file (or ``--mask auto`` without a source prompt) before a model loads."""
-    mask = resolved_mask(opts)
-    if mask is None:
-        return
-    if mask == "auto":
-        if not opts.get("source_prompt"):
-            raise CliError("--mask auto needs --source-prompt: the mask is where the source and target prompts' "
-                           "predictions differ; describe the input image, or give a mask file", EXIT_USAGE)
-        return
-    from date_edit.imaging import load_image
-
-    load_user_mask(opts, load_image(image, size=64, multiple=8, resize=opts.get("resize") or "fit"))
 
 
 def control_record(result) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from . import common
+from . import common, request
 from .options import checked, control_options, date_options, edit_options, image_options, model_options
 from .running import EXIT_USAGE, CliError, progress, run_command, say
 
@@ -26,37 +26,14 @@ def edit(image: str, prompt: str, **opts) -> None:
     DATE steering the target embedding."""
 
     def body():
-        from date_edit.imaging import default_output_name
-
-        seed = 0 if opts["seed"] is None else opts["seed"]
-        inputs = common.input_files(image, opts)  # the photo, the mask file, weights files: never overwritten
-        # --out first: it costs no import of torch, so an unwritable one is answered at once
-        path = common.output_path(opts["out"], default_output_name(image, prompt, seed), opts["overwrite"], inputs)
-        if opts["save_mask"]:
-            common.output_path(str(common.mask_path(path)), "", opts["overwrite"], inputs, as_json=False)
-        from date_edit.pipeline import edit as run_edit
-
-        config = common.edit_config(opts, common.edit_controls(opts), seed)
-        common.check_schedule_early(config)
-        common.precheck_image(image)
-        common.precheck_mask(opts, image)
-        backbone = common.load_model(opts)
-        config = common.resolved_config(config, backbone)
-        common.check_p2p_supported(config, backbone, opts)
-        loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
-        user_mask = common.load_user_mask(opts, loaded)
-        scorer = common.build_scorer(opts, backbone, config.date is not None)
-        result = run_edit(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], config=config,
-                          scorer=scorer, progress=progress(opts["quiet"]), mask=user_mask)
-        scores = common.score_images(scorer, result.images, result.prompts)
-        extra = {"input": image, "source_prompt": opts["source_prompt"],
-                 "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
-                 "cfg_target": config.cfg_target, "mask": common.resolved_mask(opts),
-                 **common.control_record(result)}
-        if opts["save_mask"] and getattr(result, "mask", None) is not None:
-            extra["mask_output"] = str(common.mask_path(path))
-        common.write_outputs(result, path, common.record("edit", result, backbone, opts, scores, extra),
-                             opts["overwrite"], inputs, opts["as_json"], save_mask=opts["save_mask"])
+        # the one request; --out is checked with it (no torch yet, so an unwritable one is answered at once)
+        req = request.edit_request(image, prompt, opts, output="")
+        request.precheck(req)
+        backbone = req.model.load()
+        loaded = common.prepare_image(image, backbone, req.size, req.resize)
+        scorer = request.build_scorer(req, backbone, req.config.date is not None)
+        result, _ = request.run(req, backbone, scorer, loaded, progress=progress(opts["quiet"]))
+        request.write(req, result, request.edit_record(req, result, backbone, scorer, loaded))
 
     run_command(body)
 
@@ -82,22 +59,26 @@ def generate(prompt: str, **opts) -> None:
         seed = 6 if opts["seed"] is None else opts["seed"]
         if opts["num_images"] < 1:
             raise CliError("--num-images must be >= 1", EXIT_USAGE)
-        inputs = common.input_files(None, opts)  # weights files --scorer names
+        inputs = request.input_files(None, None, (opts["scorer"],))  # weights files --scorer names
         path = common.output_path(opts["out"], default_output_name(None, prompt, seed), opts["overwrite"], inputs,
                                   count=opts["num_images"])
         from date_edit.pipeline import GenerateConfig, generate as run_generate
 
         config = GenerateConfig(steps=opts["steps"], guidance_scale=opts["cfg_target"], seed=seed,
-                                height=opts["height"], width=opts["width"], date=common.date_config(opts))
+                                height=opts["height"], width=opts["width"], date=request.date_config(opts))
         common.check_schedule(config.date, config.steps)
-        backbone = common.load_model(opts)
-        scorer = common.build_scorer(opts, backbone, config.date is not None)
+        model = request.ModelChoice.from_options(opts)
+        backbone = model.load()
+        spec = common.scorer_spec(opts["scorer"], opts["model"])
+        scorer = request.build_scorer(None, backbone, config.date is not None, spec=spec, quiet=model.quiet)
         result = run_generate(backbone, prompt, config=config, scorer=scorer, num_images=opts["num_images"],
                               progress=progress(opts["quiet"]))
         scores = common.score_images(scorer, result.images, result.prompts)
         extra = {"guidance_scale": config.guidance_scale}
-        common.write_outputs(result, path, common.record("generate", result, backbone, opts, scores, extra),
-                             opts["overwrite"], inputs, opts["as_json"])
+        record = common.record("generate", result, backbone, scorer=spec,
+                               update_mode=None if opts["no_date"] else opts["update_mode"], scores=scores,
+                               extra=extra)
+        common.write_outputs(result, path, record, opts["overwrite"], inputs, opts["as_json"])
 
     run_command(body)
 
@@ -124,14 +105,14 @@ def reconstruct(image: str, **opts) -> None:
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
                             cfg_target=opts["cfg_source"], seed=seed, date=None)
         common.precheck_image(image)
-        backbone = common.load_model(opts)
+        backbone = request.ModelChoice.from_options(opts).load()
         loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
         result = run_reconstruct(backbone, loaded.pixels, source_prompt=opts["source_prompt"], config=config,
                                  progress=progress(opts["quiet"]))
         extra = {"input": image, "source_prompt": opts["source_prompt"],
                  "processed_size": list(loaded.processed_size), **_reconstruction_errors(result, backbone, loaded)}
-        opts.update(no_date=True, scorer_resolved=None)
-        record = common.record("reconstruct", result, backbone, opts, {}, extra)
+        record = common.record("reconstruct", result, backbone, scorer=None, update_mode=None, scores={},
+                               extra=extra)
         common.write_outputs(result, path, record, opts["overwrite"], [image], opts["as_json"])
         if not opts["as_json"]:
             say(f"latent max abs error {extra['latent_max_abs_error']:.3g}, PSNR vs the VAE round trip "
@@ -144,7 +125,7 @@ def _reconstruction_errors(result, backbone, loaded) -> dict:
     """How far the reconstruction is from the inverted latents, the VAE round trip and the input."""
     import torch
 
-    from date_edit.pipeline import psnr_db
+    from date_edit.metrics import psnr_db
 
     err = float((result.latents - result.source_latents).abs().max())
     with torch.no_grad():

@@ -6,11 +6,13 @@ same numbers for the same settings.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
-from . import common
 from date_edit.choices import EDIT_METHODS
 
+from . import common, request
 from .options import image_options, model_options
 from .running import EXIT_USAGE, CliError, progress, run_command, say
 
@@ -59,31 +61,23 @@ def sweep(image: str, prompt: str, **opts) -> None:
     def body():
         import json
 
-        from date_edit.imaging import default_output_name
-
-        seed = 0 if opts["seed"] is None else opts["seed"]
-        name = default_output_name(image, prompt, seed).removesuffix(".png") + "_sweep.png"
-        inputs = common.input_files(image, opts)  # the photo, the mask file, weights files: never overwritten
-        path = common.output_path(opts["out"], name, opts["overwrite"], inputs, as_json=False)
-        json_target = json_path(opts["json_out"], opts["overwrite"], inputs) if opts["json_out"] else None
-        from date_edit.sweep import parse_cfgs, parse_skips
-
-        parse_skips(opts["skips"]), parse_cfgs(opts["cfgs"])  # a bad grid is refused before the model loads
-        common.precheck_image(image)
-        common.precheck_mask(opts, image)
-        backbone = common.load_model(opts)
-        loaded = common.prepare_image(image, backbone, opts["size"], opts["resize"])
-        scorer, evaluator = sweep_scorers(opts, backbone, common.build_scorer)
-        result = run_sweep(opts, prompt, backbone, loaded, scorer=scorer, evaluator=evaluator,
+        req = request.edit_request(image, prompt, opts, output="_sweep")  # --out checked with it
+        json_target = json_path(opts["json_out"], opts["overwrite"], list(req.inputs)) if opts["json_out"] else None
+        grid = SweepGrid.from_options(opts)  # a bad grid is refused before the model loads
+        request.precheck(req)
+        backbone = req.model.load()
+        loaded = common.prepare_image(image, backbone, req.size, req.resize)
+        scorer, evaluator = sweep_scorers(req, grid, backbone, request.build_scorer)
+        result = run_sweep(req, grid, backbone, loaded, scorer=scorer, evaluator=evaluator,
                            progress=progress(opts["quiet"]))
-        record = sweep_record(result, backbone, opts, image, loaded)
-        files = [grid_file(result, loaded, path, record)]
+        record = sweep_record(result, backbone, req, grid, image, loaded)
+        files = [grid_file(result, loaded, req.out, record)]
         if json_target is not None:
             files.append((json.dumps(record, indent=2, allow_nan=False) + "\n", json_target, None))
         with common.running.SIGNALS.held():  # the grid and its record: both or neither; a signal waits
-            common.write_all(files, opts["overwrite"], inputs)
+            common.write_all(files, req.overwrite, list(req.inputs))
         click.echo(table(result))
-        say(f"wrote {path}" + (f" and {json_target}" if json_target else ""))
+        say(f"wrote {req.out}" + (f" and {json_target}" if json_target else ""))
 
     run_command(body)
 
@@ -108,47 +102,51 @@ def json_path(out: str, overwrite: bool, inputs: list[str]):
     return path
 
 
-def evaluator_spec(opts: dict) -> str:
-    """The evaluator a sweep reports: ``--evaluator`` resolved for the model, or the model's held-out default."""
-    from date_edit.sweep import default_evaluator
+@dataclass(frozen=True)
+class SweepGrid:
+    """What a sweep varies over one edit request: skips (rows), target CFG scales (columns), DATE off/on, and the
+    evaluator reported per cell."""
 
-    return common.scorer_spec(opts["evaluator"], opts["model"]) if opts.get("evaluator") \
-        else default_evaluator(opts["model"])
+    skips: tuple[str, ...]
+    cfgs: tuple[float, ...]
+    date_mode: str  # off, on or both
+    evaluator: str  # the resolved spec
+
+    @classmethod
+    def from_options(cls, opts: dict) -> "SweepGrid":
+        """The grid of parsed ``sweep`` options, checked (before any model loads)."""
+        from date_edit.sweep import default_evaluator, parse_cfgs, parse_skips
+
+        evaluator = common.scorer_spec(opts["evaluator"], opts["model"]) if opts.get("evaluator") \
+            else default_evaluator(opts["model"])
+        return cls(skips=parse_skips(opts["skips"]), cfgs=parse_cfgs(opts["cfgs"]), date_mode=opts["date_mode"],
+                   evaluator=evaluator)
 
 
-def sweep_scorers(opts: dict, backbone, build):
-    """``(DATE's objective or None, the evaluator)``; ``build(opts, backbone, for_date)`` builds a scorer from
-    ``opts["scorer"]`` (the CLI's :func:`common.build_scorer`, or the app's cached one)."""
-    scorer = build(opts, backbone, True) if opts["date_mode"] != "off" else None
-    evaluator = build({**opts, "scorer": evaluator_spec(opts), "scorer_resolved": None}, backbone, False)
-    return scorer, evaluator
+def sweep_scorers(req, grid: SweepGrid, backbone, build):
+    """``(DATE's objective or None, the evaluator)``; ``build(req, backbone, for_date, spec=None)`` builds a scorer
+    (:func:`request.build_scorer`, or the app's cached one)."""
+    scorer = build(req, backbone, True) if grid.date_mode != "off" else None
+    return scorer, build(req, backbone, False, spec=grid.evaluator)
 
 
-def base_opts(opts: dict) -> dict:
-    """The edit options of a sweep's base configuration (each cell sets its own skip, CFG and DATE)."""
-    return {**opts, "skip": 0, "cfg_target": None, "no_date": False, "update_mode": "accumulate", "grad_iters": 1,
-            "ablation": "none"}
-
-
-def run_sweep(opts: dict, prompt: str, backbone, loaded, *, scorer, evaluator, inversion=None, progress=None):
-    """The sweep the parsed options of ``date-edit sweep`` ask for, on the loaded image (the CLI and the app)."""
+def run_sweep(req, grid: SweepGrid, backbone, loaded, *, scorer, evaluator, inversion=None, progress=None):
+    """The sweep of ``grid`` over the edit request ``req`` on the loaded image (the CLI and the app): each cell
+    sets its own skip, target CFG and DATE on the request's config."""
     from date_edit.sweep import DATE_CHOICES, sweep as run
 
-    seed = 0 if opts["seed"] is None else opts["seed"]
-    config = common.resolved_config(common.edit_config(base_opts(opts), common.edit_controls(opts), seed), backbone)
-    common.check_p2p_supported(config, backbone, opts)
-    user_mask = common.load_user_mask(opts, loaded)
-    return run(backbone, loaded.pixels, prompt, source_prompt=opts["source_prompt"], skips=opts["skips"],
-               cfgs=opts["cfgs"], dates=DATE_CHOICES[opts["date_mode"]], base=config, scorer=scorer,
-               evaluator=evaluator, evaluator_name=evaluator_spec(opts), mask=user_mask, inversion=inversion,
-               progress=progress)
+    config = request.resolve(req, backbone)
+    return run(backbone, loaded.pixels, req.prompt, source_prompt=req.source_prompt, skips=grid.skips,
+               cfgs=grid.cfgs, dates=DATE_CHOICES[grid.date_mode], base=config, scorer=scorer,
+               evaluator=evaluator, evaluator_name=grid.evaluator, mask=request.user_mask(req, loaded),
+               inversion=inversion, progress=progress)
 
 
-def sweep_record(result, backbone, opts: dict, image: str, loaded) -> dict:
+def sweep_record(result, backbone, req, grid: SweepGrid, image: str, loaded) -> dict:
     """The record of a sweep (the --json file, the grid PNG's metadata, the app's record)."""
-    from date_edit.batch.results import json_safe
+    from date_edit.outputs import json_safe
 
-    scorer = common.scorer_spec(opts["scorer"], opts["model"]) if opts["date_mode"] != "off" else None
+    scorer = req.scorer if grid.date_mode != "off" else None
     return json_safe({"command": "sweep", "model": backbone.name, "input": image,
                       "processed_size": list(loaded.processed_size), "scorer": scorer, **result.to_dict()})
 

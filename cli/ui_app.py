@@ -29,10 +29,10 @@ import click
 from date_edit.errors import ConfigError, DateEditError, printable
 from date_edit.limits import DEFAULT_MAX_PIXELS
 
-from . import common
+from . import common, request
 from .edit_cmd import edit as edit_command
 from .running import EXIT_USAGE, CliError, flag_for, say
-from .sweep_cmd import run_sweep, sweep as sweep_command, sweep_record, sweep_scorers, write_grid
+from .sweep_cmd import SweepGrid, run_sweep, sweep as sweep_command, sweep_record, sweep_scorers, write_grid
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # a source checkout's sample photos (absent from a wheel)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -230,29 +230,28 @@ class App:
         controlled = bool(p2p) or mask in ("auto", "painted")
         return CFG_TARGET_CONTROLLED if controlled else DDPM_DEFAULTS["cfg_target"]
 
-    def _scorer(self, opts: dict, backbone, for_date: bool):
-        """:func:`common.build_scorer`, built once per resolved spec."""
-        spec = common.scorer_spec(opts["scorer"], opts["model"])
+    def _scorer(self, req, backbone, for_date: bool, spec: Optional[str] = None):
+        """:func:`request.build_scorer`, built once per resolved spec."""
+        spec = spec or req.scorer
         if (spec, for_date) not in self.scorers:
-            self.scorers[(spec, for_date)] = common.build_scorer(dict(opts), backbone, for_date)
-        opts["scorer_resolved"] = spec
+            self.scorers[(spec, for_date)] = request.build_scorer(req, backbone, for_date, spec=spec)
         return self.scorers[(spec, for_date)]
 
-    def _load(self, photo: Optional[str], opts: dict):
-        """The photo at the model's size, as the CLI loads it."""
+    def _load(self, photo: Optional[str], req=None):
+        """The photo at the model's size (the request's size and resize, or the defaults), as the CLI loads it."""
         from date_edit.imaging import load_image
 
         if not photo:
             raise CliError("no photo: upload one or pick a sample")
         b = self.backbone
-        return load_image(photo, size=opts.get("size") or b.native_size, multiple=b.size_multiple,
-                          resize=opts.get("resize") or "fit", min_side=b.min_side)
+        size, resize = (req.size, req.resize) if req is not None else (None, "fit")
+        return load_image(photo, size=size or b.native_size, multiple=b.size_multiple, resize=resize,
+                          min_side=b.min_side)
 
-    def _key(self, loaded, opts: dict) -> tuple:
+    def _key(self, loaded, req) -> tuple:
         """The inversion cache's key: what an inversion depends on."""
         digest = hashlib.sha256(loaded.pixels.numpy().tobytes()).hexdigest()
-        seed = 0 if opts["seed"] is None else opts["seed"]
-        return digest, opts["source_prompt"], opts["steps"], seed, float(opts["cfg_source"]), self.model
+        return digest, req.source_prompt, req.config.steps, req.seed, float(req.config.cfg_source), self.model
 
     def _cached(self, key: tuple):
         inversion = self.inversions.get(key)
@@ -333,7 +332,7 @@ class App:
         def run():
             from date_edit.imaging import to_pil
 
-            loaded = self._load(path, {})
+            loaded = self._load(path)
             image = to_pil(loaded.pixels)[0]
             (w, h), (ow, oh) = loaded.processed_size, loaded.original_size
             notes = "".join(f"; {n}" for n in loaded.notes)
@@ -362,34 +361,23 @@ class App:
 
     def _edit_with(self, photo, mask_file: Optional[str], form: dict, progress) -> dict:
         from date_edit.imaging import to_pil
-        from date_edit.pipeline import edit as run_edit
 
         args = edit_args(photo or "", form, self.model, mask_file)
-        opts = parse(edit_command, args)
-        seed = 0 if opts["seed"] is None else opts["seed"]
-        config = common.edit_config(opts, common.edit_controls(opts), seed)  # the form gives every setting
-        common.precheck_mask(opts, photo)
-        config = common.resolved_config(config, self.backbone)
-        loaded = self._load(photo, opts)
-        user_mask = common.load_user_mask(opts, loaded)
-        scorer = self._scorer(opts, self.backbone, config.date is not None) if config.date is not None else None
-        if scorer is None:
-            opts["scorer_resolved"] = None
-        key = self._key(loaded, opts)
-        inversion = self._cached(key) if config.method == "ddpm" else None
-        result = run_edit(self.backbone, loaded.pixels, opts["prompt"], source_prompt=opts["source_prompt"],
-                          config=config, scorer=scorer, inversion=inversion, progress=progress, mask=user_mask)
+        req = request.edit_request(photo, form["prompt"], parse(edit_command, args))  # the form's one request
+        request.precheck_mask(req, photo)
+        loaded = self._load(photo, req)
+        scorer = self._scorer(req, self.backbone, True) if req.config.date is not None else None
+        key = self._key(loaded, req)
+        ddpm = req.config.resolved_method(self.backbone) == "ddpm"
+        inversion = self._cached(key) if ddpm else None
+        result, config = request.run(req, self.backbone, scorer, loaded, inversion=inversion, progress=progress)
         self._remember(key, result.inversion)
         state = "none (FlowEdit inverts nothing)" if config.method != "ddpm" else \
             "cached" if inversion is not None else "computed"
         line = command_line("edit", args, photo, mask_file)
-        extra = {"input": Path(photo).name, "source_prompt": opts["source_prompt"],
-                 "processed_size": list(loaded.processed_size), "cfg_source": config.cfg_source,
-                 "cfg_target": config.cfg_target, "mask": form["mask"], **common.control_record(result),
-                 "inversion": state, "command_line": line}
-        record = common.record("edit", result, self.backbone, opts,
-                               common.score_images(scorer, result.images, result.prompts), extra)
-        path = self._write(result, record, photo, opts["prompt"], seed)
+        record = request.edit_record(req, result, self.backbone, scorer, loaded, input=Path(photo).name,
+                                     mask=form["mask"], inversion=state, command_line=line)
+        path = self._write(result, record, photo, req.prompt, req.seed)
         trace = result.trace
         return {"result": to_pil(result.images)[0], "status": status_line(record), "record": record,
                 "download": str(path), "command": line,
@@ -397,7 +385,7 @@ class App:
 
     def _write(self, result, record: dict, photo: str, prompt: str, seed: int) -> Path:
         """The edit as a PNG carrying its record (the CLI's writer and metadata key) in the output folder."""
-        from date_edit.batch.results import json_safe
+        from date_edit.outputs import json_safe
         from date_edit.imaging import default_output_name, save_png, to_pil
 
         path = self.out_dir / default_output_name(photo, prompt, seed)
@@ -413,14 +401,15 @@ class App:
 
     def _reconstruct(self, photo, form: dict, progress) -> dict:
         from date_edit.imaging import to_pil
-        from date_edit.pipeline import EditConfig, psnr_db, reconstruct
+        from date_edit.metrics import psnr_db
+        from date_edit.pipeline import EditConfig, reconstruct
 
-        opts = parse(edit_command, edit_args(photo or "", form, self.model, None))
-        seed = 0 if opts["seed"] is None else opts["seed"]
-        config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],
-                            cfg_target=opts["cfg_source"], seed=seed, date=None)
-        loaded = self._load(photo, opts)
-        result = reconstruct(self.backbone, loaded.pixels, source_prompt=opts["source_prompt"], config=config,
+        req = request.edit_request(photo, "-", parse(edit_command, edit_args(photo or "", form, self.model, None)))
+        edit = req.config
+        config = EditConfig(steps=edit.steps, skip=edit.skip, cfg_source=edit.cfg_source, cfg_target=edit.cfg_source,
+                            seed=req.seed, date=None)
+        loaded = self._load(photo, req)
+        result = reconstruct(self.backbone, loaded.pixels, source_prompt=req.source_prompt, config=config,
                              progress=progress)
         psnr = psnr_db(result.images, loaded.pixels)
         return {"reconstruction": to_pil(result.images)[0],
@@ -444,18 +433,18 @@ class App:
 
         args = sweep_args(photo or "", form, grid, self.model, mask_file)
         opts = parse(sweep_command, args)
-        common.precheck_mask(opts, photo)
-        loaded = self._load(photo, opts)
-        scorer, evaluator = sweep_scorers(opts, self.backbone, self._scorer)
-        key = self._key(loaded, opts)
+        req, cells = request.edit_request(photo, form["prompt"], opts), SweepGrid.from_options(opts)
+        request.precheck_mask(req, photo)
+        loaded = self._load(photo, req)
+        scorer, evaluator = sweep_scorers(req, cells, self.backbone, self._scorer)
+        key = self._key(loaded, req)
         inversion = self._cached(key)
-        result = run_sweep(opts, opts["prompt"], self.backbone, loaded, scorer=scorer, evaluator=evaluator,
+        result = run_sweep(req, cells, self.backbone, loaded, scorer=scorer, evaluator=evaluator,
                            inversion=inversion, progress=progress)
         self._remember(key, result.inversion)
-        record = sweep_record(result, self.backbone, opts, Path(photo).name, loaded)
+        record = sweep_record(result, self.backbone, req, cells, Path(photo).name, loaded)
         record["command_line"] = command_line("sweep", args, photo, mask_file)
-        seed = 0 if opts["seed"] is None else opts["seed"]
-        path = self.out_dir / (default_output_name(photo, opts["prompt"], seed).removesuffix(".png") + "_sweep.png")
+        path = self.out_dir / default_output_name(photo, req.prompt, req.seed, suffix="_sweep.png")
         write_grid(result, loaded, path, record, True, [photo])
         from PIL import Image
 

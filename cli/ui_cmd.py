@@ -13,7 +13,7 @@ import click
 
 from date_edit.errors import excerpt
 
-from . import common
+from . import request
 from .options import model_options
 from .running import EXIT_USAGE, CliError, printable, run_command, say
 
@@ -89,7 +89,7 @@ def ui(host: str, port: int, share: bool, **opts) -> None:
         if not is_local(name):
             say(f"warning: --host {printable(host)} serves other machines too: anyone who reaches port {port} can "
                 "run edits here and read what they upload")
-        backbone = common.load_model(opts)
+        backbone = request.ModelChoice.from_options(opts).load()
         app = App(backbone, opts["model"])
         demo = build(app)
         say(f"serving {opts['model']} on http://{'[' + name + ']' if ':' in name else name}:{port} "

@@ -1,4 +1,5 @@
-"""Multi-concept prompts: the Attend-and-Excite (AnE) prompt set, its metrics, and a min-concept objective.
+"""Multi-concept prompts: the Attend-and-Excite (AnE) prompt set, its metrics and its runs (the min-concept
+objective itself is a scorer: :mod:`date_edit.scorers.minconcept`, re-exported here).
 
 Metrics follow the A&E protocol (Chefer et al., SIGGRAPH 2023): CLIP image-text similarity of the full
 prompt and the minimum over its concepts (prompt split on " and " / " with "), each text embedding the
@@ -9,7 +10,6 @@ BLIP caption of the image.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,8 @@ import torch
 
 from .choices import ANE_CATEGORIES
 from .errors import ConfigError
+from .scorers.minconcept import MinConceptScorer, split_concepts  # noqa: F401 - MinConceptScorer: re-exported
+from .stats import mean_ci95
 
 ANE_PATH = Path(__file__).parent / "assets" / "data" / "ane_prompts.json"
 
@@ -57,12 +59,6 @@ def load_ane_prompts(category: str = "all") -> dict[str, list[str]]:
     return {category: list(data[category])}
 
 
-def split_concepts(prompt: str) -> list[str]:
-    """``"a cat and a red ball"`` -> ``["a cat", "a red ball"]`` (split on " and " / " with ")."""
-    parts = [p.strip() for p in re.split(r"\s+(?:and|with)\s+", prompt.strip()) if p.strip()]
-    return parts or [prompt.strip()]
-
-
 def _strip_article(text: str) -> str:
     return re.sub(r"^(a|an|the)\s+", "", text.strip(), flags=re.I)
 
@@ -71,19 +67,6 @@ def template_texts(text: str) -> list[str]:
     """The 80 template sentences for ``text``; its leading article is dropped so "a {}" reads "a cat"."""
     core = _strip_article(text)
     return [t.format(core) for t in IMAGENET_TEMPLATES]
-
-
-def mean_ci95(values: Sequence[float]) -> dict:
-    """Mean and 95% normal-approximation confidence half-width (1.96 * s / sqrt(n))."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(vals)
-    if n == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    mean = sum(vals) / n
-    if n == 1:
-        return {"mean": mean, "ci95": None, "n": 1}
-    var = sum((v - mean) ** 2 for v in vals) / (n - 1)
-    return {"mean": mean, "ci95": 1.96 * math.sqrt(var / n), "n": n}
 
 
 class TemplateTextEncoder:
@@ -133,30 +116,6 @@ def ane_metrics(
             out.append(ConceptMetrics(float(full[i]), float(per[i].min()), [float(v) for v in per[i]], tt,
                                       captions[i]))
     return out
-
-
-class MinConceptScorer:
-    """DATE objective for multi-concept prompts: the smallest per-concept CLIP similarity (differentiable)."""
-
-    differentiable = True
-
-    def __init__(self, clip_scorer, name: str = "min-concept") -> None:
-        self.clip = clip_scorer
-        self.name = name
-
-    def to(self, device) -> "MinConceptScorer":
-        """Move the underlying CLIP."""
-        self.clip.to(device)
-        return self
-
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """``min_k cos(image, concept_k)`` per image, ``(B,)``."""
-        feats = self.clip.image_features(images)
-        scores = []
-        for i, prompt in enumerate(prompts):
-            text = self.clip.text_features(split_concepts(prompt))  # (K, P)
-            scores.append((text @ feats[i]).min())
-        return torch.stack(scores)
 
 
 class BlipCaptioner:

@@ -1,4 +1,4 @@
-"""Writing outputs: tensors to 8-bit images, PNGs saved safely, default output names.
+"""Writing outputs: tensors to 8-bit images, PNGs saved safely, default output names, records as strict JSON.
 
 Saving writes a temporary file beside the target and renames it into place, so an interrupted run never
 leaves a half-written PNG; it refuses to overwrite the input image under any flag, and with ``within`` it
@@ -8,8 +8,10 @@ writes only inside the real path of that folder, never through a link.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, PngImagePlugin
 
-from .errors import OutputError
+from .errors import OutputError, printable
 
 if TYPE_CHECKING:
     import torch
@@ -270,3 +272,21 @@ def default_output_name(input_path: PathLike | None, prompt: str, seed: int, suf
     """File name ``<input stem>_<prompt slug>_s<seed><suffix>`` (``gen_...`` without an input); slug <= 40 chars."""
     stem = Path(os.fspath(input_path)).stem if input_path is not None else "gen"
     return f"{stem}_{slug(prompt)}_s{seed}{suffix}"
+
+
+def json_safe(obj: Any) -> Any:
+    """Strict JSON: NaN and infinities become null (other readers than Python reject them), and text that is not
+    valid Unicode (a file name whose bytes are not UTF-8) is escaped (``\\xe9``), so a record always encodes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {printable(str(k)): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if obj is None or isinstance(obj, (int, bool)):
+        return obj
+    if isinstance(obj, enum.Enum):
+        return json_safe(obj.value)
+    return printable(str(obj))  # a Path too

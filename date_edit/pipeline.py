@@ -7,8 +7,6 @@ resolved configuration so any output can be reproduced.
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
@@ -18,7 +16,7 @@ from . import controls
 from .timing import Clock as _Clock, peak_memory_mb  # noqa: F401 - peak_memory_mb: API
 from .backbones import Backbone
 from .conditioning import Conditioning
-from .date import DateConfig, DateHook, DateTrace, parse_update_steps
+from .date import DateConfig, DateHook, DateTrace, date_hook, parse_update_steps
 from .defaults import resolve_edit_config
 from .edit_config import EditConfig, check_finite as _check_finite, check_steps as _check_steps
 from .errors import ConfigError
@@ -115,24 +113,6 @@ def _decoded_result(backbone: Backbone, latents: torch.Tensor, clock: _Clock, *,
                   timings=clock.timings(trace), peak_memory_mb=peak_memory_mb(clock.device), config=config, **extra)
 
 
-def _date_hook(backbone: Backbone, date: Optional[DateConfig], scorer, prompts, uncond, guidance, timesteps,
-               noise_maps, keep_directions: bool = False) -> tuple[Optional[DateHook], list[int]]:
-    if date is None:
-        return None, []
-    indices = parse_update_steps(date.update_steps, len(timesteps))
-    if not indices:
-        return None, []
-    if scorer is None:
-        raise ConfigError("scorer", "is missing: DATE needs one; pass a scorer, or disable DATE")
-    if not getattr(scorer, "differentiable", False):
-        raise ConfigError("scorer", f"{scorer.name!r} is not differentiable, so it cannot be a DATE objective")
-    decode = functools.partial(backbone.grad_decode, clamp=date.clamp_decoded)
-    hook = DateHook(date, indices, denoiser=backbone, decode=decode, score=scorer, prompts=prompts,
-                    uncond=uncond, guidance_scale=guidance, schedule=backbone.schedule, timesteps=timesteps,
-                    noise_maps=noise_maps, keep_directions=keep_directions)
-    return hook, indices
-
-
 def invert_image(
     backbone: Backbone,
     pixels: torch.Tensor,
@@ -224,7 +204,7 @@ def edit(
     trajectory = inversion.x_ts[skip:]  # (n + 1, B, C, h, w): the source's latent at each step and where it lands
     target_cond = backbone.encode_condition(prompts, size=size)
     cond, uncond, scale = backbone.guidance(target_cond, backbone.unconditional(b, size=size), config.cfg_target)
-    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, noise_maps)
+    hook = date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, noise_maps)
     needs_source = config.p2p is not None or (config.mask is not None and config.mask.source == "auto")
     source_cond = backbone.encode_condition(sources, size=size) if needs_source and all(sources) \
         else backbone.unconditional(b, size=size)
@@ -266,7 +246,7 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
     target_cond = backbone.encode_condition(prompts, size=size)
     tar_cond, tar_uncond, tar_scale = backbone.guidance(target_cond, backbone.unconditional(b, size=size),
                                                         config.cfg_target)
-    hook, _ = _date_hook(backbone, config.date, scorer, prompts, tar_uncond, tar_scale, timesteps, None)
+    hook = date_hook(backbone, config.date, scorer, prompts, tar_uncond, tar_scale, timesteps)
     seed_list = [config.seed + i for i in range(b)] if seeds is None else [int(s) for s in seeds]
 
     def noisy(ks: list[int]) -> list:
@@ -361,7 +341,8 @@ def generate(
     timesteps = backbone.timesteps(config.steps, (height, width))
     cond, uncond, scale = backbone.guidance(backbone.encode_condition(prompts, size=(height, width)),
                                             backbone.unconditional(b, size=(height, width)), config.guidance_scale)
-    hook, _ = _date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps, None, keep_directions)
+    hook = date_hook(backbone, config.date, scorer, prompts, uncond, scale, timesteps,
+                     keep_directions=keep_directions)
     denoiser, loop_uncond, loop_w = backbone, uncond, scale
     if config.universal_guidance > 0:
         from .guidance import UniversalGuidance
@@ -379,10 +360,3 @@ def generate(
                      guidance_scale=loop_w, cond_hook=hook, progress=_phase(progress, "generate"))
     return _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
                            config=config.to_dict() | {"height": height, "width": width})
-
-
-def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between images in [0, 1]; identical images give 200 dB (the MSE is floored at 1e-20), so a record
-    holding it stays finite, strict JSON."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-20))

@@ -135,7 +135,7 @@ def _quantised(images: "torch.Tensor") -> "torch.Tensor":
 def distances(image: "torch.Tensor", source: "torch.Tensor") -> tuple[float, float]:
     """``(mean absolute difference on 0-255, PSNR in dB)`` between two ``(1, 3, H, W)`` images in [0, 1], both
     taken as the 8-bit images a PNG holds."""
-    from .pipeline import psnr_db
+    from .metrics import psnr_db
 
     a, b = _quantised(image), _quantised(source)
     return float((a - b).abs().mean()), psnr_db(a / 255.0, b / 255.0)

@@ -234,21 +234,21 @@ def test_sweep_json_on_a_dangling_link_is_refused_before_the_model_loads(tmp_pat
 def test_every_explicit_p2p_option_asks_for_p2p():
     """``--reweight``, ``--local-blend`` and ``--cross-replace`` were dropped silently on SD3/FLUX (the default P2P
     is left out there): any of them now makes P2P required, so the model refuses it."""
-    from date_edit_cli import common
+    from date_edit_cli import request
 
-    base = {"p2p": None, "mask": "none"}
-    assert common.edit_controls(base)["optional_controls"] is True
+    base = {"p2p": None, "mask": "none", "scorer": "clip", "model": "tiny", "no_date": True}
+    assert request.edit_request(None, "a dog", base).config.optional_controls is True
     for given in ({"cross_replace": 0.5}, {"self_replace": 0.8}, {"reweight": (("cat", 2.0),)},
                   {"local_blend": True}):
-        controls = common.edit_controls({**base, **given})
-        assert controls["p2p"] is not None and controls["optional_controls"] is False, given
+        config = request.edit_request(None, "a dog", {**base, **given}).config
+        assert config.p2p is not None and config.optional_controls is False, given
 
     class SD3:
         family = "sd3"
 
-    config = common.edit_config({"no_date": True}, common.edit_controls({**base, "cross_replace": 0.5}), 0)
+    req = request.edit_request(None, "a dog", {**base, "cross_replace": 0.5})
     with pytest.raises(ConfigError, match="--cross-replace asks for Prompt-to-Prompt"):
-        common.check_p2p_supported(config, SD3(), {**base, "cross_replace": 0.5})
+        request.check_p2p_supported(req, req.config, SD3())
 
 
 def test_reweight_on_sd3_is_refused_in_one_line(tmp_path):

@@ -129,6 +129,9 @@ class ItemSettings:
     resize: str  # fit, crop, stretch
     scorer: str | None  # resolved scorer spec: DATE's objective and the reported score
     options: Mapping[str, Any] = field(default_factory=dict)  # the merged options the settings came from
+    # the front end's request these settings were resolved from (the CLI's EditRequest: its record is made from it);
+    # outside the hashes and comparisons, which the fields above decide
+    request: Any = field(default=None, compare=False, repr=False)
 
     def resolved(self) -> dict:
         """The JSON-ready settings the config hash is taken of."""

@@ -4,9 +4,7 @@ files, what an existing output says about itself, and signals deferred while an 
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
-import math
 import os
 import re
 import secrets
@@ -14,33 +12,13 @@ import signal
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import BatchError, printable
-
-if TYPE_CHECKING:  # torch and the pipeline load only when an item needs work: an up-to-date rerun never pays
-    pass
+from ..errors import BatchError
+from ..outputs import json_safe  # the batch package re-exports it from here
 from .items import _NOFOLLOW, _TEMP_RE, LOCK_NAME, METADATA_KEY, BatchInterrupted, PathLike
 
 # ------------------------------------------------------------------------------------------ results file
-
-
-def json_safe(obj: Any) -> Any:
-    """Strict JSON: NaN and infinities become null (other readers than Python reject them), and text that is not
-    valid Unicode (a file name whose bytes are not UTF-8) is escaped (``\\xe9``), so a record always encodes."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, str):
-        return printable(obj)
-    if isinstance(obj, dict):
-        return {printable(str(k)): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if obj is None or isinstance(obj, (int, bool)):
-        return obj
-    if isinstance(obj, enum.Enum):
-        return json_safe(obj.value)
-    return printable(str(obj))  # a Path too
 
 
 def dumps_record(record: Mapping[str, Any]) -> str:

@@ -26,7 +26,8 @@ from .items import (
 )
 from .decision import decide
 from .plan import stays_inside
-from .results import ResultsLog, _Interrupts, json_safe, dumps_record, output_state
+from ..outputs import json_safe
+from .results import ResultsLog, _Interrupts, dumps_record, output_state
 
 # ------------------------------------------------------------------------------------------------ running
 

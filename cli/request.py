@@ -1,0 +1,327 @@
+"""One edit request: what a front end asks for, built once from whatever it has (Click options, a manifest row
+merged with the job's options, the web form), then checked, run and recorded by the same functions for ``edit``,
+``batch``, ``sweep`` and the web app.
+
+:func:`edit_request` is the one place an option dict becomes an edit: the seed, the structure controls, the mask,
+the scorer spec and the inputs that are never overwritten are resolved there, once. Everything below it takes the
+:class:`EditRequest`, never the option dict.
+
+Imports click and the standard library at module level (no torch), like every CLI module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from date_edit.errors import ConfigError
+
+from . import common
+from .running import EXIT_USAGE, CliError, say
+
+if TYPE_CHECKING:
+    from date_edit.edit_config import EditConfig
+
+# what an edit does with no control flag: chosen on the toy two-object validation split (docs/editing.md, "Edits that
+# change only what was asked"): Prompt-to-Prompt where the model has cross-attention, and an automatic mask when the
+# source prompt is given (it needs one)
+DEFAULT_P2P = True
+DEFAULT_MASK_WITH_SOURCE = "auto"
+DEFAULT_REPLACE = 0.8  # --cross-replace and --self-replace when not given (validated; docs/editing.md)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model options: which backbone, in what precision, on which device, how DATE's backward pass runs."""
+
+    name: str
+    dtype: str = "fp32"
+    device: str = "auto"
+    config: Optional[str] = None  # --model-config: the configs of a single-file checkpoint
+    grad_checkpointing: str = "auto"
+    grad_decoder: str = "vae"
+    compile: Optional[str] = None  # --compile's mode, or None without --compile
+    quiet: bool = False
+
+    @classmethod
+    def from_options(cls, opts: dict) -> "ModelChoice":
+        """The model options of a parsed command (or a merged batch row)."""
+        return cls(name=opts["model"], dtype=opts.get("dtype") or "fp32", device=opts.get("device") or "auto",
+                   config=opts.get("model_config"), grad_checkpointing=opts.get("grad_checkpointing") or "auto",
+                   grad_decoder=opts.get("grad_decoder") or "vae",
+                   compile=(opts.get("compile_mode") or "auto") if opts.get("compile_unet") else None,
+                   quiet=bool(opts.get("quiet")))
+
+    def load(self):
+        """The backbone, loaded (library progress bars on a terminal only, a note for random weights)."""
+        from date_edit.backbones import load_backbone
+        from date_edit.hub import library_progress_bars
+
+        with library_progress_bars(common.bars_wanted(self.quiet)):
+            backbone = load_backbone(self.name, dtype=self.dtype, device=self.device, config=self.config,
+                                     grad_checkpointing=self.grad_checkpointing, grad_decoder=self.grad_decoder,
+                                     compile=self.compile)
+        if backbone.random_weights:
+            say(f"note: --model {backbone.name} has random weights; its images are noise (for tests and smoke runs)")
+        return backbone
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit as a front end asked for it, resolved once (:func:`edit_request`)."""
+
+    image: Optional[str]  # the photo (None for a batch's settings, whose items carry their own)
+    prompt: str
+    source_prompt: str
+    seed: int
+    config: "EditConfig"  # schedule left None = the model's default; DATE, mask and P2P settings included
+    mask: Optional[str]  # "auto", a mask file, or None
+    model: ModelChoice
+    scorer: str  # the --scorer spec, resolved for the model (offline models use their own scorers)
+    size: Optional[int] = None
+    resize: str = "fit"
+    update_mode: Optional[str] = None  # DATE's update mode as given (None without DATE), for the record
+    p2p_options: tuple[str, ...] = ()  # the Prompt-to-Prompt options given (--reweight, ...), each asks for P2P
+    p2p_asked: bool = False  # --p2p given
+    save_mask: bool = False
+    out: Optional[Path] = None  # the checked output path (None where the front end decides: batch, the web app)
+    overwrite: bool = False
+    as_json: bool = False
+    inputs: tuple[str, ...] = ()  # every file the edit reads, never overwritten (the photo first)
+
+
+def edit_request(image: Optional[str], prompt: str, opts: dict, *, output: Optional[str] = None) -> EditRequest:
+    """The :class:`EditRequest` of parsed edit options ``opts`` (Click's, a manifest row merged with the job's, the
+    web form's): the one place an option dict becomes an edit. With ``output`` (a suffix for the automatic name:
+    ``""`` for an edit, ``"_sweep"`` for a sweep's grid) the output path is resolved and checked (``--out``,
+    ``--save-mask``, ``--json``) before anything loads.
+
+    Raises:
+        ConfigError / CliError: one line naming the option (exit 2), before any model loads.
+    """
+    seed = 0 if opts.get("seed") is None else opts["seed"]
+    mask = resolved_mask(opts)
+    config = edit_config(opts, controls(opts, mask), seed)
+    model = ModelChoice.from_options(opts)
+    req = EditRequest(image=image, prompt=prompt, source_prompt=opts.get("source_prompt") or "", seed=seed,
+                      config=config, mask=mask, model=model, scorer=common.scorer_spec(opts["scorer"], model.name),
+                      size=opts.get("size"), resize=opts.get("resize") or "fit",
+                      update_mode=None if opts.get("no_date") else opts.get("update_mode", "accumulate"),
+                      p2p_options=tuple(explicit_p2p_options(opts)), p2p_asked=bool(opts.get("p2p")),
+                      save_mask=bool(opts.get("save_mask")), overwrite=bool(opts.get("overwrite")),
+                      as_json=bool(opts.get("as_json")),
+                      inputs=tuple(input_files(image, mask, (opts.get("scorer"), opts.get("evaluator")))))
+    if output is None:
+        return req
+    from dataclasses import replace
+
+    from date_edit.outputs import default_output_name
+
+    name = default_output_name(image, prompt, seed, suffix=f"{output}.png")
+    path = common.output_path(opts.get("out"), name, req.overwrite, list(req.inputs), as_json=req.as_json,
+                              photo=image)
+    if req.save_mask:
+        common.output_path(str(common.mask_path(path)), "", req.overwrite, list(req.inputs), as_json=False,
+                           photo=image)
+    return replace(req, out=path)
+
+
+def date_config(opts: dict):
+    """The :class:`~date_edit.date.DateConfig` the DATE options ask for, or None with ``--no-date``."""
+    from date_edit.date import DateConfig, ablation_changes
+
+    if opts.get("no_date", False):
+        return None
+    if opts.get("rho") is not None and opts.get("rho_relative") is not None:
+        raise ConfigError(None, "--rho and --rho-relative are exclusive: give the DATE radius one way")
+    # an option the command does not have (sweep has no --update-mode) is its default
+    return DateConfig(rho=opts["rho"], rho_relative=opts.get("rho_relative"), update_steps=opts["update_steps"],
+                      mode=opts.get("update_mode", "accumulate"), iterations=opts.get("grad_iters", 1),
+                      targets=opts.get("date_targets") or "tokens", norm=opts.get("date_norm") or "joint",
+                      **ablation_changes(opts.get("ablation", "none")))
+
+
+def edit_config(opts: dict, control_keywords: dict, seed: int):
+    """The :class:`~date_edit.edit_config.EditConfig` the edit options ask for: a schedule option left out is None,
+    the model's default, which :func:`common.resolved_config` (once the model is loaded) and ``edit()`` fill in
+    through :func:`date_edit.defaults.resolve_edit_config`, as the Python API does."""
+    from date_edit.edit_config import EditConfig
+
+    return EditConfig(steps=opts.get("steps"), skip=opts.get("skip"), cfg_source=opts.get("cfg_source"),
+                      cfg_target=opts.get("cfg_target"), seed=seed, date=date_config(opts),
+                      method=opts.get("edit_method") or "auto", n_min=opts.get("n_min"), n_avg=opts.get("n_avg"),
+                      reference_compat=bool(opts.get("reference_compat")), **control_keywords)
+
+
+def resolved_mask(opts: dict) -> Optional[str]:
+    """What ``--mask`` means for this run: ``"auto"``, a file path, or None (``--mask none``, or the default without
+    a source prompt)."""
+    from date_edit.choices import mask_file
+
+    mask = opts.get("mask")
+    if mask is None:
+        return DEFAULT_MASK_WITH_SOURCE if opts.get("source_prompt") else None
+    return mask_file(mask) or ("auto" if str(mask).strip().lower() == "auto" else None)
+
+
+def controls(opts: dict, mask: Optional[str]) -> dict:
+    """The ``EditConfig`` keywords of the control options: ``mask``, ``p2p`` and ``optional_controls`` (True when
+    Prompt-to-Prompt is on by default, so a model without cross-attention runs without it instead of failing)."""
+    from date_edit.masks import MaskConfig
+
+    mask_config = None
+    if mask is not None:
+        mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=opts.get("mask_dilate"),
+                                 feather=_or(opts.get("mask_feather"), 2),
+                                 threshold=_or(opts.get("mask_threshold"), 0.5), peak=_or(opts.get("mask_peak"), 0.9))
+    elif opts.get("save_mask"):
+        raise ConfigError(None, "--save-mask needs a mask: --mask FILE, or --mask auto with --source-prompt")
+    wanted = opts.get("p2p")
+    p2p_config = None
+    if wanted or (wanted is None and DEFAULT_P2P):
+        from date_edit.p2p import P2PConfig
+
+        p2p_config = P2PConfig(cross_replace=_or(opts.get("cross_replace"), DEFAULT_REPLACE),
+                               self_replace=_or(opts.get("self_replace"), DEFAULT_REPLACE),
+                               reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
+    elif opts.get("reweight") or opts.get("local_blend"):
+        raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: drop --no-p2p")
+    # P2P by default is left out where the model cannot run it; asked for (--p2p, or any P2P option given), refused
+    return {"mask": mask_config, "p2p": p2p_config,
+            "optional_controls": wanted is None and not explicit_p2p_options(opts)}
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def explicit_p2p_options(opts: dict) -> list[str]:
+    """The Prompt-to-Prompt options a run gave (``--cross-replace 0.5``, ``--reweight``, ...): each asks for P2P, so
+    a model without cross-attention refuses the run instead of dropping them silently."""
+    given = [name for name in ("cross_replace", "self_replace") if opts.get(name) is not None]
+    given += [name for name in ("reweight", "local_blend") if opts.get(name)]
+    return ["--" + name.replace("_", "-") for name in given]
+
+
+def input_files(image: Optional[str], mask: Optional[str], scorer_specs=()) -> list[str]:
+    """Every file a run reads that an output could be pointed at: the photo first, then the mask file and weights
+    files named by scorer specs (``name:PATH``). ``--overwrite`` never replaces one."""
+    import os
+
+    files = [image] if image else []
+    if mask and mask != "auto":
+        files.append(mask)
+    for spec in scorer_specs:
+        for term in str(spec or "").split(","):
+            _, sep, variant = term.partition(":")
+            variant = variant.rsplit("=", 1)[0].strip() if sep else ""
+            if variant and os.path.lexists(variant):
+                files.append(variant)
+    return files
+
+
+# ----------------------------------------------------------------------------------------- checking and running
+
+
+def precheck(req: EditRequest) -> None:
+    """Before a model loads: the DATE schedule as far as it is known, the photo and the mask file are readable (or
+    ``--mask auto`` has a source prompt)."""
+    common.check_schedule_early(req.config)
+    if req.image is not None:
+        common.precheck_image(req.image)
+        precheck_mask(req, req.image)
+
+
+def precheck_mask(req: EditRequest, image: str) -> None:
+    """Fail on an unreadable mask file (or ``--mask auto`` without a source prompt) before a model loads."""
+    if req.mask is None:
+        return
+    if req.mask == "auto":
+        if not req.source_prompt:
+            raise CliError("--mask auto needs --source-prompt: the mask is where the source and target prompts' "
+                           "predictions differ; describe the input image, or give a mask file", EXIT_USAGE)
+        return
+    from date_edit.imaging import load_image
+
+    user_mask(req, load_image(image, size=64, multiple=8, resize=req.resize))
+
+
+def user_mask(req: EditRequest, loaded, max_pixels=None):
+    """The request's mask file as a ``(1, 1, H, W)`` tensor over the processed image ``loaded``, or None."""
+    if req.mask in (None, "auto"):
+        return None
+    from date_edit.masks import load_mask
+
+    return load_mask(req.mask, original_size=loaded.original_size, processed_size=loaded.processed_size,
+                     resize=req.resize, max_pixels=max_pixels)
+
+
+def resolve(req: EditRequest, backbone) -> "EditConfig":
+    """The request's config for ``backbone`` (the model's defaults filled in, the DATE schedule checked), with
+    Prompt-to-Prompt that was asked for refused in one line on a model without cross-attention."""
+    config = common.resolved_config(req.config, backbone)
+    check_p2p_supported(req, config, backbone)
+    return config
+
+
+def check_p2p_supported(req: EditRequest, config, backbone) -> None:
+    """Prompt-to-Prompt that was asked for (``--p2p`` or a P2P option) on a model without cross-attention is
+    refused in one line naming what was given (the default P2P is left out there instead)."""
+    if config.p2p is None or config.optional_controls:
+        return
+    from date_edit.p2p import check_supported
+
+    try:
+        check_supported(backbone)
+    except ConfigError as exc:
+        given = [] if req.p2p_asked else list(req.p2p_options)
+        if not given:
+            raise
+        raise ConfigError(None, f"{', '.join(given)} asks for Prompt-to-Prompt, which {exc.problem[0].lower()}"
+                                f"{exc.problem[1:]}; drop {'it' if len(given) == 1 else 'them'}") from None
+
+
+def build_scorer(req: Optional[EditRequest], backbone, for_date: bool, spec: Optional[str] = None,
+                 quiet: Optional[bool] = None):
+    """The scorer ``spec`` (default: the request's, resolved for its model) names, on the backbone's device; with
+    ``for_date`` a differentiable one (DATE's objective)."""
+    from date_edit.hub import library_progress_bars
+    from date_edit.scorers import build_scorer as build
+
+    spec = spec or req.scorer
+    if for_date:
+        from date_edit.scorers.aesthetic import warn_if_aesthetic_alone
+
+        warn_if_aesthetic_alone(spec)
+    with library_progress_bars(common.bars_wanted(req.model.quiet if quiet is None else quiet)):
+        return build(spec, device=backbone.device, require_differentiable=for_date)
+
+
+def run(req: EditRequest, backbone, scorer, loaded, *, inversion=None, progress=None):
+    """Edit the loaded photo as the request asks; ``(result, the resolved config)``."""
+    from date_edit.pipeline import edit
+
+    config = resolve(req, backbone)
+    result = edit(backbone, loaded.pixels, req.prompt, source_prompt=req.source_prompt, config=config,
+                  scorer=scorer, inversion=inversion, progress=progress, mask=user_mask(req, loaded))
+    return result, config
+
+
+def edit_record(req: EditRequest, result, backbone, scorer, loaded, **extra) -> dict:
+    """The JSON record of an edit (``--json``, the PNG's metadata, a batch's results line, the app's record)."""
+    fields = {"input": loaded.source_path if req.image is None else req.image, "source_prompt": req.source_prompt,
+              "processed_size": list(loaded.processed_size), "cfg_source": result.config.get("cfg_source"),
+              "cfg_target": result.config.get("cfg_target"), "mask": req.mask, **common.control_record(result)}
+    if req.save_mask and req.out is not None and getattr(result, "mask", None) is not None:
+        fields["mask_output"] = str(common.mask_path(req.out))
+    scores = common.score_images(scorer, result.images, result.prompts)
+    return common.record("edit", result, backbone, scorer=req.scorer if scorer is not None else None,
+                         update_mode=req.update_mode, scores=scores, extra={**fields, **extra})
+
+
+def write(req: EditRequest, result, record: dict) -> None:
+    """Write what the request asks (the edit, its mask with ``--save-mask``, its record with ``--json``): every
+    file or none."""
+    common.write_outputs(result, req.out, record, req.overwrite, list(req.inputs), req.as_json,
+                         save_mask=req.save_mask)
