@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"date_edit": ROOT / "date_edit", "date_edit_cli": ROOT / "cli"}
 GRAPHED = PACKAGES | {"benchmarks": ROOT / "benchmarks"}  # the import graph covers the benchmarks too
 # modules over the size goal (about 500 lines) today, with the most lines they may have: a ratchet, not a licence
-OVERSIZE: dict[str, int] = {}
-LONG_FUNCTIONS: set[tuple[str, str]] = set()  # (module, function) allowed over 80 lines: none
+# (the two benchmark modules wait for issue 37's benchmarks/ layout)
+OVERSIZE: dict[str, int] = {"benchmarks.harness": 733, "benchmarks.toy_edit_controls": 712}
+# (module, function) allowed over 80 lines: in the library and the CLI none; two benchmark scripts' main() today
+LONG_FUNCTIONS: set[tuple[str, str]] = {("benchmarks.cost", "main"), ("benchmarks.toy_edit", "main")}
 
 
 def _modules(packages: dict[str, Path] = PACKAGES) -> dict[str, Path]:
@@ -176,7 +178,7 @@ def test_each_light_module_imports_first_and_alone_without_torch(module):
 
 
 def test_modules_and_functions_stay_small():
-    modules = _modules()
+    modules = _modules(GRAPHED)  # the benchmarks too
     for name, path in modules.items():
         lines = len(path.read_text().splitlines())
         assert lines <= OVERSIZE.get(name, 500), f"{name} has {lines} lines"
