@@ -1,8 +1,9 @@
 """The handlers of ``date-edit ui``: plain methods of :class:`App` that take the form's values and return the named
 outputs, so they are tested without a browser (the layout, with gradio, is :mod:`.ui_layout`).
 
-A form is read by parsing it as the equivalent command line with the ``edit`` (or ``sweep``) command itself, so its
-checks and one-line errors are the CLI's, and the app shows that command line. The model is loaded once (by the
+A form becomes option values that each ``edit`` (or ``sweep``) option checks with its own type and callback, no
+command line in between (:func:`options`), so its checks and one-line errors are the CLI's; those values build the
+one :class:`~.request.EditRequest` the CLI builds, and the command line the app shows is rendered from them. The model is loaded once (by the
 ``ui`` command); an inversion is kept per (image content, source prompt, steps, seed, CFG source, model), so a new
 target prompt, CFG, skip, mask or DATE setting resamples without inverting again. Imports no gradio, torch or
 numpy at module level.
@@ -116,40 +117,66 @@ def _number(value, integer: bool = False) -> str:
     return str(value)
 
 
-def _shared_args(form: dict, model: str, mask_file: Optional[str]) -> list[str]:
-    """The arguments ``edit`` and ``sweep`` share: source prompt, steps, CFG source, seed, method, DATE, controls."""
-    args = ["--source-prompt", form["source_prompt"], "--steps", _number(form["steps"], True),
-            "--cfg-source", _number(form["cfg_source"]), "--seed", _number(form["seed"], True),
-            "--edit-method", form["edit_method"], "--model", model]
+def _shared_values(form: dict, model: str, mask_file: Optional[str]) -> dict:
+    """The options ``edit`` and ``sweep`` share, as the text a command line gives them (flags: True/False): source
+    prompt, steps, CFG source, seed, method, model, DATE, controls."""
+    values = {"source_prompt": form["source_prompt"], "steps": _number(form["steps"], True),
+              "cfg_source": _number(form["cfg_source"]), "seed": _number(form["seed"], True),
+              "edit_method": form["edit_method"], "model": model}
     if form.get("date", True) or "date_mode" in form:
-        flag = "--rho-relative" if form["radius"] == "rho-relative" else "--rho"
-        args += [flag, _number(form["rho"]), "--update-steps", form["update_steps"], "--scorer", form["scorer"]]
+        values["rho_relative" if form["radius"] == "rho-relative" else "rho"] = _number(form["rho"])
+        values.update(update_steps=form["update_steps"], scorer=form["scorer"])
     mask = form["mask"]
     if mask not in MASK_MODES:
         raise ConfigError("mask", f"{mask!r}: choose one of {', '.join(MASK_MODES)}")
-    args += ["--mask", mask_file if mask == "painted" else mask, "--p2p" if form["p2p"] else "--no-p2p",
-             "--cross-replace", _number(form["cross_replace"]), "--self-replace", _number(form["self_replace"])]
+    values.update(mask=mask_file if mask == "painted" else mask, p2p=bool(form["p2p"]),
+                  cross_replace=_number(form["cross_replace"]), self_replace=_number(form["self_replace"]))
+    return values
+
+
+def edit_values(photo: str, form: dict, model: str, mask_file: Optional[str] = None) -> dict:
+    """The ``date-edit edit`` option values that do what the Edit form asks (by parameter name)."""
+    values = {"image": photo, "prompt": form["prompt"], **_shared_values(form, model, mask_file),
+              "skip": str(form["skip"]), "cfg_target": _number(form["cfg_target"])}
+    return values if form["date"] else {**values, "no_date": True}
+
+
+def sweep_values(photo: str, form: dict, grid: dict, model: str, mask_file: Optional[str] = None) -> dict:
+    """The ``date-edit sweep`` option values that do what the Sweep tab asks (the Edit form's settings, its grid)."""
+    values = {"image": photo, "prompt": form["prompt"],
+              **_shared_values({**form, "date_mode": grid["date_mode"]}, model, mask_file),
+              "skips": grid["skips"], "cfgs": grid["cfgs"], "date_mode": grid["date_mode"]}
+    return values | ({"evaluator": grid["evaluator"]} if (grid.get("evaluator") or "").strip() else {})
+
+
+def options(command: click.Command, values: dict) -> dict:
+    """The parsed options of ``command`` for ``values`` (by parameter name; the rest take their defaults), checked
+    by each option's own type and callback exactly as the CLI checks them (a click.UsageError naming the flag if
+    not), with no command line in between."""
+    ctx = click.Context(command, info_name=command.name)
+    with ctx:
+        for param in command.params:
+            raw = values[param.name] if param.name in values else param.get_default(ctx)
+            ctx.params[param.name] = param.process_value(ctx, raw)
+    return dict(ctx.params)
+
+
+def command_args(command: click.Command, values: dict) -> list[str]:
+    """``values`` as ``command``'s arguments (in the order the command declares them): what the app shows as the
+    command line that does the same edit."""
+    args: list[str] = []
+    for param in command.params:
+        if param.name not in values:
+            continue
+        value = values[param.name]
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif isinstance(value, bool):
+            flag = param.opts[0] if value else (param.secondary_opts or [None])[0]
+            args += [flag] if flag else []
+        elif value is not None:
+            args += [param.opts[0], str(value)]
     return args
-
-
-def edit_args(photo: str, form: dict, model: str, mask_file: Optional[str] = None) -> list[str]:
-    """The ``date-edit edit`` arguments that do what the Edit form asks."""
-    args = [photo, form["prompt"], *_shared_args(form, model, mask_file), "--skip", str(form["skip"]),
-            "--cfg-target", _number(form["cfg_target"])]
-    return args if form["date"] else args + ["--no-date"]
-
-
-def sweep_args(photo: str, form: dict, grid: dict, model: str, mask_file: Optional[str] = None) -> list[str]:
-    """The ``date-edit sweep`` arguments that do what the Sweep tab asks (the Edit form's settings, and its grid)."""
-    args = [photo, form["prompt"], *_shared_args({**form, "date_mode": grid["date_mode"]}, model, mask_file),
-            "--skips", grid["skips"], "--cfgs", grid["cfgs"], "--date", grid["date_mode"]]
-    return args + (["--evaluator", grid["evaluator"]] if (grid.get("evaluator") or "").strip() else [])
-
-
-def parse(command: click.Command, args: list[str]) -> dict:
-    """The options ``args`` give ``command``, checked as the CLI checks them (a click.UsageError if not)."""
-    with command.make_context(command.name, list(args)) as ctx:
-        return dict(ctx.params)
 
 
 def command_line(name: str, args: list[str], photo: str, mask_file: Optional[str] = None) -> str:
@@ -362,8 +389,8 @@ class App:
     def _edit_with(self, photo, mask_file: Optional[str], form: dict, progress) -> dict:
         from date_edit.imaging import to_pil
 
-        args = edit_args(photo or "", form, self.model, mask_file)
-        req = request.edit_request(photo, form["prompt"], parse(edit_command, args))  # the form's one request
+        values = edit_values(photo or "", form, self.model, mask_file)
+        req = request.edit_request(photo, form["prompt"], options(edit_command, values))  # the form's one request
         request.precheck_mask(req, photo)
         loaded = self._load(photo, req)
         scorer = self._scorer(req, self.backbone, True) if req.config.date is not None else None
@@ -374,7 +401,7 @@ class App:
         self._remember(key, result.inversion)
         state = "none (FlowEdit inverts nothing)" if config.method != "ddpm" else \
             "cached" if inversion is not None else "computed"
-        line = command_line("edit", args, photo, mask_file)
+        line = command_line("edit", command_args(edit_command, values), photo, mask_file)
         record = request.edit_record(req, result, self.backbone, scorer, loaded, input=Path(photo).name,
                                      mask=form["mask"], inversion=state, command_line=line)
         path = self._write(result, record, photo, req.prompt, req.seed)
@@ -404,7 +431,7 @@ class App:
         from date_edit.metrics import psnr_db
         from date_edit.pipeline import EditConfig, reconstruct
 
-        req = request.edit_request(photo, "-", parse(edit_command, edit_args(photo or "", form, self.model, None)))
+        req = request.edit_request(photo, "-", options(edit_command, edit_values(photo or "", form, self.model, None)))
         edit = req.config
         config = EditConfig(steps=edit.steps, skip=edit.skip, cfg_source=edit.cfg_source, cfg_target=edit.cfg_source,
                             seed=req.seed, date=None)
@@ -431,8 +458,8 @@ class App:
     def _sweep_with(self, photo, mask_file: Optional[str], form: dict, grid: dict, progress) -> dict:
         from date_edit.imaging import default_output_name
 
-        args = sweep_args(photo or "", form, grid, self.model, mask_file)
-        opts = parse(sweep_command, args)
+        values = sweep_values(photo or "", form, grid, self.model, mask_file)
+        opts = options(sweep_command, values)
         req, cells = request.edit_request(photo, form["prompt"], opts), SweepGrid.from_options(opts)
         request.precheck_mask(req, photo)
         loaded = self._load(photo, req)
@@ -443,7 +470,7 @@ class App:
                            inversion=inversion, progress=progress)
         self._remember(key, result.inversion)
         record = sweep_record(result, self.backbone, req, cells, Path(photo).name, loaded)
-        record["command_line"] = command_line("sweep", args, photo, mask_file)
+        record["command_line"] = command_line("sweep", command_args(sweep_command, values), photo, mask_file)
         path = self.out_dir / default_output_name(photo, req.prompt, req.seed, suffix="_sweep.png")
         write_grid(result, loaded, path, record, True, [photo])
         from PIL import Image
