@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Optional, Sequence
 
 import torch
@@ -18,9 +17,9 @@ import torch
 from ..choices import CHECKPOINTING_MODES, COMPILE_MODES
 from ..conditioning import Condition, Conditioning, as_conditioning
 from ..errors import BackboneError, ConfigError
-from ..hub import hub_reachable, seeded
 from ..schedule import NoiseSchedule, v_to_eps
 from .common import DTYPES, freeze, input_shapes, resolve_device, resolve_dtype  # noqa: F401  (DTYPES re-exported)
+from .grad_decoder import approximate_decode, build_grad_decoder
 
 FAMILIES: dict[str, type] = {}  # family name -> Backbone subclass, filled as the family modules load
 # what each family's component dict holds (a diffusers pipeline's attribute names)
@@ -76,6 +75,8 @@ class Backbone:
     _compiled_shapes: set = field(default_factory=set)
 
     family: ClassVar[str] = "base"
+    taesd_id: ClassVar[str] = "madebyollin/taesd"  # the approximate decoder --grad-decoder taesd loads
+    upcast_fp16_vae: ClassVar[bool] = False  # keep the VAE in float32 under fp16 when its config says force_upcast
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -113,8 +114,8 @@ class Backbone:
             if key.startswith("tokenizer") and components.get(key) is not None:
                 check_tokenizer(components[key])
         freeze(*models)
-        vae = components["vae"]
-        upcast_vae = family == "sdxl" and dt == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        vae, kind = components["vae"], FAMILIES[family]
+        upcast_vae = kind.upcast_fp16_vae and dt == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
         for module in models:
             module.to(dev)
             wanted = torch.float32 if (module is vae and upcast_vae) else dt
@@ -124,21 +125,25 @@ class Backbone:
         denoiser = components.get("unet") or components.get("transformer")
         extra = {k: components.get(k) for k in COMPONENT_NAMES[family]
                  if k not in COMPONENT_NAMES["sd"] and k != "transformer"}
-        if family == "sdxl":
-            extra["force_zeros_for_empty_prompt"] = force_zeros_for_empty_prompt
+        extra.update(kind.family_settings(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt))
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         sample_size = getattr(denoiser.config, "sample_size", None)
         native = int(sample_size) * factor if sample_size else int(vae.config.sample_size)  # FLUX: the VAE's
-        if family in ("sd3", "flux"):
-            from ..flow import FlowSchedule
-
-            schedule = FlowSchedule.from_config(sched_cfg)
-        else:
-            schedule = NoiseSchedule.from_config(sched_cfg)
-        return FAMILIES[family](
+        return kind(
             name=name, unet=denoiser, vae=vae, text_encoder=components["text_encoder"],
-            tokenizer=components["tokenizer"], schedule=schedule, dtype=dt, device=dev, native_size=native,
-            random_weights=random_weights, scheduler_config=sched_cfg, **extra)
+            tokenizer=components["tokenizer"], schedule=kind.schedule_from_config(sched_cfg), dtype=dt, device=dev,
+            native_size=native, random_weights=random_weights, scheduler_config=sched_cfg, **extra)
+
+    @classmethod
+    def schedule_from_config(cls, config: dict):
+        """The family's noise schedule from a diffusers scheduler config (DDPM-style; flow families override)."""
+        return NoiseSchedule.from_config(config)
+
+    @classmethod
+    def family_settings(cls, **settings) -> dict:
+        """The keyword arguments of ``from_components`` that this family's constructor takes (SDXL:
+        ``force_zeros_for_empty_prompt``); none by default."""
+        return {}
 
     @classmethod
     def from_pipeline(cls, pipe, *, name: Optional[str] = None) -> "Backbone":
@@ -386,8 +391,7 @@ class Backbone:
         """
         if self.grad_decoder is None:
             return self.decode(latents, clamp=clamp)
-        out = self.grad_decoder.decode(latents.to(self.dtype)).sample.float() / 2.0 + 0.5
-        return out.clamp(0.0, 1.0) if clamp else out
+        return approximate_decode(self.grad_decoder, latents, self.dtype, clamp=clamp)
 
     def modules(self) -> list[torch.nn.Module]:
         """Every model the backbone holds (UNet, VAE, text encoder, and the gradient decoder when set): what a
@@ -395,46 +399,15 @@ class Backbone:
         return [m for m in (self.unet, self.vae, *self.text_encoders, self.grad_decoder) if m is not None]
 
     def set_grad_decoder(self, spec: Optional[str]) -> None:
-        """``vae``/None (exact, default), ``taesd`` (madebyollin/taesd; madebyollin/taesdxl for SDXL), ``tiny``
-        (random, tests), ``random-full`` (TAESD architecture, random: cost benchmarks) or a folder with an
-        AutoencoderTiny. TAESD decodes 4-channel SD/SDXL latents only.
+        """``vae``/None (exact, default), ``taesd`` (the family's TAESD, :attr:`taesd_id`), ``tiny`` (random, tests),
+        ``random-full`` (TAESD architecture, random: cost benchmarks) or a folder with an AutoencoderTiny
+        (:func:`~date_edit.backbones.grad_decoder.build_grad_decoder`). TAESD decodes 4-channel SD/SDXL latents only.
 
         Raises:
             ConfigError: an approximate decoder for a 16-channel (SD3, FLUX) model.
         """
-        if spec in (None, "", "vae"):
-            self.grad_decoder = None
-            return
-        if self.latent_channels != 4:
-            raise ConfigError("grad_decoder", f"{spec}: TAESD decodes 4-channel SD/SDXL latents; this {self.family} "
-                                              "model has 16: use --grad-decoder vae")
-        from diffusers import AutoencoderTiny
-
-        if spec == "tiny":
-            with seeded(0):
-                module = AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8),
-                                         decoder_block_out_channels=(8, 8, 8, 8),
-                                         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1))
-        elif spec == "random-full":
-            with seeded(0, self.device):
-                module = AutoencoderTiny()
-        else:
-            taesd = "madebyollin/taesdxl" if self.family == "sdxl" else "madebyollin/taesd"
-            source = taesd if spec == "taesd" else spec
-            try:
-                module = AutoencoderTiny.from_pretrained(source, local_files_only=True)
-            except (OSError, ValueError):
-                if Path(source).exists() or not hub_reachable():
-                    raise BackboneError(
-                        f"approximate decoder {source!r} is not available: run `hf download {source}` "
-                        "where there is network, or use --grad-decoder vae"
-                    ) from None
-                module = AutoencoderTiny.from_pretrained(source)
-        freeze(module)
-        module.to(self.device)
-        if self.dtype != torch.float32:
-            module.to(self.dtype)
-        self.grad_decoder = module
+        self.grad_decoder = build_grad_decoder(spec, family=self.family, latent_channels=self.latent_channels,
+                                               taesd_id=self.taesd_id, device=self.device, dtype=self.dtype)
 
     def enable_gradient_checkpointing(self, vae: bool = True, unet: bool = False) -> None:
         """Recompute activations in DATE's backward pass instead of storing them (less memory, more time).

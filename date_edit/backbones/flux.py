@@ -33,6 +33,13 @@ class Flux(Backbone):
 
     family: ClassVar[str] = "flux"
 
+    @classmethod
+    def schedule_from_config(cls, config: dict):
+        """The flow-matching schedule (sigmas, shift) from the scheduler config."""
+        from ..flow import FlowSchedule
+
+        return FlowSchedule.from_config(config)
+
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
         """CLIP-L and T5."""

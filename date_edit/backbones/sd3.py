@@ -39,6 +39,13 @@ class StableDiffusion3(Backbone):
 
     family: ClassVar[str] = "sd3"
 
+    @classmethod
+    def schedule_from_config(cls, config: dict):
+        """The flow-matching schedule (sigmas, shift) from the scheduler config."""
+        from ..flow import FlowSchedule
+
+        return FlowSchedule.from_config(config)
+
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
         """CLIP-L, CLIP-G and (when present) T5."""

@@ -35,6 +35,13 @@ class StableDiffusionXL(Backbone):
     force_zeros_for_empty_prompt: bool = True
 
     family: ClassVar[str] = "sdxl"
+    taesd_id: ClassVar[str] = "madebyollin/taesdxl"
+    upcast_fp16_vae: ClassVar[bool] = True  # as diffusers' SDXL pipeline decodes
+
+    @classmethod
+    def family_settings(cls, **settings) -> dict:
+        """SDXL's unconditional branch is zeros unless the model says otherwise."""
+        return {"force_zeros_for_empty_prompt": settings.get("force_zeros_for_empty_prompt", True)}
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:
