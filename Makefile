@@ -42,20 +42,20 @@ toy-eval: $(STAMP)
 	$(BIN)/python -m date_edit.toy.train --eval-only --fresh-seeds --out date_edit/assets/toy
 
 toy-edit: $(STAMP)
-	$(BIN)/python benchmarks/toy_edit.py
+	$(BIN)/python -m benchmarks.studies.toy_edit
 
 toy-edit-controls: $(STAMP)
-	$(BIN)/python benchmarks/toy_edit_controls.py --split val
-	$(BIN)/python benchmarks/toy_edit_controls.py --split test
+	$(BIN)/python -m benchmarks.studies.toy_edit_controls --split val
+	$(BIN)/python -m benchmarks.studies.toy_edit_controls --split test
 
 toy-date: $(STAMP)
-	$(BIN)/python benchmarks/toy_date.py
+	$(BIN)/python -m benchmarks.studies.toy_date
 
 toy-gradient-pass: $(STAMP)
-	$(BIN)/python benchmarks/toy_gradient_pass.py
+	$(BIN)/python -m benchmarks.studies.toy_gradient_pass
 
 bench-tiny: $(STAMP)
-	$(BIN)/python benchmarks/cost.py --tiny
+	$(BIN)/python -m benchmarks.cost.date_cost --tiny
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check date_edit cli tests benchmarks

@@ -1,10 +1,5 @@
 """``python -m benchmarks run --suite S --methods ... --limit N``"""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.harness import main  # noqa: E402
+from benchmarks.harness.cli import main
 
 raise SystemExit(main())

@@ -18,7 +18,7 @@
 #               diffusers' own pipelines as baselines (BUDGET_SD3=200, BUDGET_FLUX=300)
 #   toy16       issue 27's finer toy world: the toy model retrained with a factor-4 autoencoder (16x16 latents)
 #               on the GPU into $OUT/toy16 (MINUTES_TOY16=8 of wall time, evaluation included); then, here on the
-#               CPU: python benchmarks/toy_edit_controls.py --model <that folder> --split val (not part of 'all')
+#               CPU: python -m benchmarks.studies.toy_edit_controls --model <that folder> --split val (not part of 'all')
 #   all         every stage above but toy16
 #
 # Where the GPU machine has no network, carry in .gpu/:
@@ -36,7 +36,7 @@ fi
 export DATE_EDIT_CACHE=$PWD/.gpu/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
-cost() { python3 benchmarks/cost.py "$@" 2>&1 | grep -v "^{"; }
+cost() { python3 -m benchmarks.cost.date_cost "$@" 2>&1 | grep -v "^{"; }
 for stage in "${STAGES[@]}"; do
   case "$stage" in
     base)

@@ -1,7 +1,7 @@
 """``date-edit sweep``: one photo and prompt edited over a grid of skip x target CFG (and DATE off / on), one
 inversion shared by every cell; writes the labelled grid and prints each cell's CLIP-to-target and distance to the
-source. The web app's Sweep tab checks its form with this command's options and runs :func:`run_sweep`, so both give the
-same numbers for the same settings.
+source. The web app's Sweep tab checks its form with this command's options and runs :func:`run_sweep`, so both
+give the same numbers for the same settings.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@ outputs, so they are tested without a browser (the layout, with gradio, is :mod:
 
 A form becomes option values that each ``edit`` (or ``sweep``) option checks with its own type and callback, no
 command line in between (:func:`options`), so its checks and one-line errors are the CLI's; those values build the
-one :class:`~.request.EditRequest` the CLI builds, and the command line the app shows is rendered from them. The model is loaded once (by the
-``ui`` command); an inversion is kept per (image content, source prompt, steps, seed, CFG source, model), so a new
-target prompt, CFG, skip, mask or DATE setting resamples without inverting again. Imports no gradio, torch or
-numpy at module level.
+one :class:`~.request.EditRequest` the CLI builds, and the command line the app shows is rendered from them. The
+model is loaded once (by the ``ui`` command); an inversion is kept per (image content, source prompt, steps, seed,
+CFG source, model), so a new target prompt, CFG, skip, mask or DATE setting resamples without inverting again.
+Imports no gradio, torch or numpy at module level.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import expand_sweep, load_items, parse_method, ssim, summarize  # noqa: E402
+from benchmarks.harness import expand_sweep, load_items, parse_method, summarize  # noqa: E402
+from benchmarks.suites.edit import ssim  # noqa: E402
 
 
 def run_suite(tmp_path, *args):
@@ -93,8 +94,8 @@ def test_toy_gradient_pass_benchmark_runs_and_pairs_its_methods(tmp_path):
     the reference gradient pass, the Markdown table written (the full run is 480 pairs, 12 min)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     out = tmp_path / "tgp.json"
-    proc = subprocess.run([sys.executable, "benchmarks/toy_gradient_pass.py", "--limit", "1", "--seeds", "7000",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.studies.toy_gradient_pass", "--limit", "1", "--seeds",
+                           "7000", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["pairs"] == 1 and len(report["methods"]) == 5
@@ -108,7 +109,7 @@ def test_toy_gradient_pass_benchmark_runs_and_pairs_its_methods(tmp_path):
 def test_lpips_random_variant_is_a_distance():
     import torch
 
-    from benchmarks.edit_metrics import Lpips
+    from benchmarks.suites.edit import Lpips
 
     lpips = Lpips("random")
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""`python benchmarks/cost.py --tiny`: the CPU smoke version of the GPU cost benchmark."""
+"""`python -m benchmarks.cost.date_cost --tiny`: the CPU smoke version of the GPU cost benchmark."""
 
 import json
 import os
@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cost_tiny_writes_rows_with_ratios(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "benchmarks/cost.py", "--tiny", "--batches", "1", "--fractions", "10",
-                          "--edit", "--checkpointing", "--breakdown", "--out", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600, env=env)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.cost.date_cost", "--tiny", "--batches", "1",
+                          "--fractions", "10", "--edit", "--checkpointing", "--breakdown", "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     files = list(tmp_path.glob("cost-*.json"))
     assert len(files) == 1 and files[0].with_suffix(".md").is_file()
@@ -34,8 +34,9 @@ def test_cost_tiny_other_architectures_run_plain_date_and_diffusers(tmp_path, ar
     """`--arch sdxl|flux` (the GPU runs' architectures) end to end on tiny-sdxl / tiny-flux: plain, DATE 10% with and
     without per-block checkpointing, diffusers' own pipeline on the same modules, and the update breakdown."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "benchmarks/cost.py", "--tiny", "--arch", arch, "--batches", "1",
-                          "--fractions", "10", "--breakdown", "--block-checkpointing", "--out", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.cost.date_cost", "--tiny", "--arch", arch,
+                          "--batches", "1", "--fractions", "10", "--breakdown", "--block-checkpointing", "--out",
+                          str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     (path,) = tmp_path.glob(f"cost-*-{arch}.json")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from benchmarks import pie
+from benchmarks.suites.pie import data as pie
 from benchmarks.harness import parse_method
 from date_edit.errors import ConfigError
 
@@ -154,7 +154,7 @@ def test_method_options_and_presets_parse_and_refuse():
 def test_settings_resolve_preset_options_and_command_line():
     from argparse import Namespace
 
-    from benchmarks.edit_suite import settings
+    from benchmarks.suites.editing import settings
 
     args = Namespace(suite="pie", preset=None, steps=None, cross_replace=None, self_replace=None, mask="none",
                      mask_threshold=0.5, mask_peak=0.9, p2p=False)

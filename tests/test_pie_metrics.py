@@ -1,5 +1,5 @@
-"""PIE-Bench metrics (benchmarks/pie_metrics.py): the reference evaluation's computations, checked on random-weight
-and toy networks, offline, CPU, small images."""
+"""PIE-Bench metrics (benchmarks/suites/pie/metrics.py): the reference evaluation's computations, checked on
+random-weight and toy networks, offline, CPU, small images."""
 
 import math
 import time
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.pie_metrics import UNITS, PieMetrics
+from benchmarks.suites.pie.metrics import UNITS, PieMetrics
 
 SIZE = 64
 # candidate prompts: the random tiny CLIP's cosines are mostly negative (then the score clamps to 0), so tests that
@@ -160,7 +160,7 @@ def test_clip_score_by_hand(pm, images):
 
 
 def test_reference_offline_fails_fast_in_one_line(monkeypatch):
-    from benchmarks.pie_metrics import _uncached_reference_weights
+    from benchmarks.suites.pie.metrics import _uncached_reference_weights
 
     if not _uncached_reference_weights():
         pytest.skip("the reference weights are cached here")

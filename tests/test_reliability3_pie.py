@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import pie
-from benchmarks.checks import check_item_id
+from benchmarks.suites.pie import data as pie
+from benchmarks.harness.checks import check_item_id
 from benchmarks.harness import main, parse_method
 from date_edit.errors import ConfigError
 from date_edit.limits import MAX_N_AVG
@@ -224,7 +224,7 @@ def test_the_harness_says_bad_input_on_stderr_in_one_line_before_anything_loads(
     def full_disk(*_, **__):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("benchmarks.harness.load_items", full_disk)  # a runtime failure: exit 1, one line
+    monkeypatch.setattr("benchmarks.harness.runner.load_items", full_disk)  # a runtime failure: exit 1, one line
     code, stdout, stderr = _main(capsys, "--suite", "toy", "--out", str(out))
     assert code == 1 and stdout == "" and stderr == "benchmarks: error: [Errno 28] No space left on device\n"
 
@@ -240,7 +240,7 @@ def test_the_harness_help_names_the_n_avg_bound(capsys):
 def test_n_avg_reaches_the_flowedit_config_and_is_refused_on_ddpm():
     from argparse import Namespace
 
-    from benchmarks.edit_suite import check_methods, settings
+    from benchmarks.suites.editing import check_methods, settings
 
     args = Namespace(suite="pie", preset=None, steps=None, cross_replace=None, self_replace=None, mask="none",
                      mask_threshold=0.5, mask_peak=0.9, p2p=False, n_avg=3)

@@ -15,10 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"date_edit": ROOT / "date_edit", "date_edit_cli": ROOT / "cli"}
 GRAPHED = PACKAGES | {"benchmarks": ROOT / "benchmarks"}  # the import graph covers the benchmarks too
 # modules over the size goal (about 500 lines) today, with the most lines they may have: a ratchet, not a licence
-# (the two benchmark modules wait for issue 37's benchmarks/ layout)
-OVERSIZE: dict[str, int] = {"benchmarks.harness": 733, "benchmarks.toy_edit_controls": 712}
+OVERSIZE: dict[str, int] = {}
 # (module, function) allowed over 80 lines: in the library and the CLI none; two benchmark scripts' main() today
-LONG_FUNCTIONS: set[tuple[str, str]] = {("benchmarks.cost", "main"), ("benchmarks.toy_edit", "main")}
+LONG_FUNCTIONS: set[tuple[str, str]] = {("benchmarks.cost.date_cost", "main"), ("benchmarks.studies.toy_edit", "main")}
 
 
 def _modules(packages: dict[str, Path] = PACKAGES) -> dict[str, Path]:

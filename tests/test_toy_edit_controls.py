@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import toy_edit_controls as tec  # noqa: E402
+from benchmarks.studies import toy_edit_controls as tec  # noqa: E402
 from date_edit.toy import world  # noqa: E402
 from date_edit.toy.judge import box_iou  # noqa: E402
 
@@ -165,9 +165,10 @@ def test_sweep_writes_the_tradeoff_plot(tmp_path):
 
 
 def test_mask_sources_measures_each_map_and_restores_the_processors(tmp_path):
-    """benchmarks/toy_mask_sources.py on one scene: every map's means lie in [0, 1], the difference map is higher on
-    the edited object than on the other, the files are written, and the toy UNet's processors are its own again."""
-    from benchmarks import toy_mask_sources as tms
+    """benchmarks/studies/toy_mask_sources.py on one scene: every map's means lie in [0, 1], the difference map is
+    higher on the edited object than on the other, the files are written, and the toy UNet's processors are its own
+    again."""
+    from benchmarks.studies import toy_mask_sources as tms
     from date_edit.backbones import load_backbone
 
     assert tms.main(["--scenes", "1", "--out", str(tmp_path)]) == 0

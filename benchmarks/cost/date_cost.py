@@ -1,9 +1,9 @@
 """Cost of DATE against plain sampling: time per image and peak GPU memory, measured in the same run.
 
-    python benchmarks/cost.py                 # real-size SD 1.5 architecture, random weights, on CUDA
-    python benchmarks/cost.py --arch sdxl --dtypes fp16,bf16 --batches 1 --fractions 10   # SDXL, 1024 px
-    python benchmarks/cost.py --arch flux --dtypes bf16 --batches 1 --fractions 10 --block-checkpointing
-    python benchmarks/cost.py --tiny          # CPU smoke version (tiny random models), used by the tests
+    python -m benchmarks.cost.date_cost                 # real-size SD 1.5 architecture, random weights, on CUDA
+    python -m benchmarks.cost.date_cost --arch sdxl --dtypes fp16,bf16 --batches 1 --fractions 10   # SDXL, 1024 px
+    python -m benchmarks.cost.date_cost --arch flux --dtypes bf16 --batches 1 --fractions 10 --block-checkpointing
+    python -m benchmarks.cost.date_cost --tiny          # CPU smoke version (tiny random models), used by the tests
 
 Every ratio compares two numbers measured in this process on this device. Times are the median of
 ``--repeats`` synchronised runs after ``--warmup`` runs; memory is ``torch.cuda.max_memory_allocated``
@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from date_edit.date import DateConfig  # noqa: E402
-from date_edit.pipeline import GenerateConfig, generate, peak_memory_mb  # noqa: E402
+from date_edit.date import DateConfig
+from date_edit.pipeline import GenerateConfig, generate, peak_memory_mb
 
 
 def _sync(device: torch.device) -> None:
@@ -223,7 +222,7 @@ def main(argv=None) -> int:
     prompt = "a photograph of an astronaut riding a horse"
     started = time.perf_counter()
     rows: list[dict] = []
-    out_dir = Path(args.out) if args.out else (None if args.tiny else Path(__file__).parent / "results")
+    out_dir = Path(args.out) if args.out else (None if args.tiny else Path(__file__).resolve().parents[1] / "results")
     slug = card.lower().replace(" ", "-") + ("" if args.arch == "sd15" else f"-{args.arch}")
 
     def flush() -> None:
@@ -233,7 +232,8 @@ def main(argv=None) -> int:
         meta = {"card": card, "torch": torch.__version__, "steps": steps, "repeats": repeats, "warmup": args.warmup,
                 "arch": args.arch, "resolution": "tiny native (64)" if args.tiny else
                 {"sd15": 512}.get(args.arch, 1024), "weights": "random",
-                "command": "python benchmarks/cost.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+                "command": "python -m benchmarks.cost.date_cost "
+                           + " ".join(argv if argv is not None else sys.argv[1:])}
         try:
             import diffusers
 

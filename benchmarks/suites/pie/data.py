@@ -108,6 +108,18 @@ def decode_mask(runs, shape: tuple[int, int] = SIZE, border: bool = True) -> np.
     return mask
 
 
+def bench_mask(item, size: tuple[int, int]):
+    """The PIE item's hand-drawn mask as drawn (no border rule) at the edit's ``size``: ``(1, 1, H, W)``."""
+    import torch
+    from PIL import Image
+
+    with Image.open(item.pie.image) as im:
+        w, h = im.size
+    mask = Image.fromarray(decode_mask(item.pie.runs, (h, w), border=False) * 255)
+    mask = mask.resize((size[1], size[0]), Image.NEAREST)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
+
+
 def bracketed(prompt: str) -> list[str]:
     """The bracketed words of a PIE prompt (``"a [red] car"`` -> ``["red"]``)."""
     return [m.strip() for m in re.findall(r"\[([^\]]*)\]", prompt) if m.strip()]

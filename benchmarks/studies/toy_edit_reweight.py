@@ -1,7 +1,7 @@
 """Does Prompt-to-Prompt's attention reweighting of the new colour word repair the colour edits the controls miss?
 
-    python benchmarks/toy_edit_reweight.py                       # validation split, factors 1,2,4 (about 3 min)
-    python benchmarks/toy_edit_reweight.py --factors 1,1.5,2 --controls user
+    python -m benchmarks.studies.toy_edit_reweight # validation split, factors 1,2,4 (about 3 min)
+    python -m benchmarks.studies.toy_edit_reweight --factors 1,1.5,2 --controls user
 
 Issue 27's colour targets are missed on the test split mostly by attribute leakage: the recoloured object takes the
 other object's colour. Reweighting (``P2PConfig(reweight=((word, factor),))``, ``--reweight WORD=FACTOR`` on the
@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from benchmarks import toy_edit_controls as tec  # noqa: E402
-from date_edit.toy import world  # noqa: E402
+from benchmarks.studies import toy_edit_controls as tec
+from date_edit.toy import world
 
 
 def run(factors: list[float], controls: list[str], scenes: int) -> dict:
@@ -73,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run([float(f) for f in args.factors.split(",")], args.controls.split(","), args.scenes)
     wall = time.perf_counter() - started
     lines = ["# P2P reweighting of the new colour word, toy two-object colour edits (validation split)", "",
-             f"`python benchmarks/toy_edit_reweight.py --factors {args.factors} --controls {args.controls}`: "
+             f"`python -m benchmarks.studies.toy_edit_reweight --factors {args.factors} --controls {args.controls}`: "
              f"{args.scenes} scenes, fixed embedding, P2P cross 0.8 / self 0.8, target CFG 7.5; {wall:.0f} s on this "
              "CPU, one thread.", "", "| control | factor | success | failing scenes |", "|---|---|---|---|"]
     for key, hits in results.items():

@@ -1,6 +1,6 @@
 """What the structure controls cost: time and peak memory of one edit per control, as ratios to the plain edit.
 
-    python benchmarks/controls_cost.py            # toy (64 px) and tiny (128 px) on this CPU, ~3 min
+    python -m benchmarks.cost.controls_cost            # toy (64 px) and tiny (128 px) on this CPU, ~3 min
 
 Each (model, control) runs in a fresh process (so its peak resident memory is its own): load the model, invert once
 (not timed), then time the edit (best of ``--repeats``) with the fixed embedding, 100 steps, skip 36%, target CFG
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 CONTROLS = ("none", "p2p", "mask-auto", "p2p+mask-auto")
 
 
@@ -72,8 +72,9 @@ def main(argv=None) -> int:
     for pair in args.models.split(","):
         model, size = pair.split(":")
         for control in CONTROLS:
-            out = subprocess.run([sys.executable, __file__, "--child", model, control, size, "--repeats",
-                                  str(args.repeats)], capture_output=True, text=True, env=env, check=True)
+            child = ["-m", "benchmarks.cost.controls_cost", "--child", model, control, size]
+            out = subprocess.run([sys.executable, *child, "--repeats", str(args.repeats)], capture_output=True,
+                                 text=True, env=env, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     for row in rows:
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         row["time_ratio"] = round(row["seconds"] / base["seconds"], 2)
         row["edit_rss_ratio"] = round(row["edit_rss_mb"] / base["edit_rss_mb"], 2) if base["edit_rss_mb"] > 0 else None
     machine = f"CPU ({platform.machine()}), {os.cpu_count()} cores"
-    report = {"command": "python benchmarks/controls_cost.py", "machine": machine, "rows": rows}
+    report = {"command": "python -m benchmarks.cost.controls_cost", "machine": machine, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     lines = ["# What the structure controls cost", "", f"`{report['command']}` on {machine}: one edit (100 steps, "

@@ -1,6 +1,6 @@
 """How far the stock diffusers pipelines with DATE's callback are from ``date_edit.generate`` (issue 30), per family.
 
-    python benchmarks/callback_parity.py        # tiny SD, SDXL, SD3, FLUX on the CPU, about a minute
+    python -m benchmarks.studies.callback_parity        # tiny SD, SDXL, SD3, FLUX on the CPU, about a minute
 
 For each tiny random-weight model: the stock pipeline (its own scheduler) against ``generate`` with the same noise,
 6 steps, guidance 4, without DATE and with DATE (rho 1, updates at steps 0 and 4; SDXL and SD3 move tokens and pooled
@@ -12,14 +12,12 @@ skip 3. Writes benchmarks/results/callback_parity.{json,md}.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 STEPS, GUIDANCE = 6, 4.0
 
 
@@ -82,7 +80,8 @@ def main() -> int:
     gen = [generation_row(f, scorer) for f in ("sd", "sdxl", "sd3", "flux")]
     eds = [edit_row(f) for f in ("sd", "sdxl")]
     lines = ["# Stock diffusers pipelines against date-edit's own loops (tiny random-weight models, CPU)", "",
-             "`python benchmarks/callback_parity.py`. Generation: 6 steps, guidance 4, the same noise; DATE rho 1 at "
+             "`python -m benchmarks.studies.callback_parity`. Generation: 6 steps, guidance 4, the same "
+             "noise; DATE rho 1 at "
              "steps 0 and 4 through `DateCallback` (SDXL, SD3: tokens and pooled).", "",
              "| model | max abs diff, no DATE | max abs diff, DATE | max abs latent |", "|---|---|---|---|"]
     lines += [f"| tiny {r['family']} | {r['plain_max_abs_diff']:.2g} | {r['date_max_abs_diff']:.2g} | "

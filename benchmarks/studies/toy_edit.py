@@ -1,7 +1,7 @@
 """Toy-world editing: does an edit change the asked attribute and keep the object where it was?
 
-    python benchmarks/toy_edit.py            # ~4 min on a 2-core CPU (make toy-edit)
-    python benchmarks/toy_edit.py --quick    # 4 scenes x 1 seed, for a smoke run
+    python -m benchmarks.studies.toy_edit            # ~4 min on a 2-core CPU (make toy-edit)
+    python -m benchmarks.studies.toy_edit --quick    # 4 scenes x 1 seed, for a smoke run
 
 Sources are single-object scenes rendered from numpy seed 7000 (never used in training); each gets two colour
 edits and one shape edit ("a red circle" -> "a blue circle", -> "a red square"), inverted with edit-friendly DDPM
@@ -26,16 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from date_edit.stats import mean_ci95  # noqa: E402
-from date_edit.toy import world  # noqa: E402
-from date_edit.toy.judge import box_iou, evaluate  # noqa: E402
+from date_edit.stats import mean_ci95
+from date_edit.toy import world
+from date_edit.toy.judge import box_iou, evaluate
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def edit_targets(colour: str, shape: str, rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -128,7 +127,7 @@ def main(argv=None) -> int:
             table[f"{kind}/{method}"] = {k: mean_ci95([float(r[k]) for r in rows]) for k in ("right", "iou", "kept")}
             table[f"{kind}/{method}"]["n"] = len(rows)
     report = {
-        "command": "python benchmarks/toy_edit.py" + (" --quick" if args.quick else "")
+        "command": "python -m benchmarks.studies.toy_edit" + (" --quick" if args.quick else "")
         + (" --source-prompt empty" if args.source_prompt == "empty" else ""),
         "model": args.model, "settings": "edit-friendly DDPM, 100 steps, skip 36%, CFG 3.5 -> 15, source prompt "
         + ("= the source caption" if args.source_prompt == "caption" else "empty")

@@ -1,7 +1,7 @@
 """Why DATE's gain in the toy world is small: a fresh replication and an analysis of the per-image records.
 
-    python benchmarks/toy_date_why.py --stage replicate   # fixed, DATE, random direction on fresh seeds (~10 min)
-    python benchmarks/toy_date_why.py                     # rewrite the analysis from toy_date.json, running nothing
+    python -m benchmarks.studies.toy_date_why --stage replicate # fixed, DATE, random direction, fresh seeds (~10 min)
+    python -m benchmarks.studies.toy_date_why # rewrite the analysis from toy_date.json, running nothing
 
 ``make toy-date`` ran the test split once (320 pairs) and DATE's overall gain was within its 95% interval. Two
 explanations need different remedies, so this script separates them:
@@ -29,12 +29,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import toy_date as td  # noqa: E402
-from date_edit.date import DateConfig  # noqa: E402
-from date_edit.stats import mean_ci95  # noqa: E402
-from date_edit.toy import world  # noqa: E402
+from benchmarks.studies import toy_date as td
+from date_edit.date import DateConfig
+from date_edit.stats import mean_ci95
+from date_edit.toy import world
 
 REPLICATION_SEEDS = tuple(range(7100, 7108))
 FAMILIES = (("all", (2, 3)), ("two_object", (2,)), ("three_object", (3,)))
@@ -143,8 +142,9 @@ def write(data: dict, results: Path) -> None:
     a = analyse(data)
     (results / "toy_date_why.json").write_text(json.dumps(a, indent=1))
     lines = ["# Why DATE's gain in the toy world is small", "",
-             "Command: `python benchmarks/toy_date_why.py --stage replicate` (runs the replication, about 10 min on a "
-             "2-core CPU), then `python benchmarks/toy_date_why.py` (this report from "
+             "Command: `python -m benchmarks.studies.toy_date_why --stage replicate` (runs the replication, "
+             "about 10 min on a "
+             "2-core CPU), then `python -m benchmarks.studies.toy_date_why` (this report from "
              "benchmarks/results/toy_date.json). " + data["setup"], "",
              f"DATE: rho_relative {data['test']['chosen']['rho_relative']}, updates "
              f"{data['test']['chosen']['update_steps']} (chosen on validation). Test split: seeds "

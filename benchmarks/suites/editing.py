@@ -1,27 +1,23 @@
-"""One item of the harness's edit suites (``edit``: the sample photos; ``pie``: PIE-Bench): the settings a method
-resolves to (a named preset, the method's ``@`` options, the command line), the edit, and for PIE the reference
-layout file and the seven metrics measured on it.
+"""What the edit suites (``edit``: the sample photos; ``pie``: PIE-Bench) share: the settings a method resolves to
+(a named preset, the method's ``@`` options, the command line), the check of every method before any edit, and the
+edit of one item.
 
 Method options (after ``@``, any order): ``p2p`` (Prompt-to-Prompt with the preset's windows), ``blend`` (P2P's
 local blend: a mask from the cross-attention of the words that differ between the prompts, which for PIE are its
 bracketed words; the record keeps both), ``mask=auto`` (an
 automatic mask from where the prompts' predictions differ), ``mask=bench`` (PIE only: the benchmark's hand-drawn
 mask as a user mask: an oracle, label it so when you report it), ``mask=none``, ``preset=NAME``
-(:data:`benchmarks.pie.PRESETS`), ``editor=ddpm|flowedit``.
+(:data:`benchmarks.suites.pie.data.PRESETS`), ``editor=ddpm|flowedit``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
 from typing import Optional
 
-import numpy as np
-import torch
-
+from benchmarks.suites.pie.data import bench_mask, check_preset, default_preset
 from date_edit.errors import ConfigError
 
+DEFAULT_STEPS = 100
 
 def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
     """``(EditConfig keyword arguments, preset name or None)`` for ``method`` on a model of ``family``.
@@ -31,7 +27,6 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
     ``--steps`` rescales a preset's skip to the same share; ``--cross-replace``/``--self-replace`` given on the
     command line override a preset's windows.
     """
-    from benchmarks.pie import check_preset, default_preset
     from date_edit.masks import MaskConfig
 
     preset = method.option("preset") or getattr(args, "preset", None)
@@ -73,7 +68,7 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
 def check_methods(args, methods, backbone, source_prompt: str) -> None:
     """Refuse, before any image is edited, a method this model cannot run (P2P on FlowEdit, FlowEdit on SD, a
     FlowEdit setting such as ``--n-avg`` on DDPM editing)."""
-    from date_edit.controls import check
+    from date_edit.controls import check as check_controls
     from date_edit.defaults import resolve_edit_config
     from date_edit.pipeline import EditConfig
 
@@ -82,23 +77,10 @@ def check_methods(args, methods, backbone, source_prompt: str) -> None:
         try:
             config = EditConfig(date=method.date, **kw)
             resolve_edit_config(config, backbone)
-            check(backbone, config, [source_prompt])
+            check_controls(backbone, config, [source_prompt])
         except ConfigError as exc:
             raise ConfigError(None, f"method {method.label!r} on {backbone.name}: {str(exc).splitlines()[0]}") \
                 from None
-
-
-def bench_mask(item, size: tuple[int, int]) -> torch.Tensor:
-    """The PIE item's hand-drawn mask as drawn (no border rule) at the edit's ``size``: ``(1, 1, H, W)``."""
-    from PIL import Image
-
-    from benchmarks.pie import decode_mask
-
-    with Image.open(item.pie.image) as im:
-        w, h = im.size
-    mask = Image.fromarray(decode_mask(item.pie.runs, (h, w), border=False) * 255)
-    mask = mask.resize((size[1], size[0]), Image.NEAREST)
-    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255.0)[None, None]
 
 
 def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
@@ -136,51 +118,14 @@ def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
     return result, source, fields
 
 
-def _save_jpeg(image, path: Path) -> None:
-    """Write ``image`` as the reference runners do (PIL's JPEG at its default quality, 75), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="JPEG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def check(args, methods, backbone, items) -> None:
+    """:func:`check_methods` with the first item's source prompt."""
+    check_methods(args, methods, backbone, items[0].source_prompt)
 
 
-def pie_fields(runner, method, item, seed: int, result) -> dict:
-    """Save the edit in the reference layout and measure what the reference evaluation would read there.
-
-    The edit is resized to the photo's size if the model worked at another, written as
-    ``reference/<method>/annotation_images/<image_path>`` (JPEG, as the published runners wrote it), read back, and
-    scored with the seven metrics against the photo as the reference opens it, with the border-ruled mask.
-    ``unedit_exact_lossless`` is the share of unedited pixels the lossless edit keeps exactly (a mask makes it 1.0;
-    the JPEG the table is measured on cannot).
-    """
-    from PIL import Image
-
-    from benchmarks.checks import method_slug
-    from benchmarks.pie import decode_mask, reference_path
-    from date_edit.imaging import to_pil
-
-    entry = item.pie
-    with Image.open(entry.image) as im:
-        photo = np.asarray(im.convert("RGB"))
-    edited = to_pil(result.images)[0]
-    if edited.size != (photo.shape[1], photo.shape[0]):
-        edited = edited.resize((photo.shape[1], photo.shape[0]), Image.BICUBIC)
-    slug = method_slug(method.label) + ("" if seed == runner.args.seed else f"_s{seed}")
-    ref = reference_path(runner.out, slug, entry.image_path)
-    _save_jpeg(edited, ref)
-    with Image.open(ref) as im:
-        read_back = np.asarray(im.convert("RGB"))
-    mask = decode_mask(entry.runs, photo.shape[:2], border=True)
-    scores = runner.metrics.pie(photo, read_back, mask, item.source_prompt, item.prompt)
-    keep = mask == 0
-    lossless = np.asarray(edited)
-    same = (lossless == photo).all(axis=-1)
-    fields = {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in scores.items()}
-    fields |= {"unedit_exact_lossless": float(same[keep].mean()) if keep.any() else None,
-               "reference_image": str(ref.relative_to(runner.out)), "category": entry.category,
-               "image_path": entry.image_path, "edited_words": list(entry.edited_words),
-               "blended_words": list(entry.blended_words)}
-    return fields
+def run_item(runner, method, item, seed: int, steps: int):
+    """Edit ``item`` with ``method``: ``(Result, source pixels, record fields, steps run)``; ``steps`` counts only
+    for fixed-equal-compute (more steps, the same share skipped), else the settings' steps run."""
+    equal = steps if method.base == "fixed-equal-compute" else None
+    result, source, fields = edit_item(runner, method, item, seed, steps=equal)
+    return result, source, fields, fields.pop("steps")

@@ -1,10 +1,10 @@
 """Two-object toy edits under structure-preserving controls: is the edited object right and in place, is the other
 object kept, does the background stay (issue 27)?
 
-    python benchmarks/toy_edit_controls.py --split val            # choose settings here (20 scenes x 1 seed)
-    python benchmarks/toy_edit_controls.py --split test           # run once, with the settings chosen on val
-    python benchmarks/toy_edit_controls.py --sweep                # trade-off curve: skip x target CFG per control
-    python benchmarks/toy_edit_controls.py --quick                # 2 scenes, none and mask-user, fixed: smoke run
+    python -m benchmarks.studies.toy_edit_controls --split val   # choose settings here (20 scenes x 1 seed)
+    python -m benchmarks.studies.toy_edit_controls --split test  # run once, with the settings chosen on val
+    python -m benchmarks.studies.toy_edit_controls --sweep       # trade-off curve: skip x target CFG per control
+    python -m benchmarks.studies.toy_edit_controls --quick       # 2 scenes, none and mask-user, fixed: smoke run
 
 Scenes: two objects of different colours and shapes (``world.random_scene(rng, 2, distinct=True)``), numpy seed
 9100 (validation) or 9300 (test), neither used in training. Scene i edits the object its caption names first when
@@ -33,136 +33,23 @@ import json
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from date_edit.stats import mean_ci95  # noqa: E402
-from date_edit.toy import world  # noqa: E402
-from date_edit.toy.judge import box_iou, evaluate  # noqa: E402
+from benchmarks.studies.toy_edit_controls_report import (_cell, acceptance, draw_grid, markdown, plot_tradeoff,
+                                                          summarise)
+from benchmarks.studies.toy_edit_scenes import (BG_MARGIN, BG_THRESHOLD, DEFAULT_CONTROLS, IN_PLACE_IOU, KINDS,
+                                                METRICS, OTHER_KEPT_IOU, SPLIT_SEEDS, SWEEP_CFGS, SWEEP_CONTROLS,
+                                                SWEEP_SKIPS, USER_MASK_DILATE, Case, _box_mask, make_cases, measure,
+                                                user_mask)
+from date_edit.stats import mean_ci95
+from date_edit.toy import world
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SPLIT_SEEDS = {"val": 9100, "test": 9300}
-KINDS = ("colour", "shape")
-DEFAULT_CONTROLS = ("none", "p2p", "mask-auto", "mask-user", "p2p+mask-auto", "p2p+mask-user")
-SWEEP_CONTROLS = ("none", "p2p", "mask-auto", "mask-user")
-SWEEP_SKIPS = ("25%", "36%", "50%")
-SWEEP_CFGS = (7.5, 15.0)
-IN_PLACE_IOU = 0.5  # edited object: IoU of its detected box with its source box
-OTHER_KEPT_IOU = 0.7  # other object: IoU of its detected box with its source box
-BG_MARGIN = 2  # px: the source boxes (and the edited object's new box) are dilated this much before masking out
-BG_THRESHOLD = 8.0  # background MAD (0-255) at or below which the background counts as kept
-USER_MASK_DILATE = 3  # px: the user mask is the edited object's source box dilated this much (a rectangle)
-
-METRICS = {
-    "right": "the judge detects an object with the edited object's target colour and shape (anywhere)",
-    "correct": "evaluate(out, target)['correct']: the judge finds exactly the two target objects, nothing extra",
-    "in_place": f"IoU of the best-matching detection of the target object (highest IoU among detections of that "
-                f"colour and shape) with the edited object's source box >= {IN_PLACE_IOU}",
-    "other_kept": f"a detection with the other object's colour and shape has IoU >= {OTHER_KEPT_IOU} with its "
-                  f"source box",
-    "background_mad": f"mean |out - input| (0-255, all 3 channels) over the pixels outside both objects' source "
-                      f"boxes dilated {BG_MARGIN} px and outside the edited object's detected box (the best-matching "
-                      f"detection, if any) dilated {BG_MARGIN} px",
-    "clip_target": "held-out toy CLIP (clip:toy-heldout, never a DATE objective) of the output with the target prompt",
-    "success": "correct and in_place and other_kept and background_mad <= the threshold (correct implies right)",
-    "outside_mask_exact": "mask-user runs: fraction of the pixels outside the user mask (the dilated source box) "
-                          "whose RGB equals the input's exactly; mask-auto runs: the same outside result.mask == 0",
-}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One source scene and its two edits."""
-
-    index: int
-    scene: world.Scene
-    caption: str
-    order: tuple[world.ToyObject, ...]  # the objects in the caption's order
-    edited: int  # position of the edited object in ``order``
-    colour_target: tuple[str, str]  # (colour, shape) the edited object becomes
-    shape_target: tuple[str, str]
-
-    @property
-    def edited_obj(self) -> world.ToyObject:
-        return self.order[self.edited]
-
-    @property
-    def other_obj(self) -> world.ToyObject:
-        return self.order[1 - self.edited]
-
-    def target(self, kind: str) -> tuple[str, str]:
-        """The edited object's (colour, shape) after the edit of ``kind``."""
-        return self.colour_target if kind == "colour" else self.shape_target
-
-    def prompt(self, kind: str) -> str:
-        """The target prompt: the caption with the edited object changed, in the caption's order."""
-        pairs = [(o.colour, o.shape) for o in self.order]
-        pairs[self.edited] = self.target(kind)
-        return world.phrase(pairs)
-
-
-def _caption_order(scene: world.Scene) -> tuple[world.ToyObject, ...]:
-    return tuple(sorted(scene.objects, key=lambda o: (world.COLOURS.index(o.colour), world.SHAPES.index(o.shape))))
-
-
-def make_cases(split: str, n: int) -> list[Case]:
-    """The first ``n`` scenes of ``split`` (a prefix: scene i is the same for every ``n``) with their edits."""
-    rng = np.random.default_rng(SPLIT_SEEDS[split])
-    cases = []
-    for i in range(n):
-        scene = world.random_scene(rng, 2, distinct=True)
-        order = _caption_order(scene)
-        edited = i % 2
-        obj = order[edited]
-        free_colours = [c for c in world.COLOURS if c not in {o.colour for o in order}]
-        new_colour = free_colours[int(rng.integers(len(free_colours)))]
-        (new_shape,) = [s for s in world.SHAPES if s not in {o.shape for o in order}]
-        cases.append(Case(i, scene, world.caption(scene), order, edited, (new_colour, obj.shape),
-                          (obj.colour, new_shape)))
-    return cases
-
-
-def _box_mask(box, margin: int, size: int = world.IMAGE_SIZE) -> np.ndarray:
-    """Boolean (size, size) mask of ``box`` (x0, y0, x1, y1; x1/y1 exclusive) grown by ``margin`` px, clipped."""
-    x0, y0, x1, y1 = box
-    m = np.zeros((size, size), bool)
-    m[max(0, int(np.floor(y0)) - margin):min(size, int(np.ceil(y1)) + margin),
-      max(0, int(np.floor(x0)) - margin):min(size, int(np.ceil(x1)) + margin)] = True
-    return m
-
-
-def user_mask(case: Case, dilate: int = USER_MASK_DILATE) -> np.ndarray:
-    """The user's mask: the edited object's source box dilated ``dilate`` px, boolean (64, 64), True = may change."""
-    return _box_mask(case.edited_obj.box, dilate)
-
-
-def measure(out: np.ndarray, source: np.ndarray, case: Case, kind: str,
-            bg_threshold: float = BG_THRESHOLD) -> dict:
-    """The judge's and the pixels' verdict on one edited image ``out`` (64x64x3 uint8) of ``source`` (see METRICS)."""
-    verdict = evaluate(out, case.prompt(kind))
-    dets = verdict["objects"]
-    target = case.target(kind)
-    edited, other = case.edited_obj, case.other_obj
-    hits = [d for d in dets if (d.colour, d.shape) == target]
-    best = max(hits, key=lambda d: box_iou(edited.box, d.box), default=None)
-    iou = box_iou(edited.box, best.box) if best else 0.0
-    other_iou = max([box_iou(other.box, d.box) for d in dets if (d.colour, d.shape) == (other.colour, other.shape)],
-                    default=0.0)
-    excluded = _box_mask(edited.box, BG_MARGIN) | _box_mask(other.box, BG_MARGIN)
-    if best is not None:
-        excluded |= _box_mask(best.box, BG_MARGIN)
-    diff = np.abs(out.astype(np.int16) - source.astype(np.int16))[~excluded]
-    mad = float(diff.mean()) if diff.size else 0.0
-    right, in_place, other_kept = best is not None, iou >= IN_PLACE_IOU, other_iou >= OTHER_KEPT_IOU
-    return {"right": right, "correct": bool(verdict["correct"]), "in_place": bool(in_place), "iou": round(iou, 3),
-            "other_kept": bool(other_kept), "other_iou": round(other_iou, 3), "background_mad": round(mad, 3),
-            "success": bool(verdict["correct"] and in_place and other_kept and mad <= bg_threshold),
-            "detections": [[d.colour, d.shape, list(d.box)] for d in dets]}
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 # ---- controls ----------------------------------------------------------------------------------------------------
@@ -257,7 +144,7 @@ class Runner:
         self.heldout = build_scorer("clip:toy-heldout")
         self.pie = None
         if args.pie_metrics:
-            from benchmarks.pie_metrics import PieMetrics
+            from benchmarks.suites.pie.metrics import PieMetrics
 
             self.pie = PieMetrics("toy")
         self.date = DateConfig(rho_relative=args.rho_relative, update_steps=args.date_updates)
@@ -319,7 +206,7 @@ class Runner:
 
 
 def pie_scores(metrics, image: np.ndarray, out: np.ndarray, case: Case, *, source: str, target: str) -> dict:
-    """PIE-Bench's metrics of one toy edit, by the harness's code (benchmarks.pie_metrics): the edited region is
+    """PIE-Bench's metrics of one toy edit, by the harness's code (benchmarks.suites.pie.metrics): the edited region is
     the user mask (the edited object's source box dilated USER_MASK_DILATE px) with the reference's border rule;
     a PSNR of +inf (unedited part kept exactly) is written "inf"."""
     import math
@@ -335,70 +222,10 @@ def _pixels(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
 
 
-def summarise(records: list[dict], keys: tuple[str, ...]) -> dict:
-    """Means ± 95% CI of every metric per combination of ``keys`` (in first-seen order)."""
-    metrics = ("right", "correct", "in_place", "iou", "other_kept", "other_iou", "background_mad", "clip_target",
-               "success", "outside_mask_exact")
-    groups: dict[str, list[dict]] = {}
-    for r in records:
-        groups.setdefault("/".join(str(r[k]) for k in keys), []).append(r)
-    table = {}
-    for key, rows in groups.items():
-        row = {m: mean_ci95([float(r[m]) for r in rows if r.get(m) is not None]) for m in metrics}
-        row["n"] = len(rows)
-        table[key] = row
-    return table
-
-
-def _cell(stat: dict, digits: int = 2) -> str:
-    if stat["mean"] is None:
-        return "-"
-    return f"{stat['mean']:.{digits}f} ± {stat['ci95'] or 0:.{digits}f}"
-
-
-def _font(size: int = 11):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def draw_grid(rows: list[dict], columns: list[str], path: Path, scale: int = 2) -> None:
-    """A labelled grid: one row per (scene, kind) with its target prompt above it, columns input | controls; a green
-    frame marks a success, a red one a failure."""
-    from PIL import Image, ImageDraw
-
-    cell, pad, label_h, head_h = 64 * scale, 4, 16, 16
-    width = pad + len(columns) * (cell + pad)
-    height = head_h + len(rows) * (label_h + cell + pad) + pad
-    canvas = Image.new("RGB", (max(width, 360), height), (235, 235, 235))
-    draw = ImageDraw.Draw(canvas)
-    font = _font()
-    for j, name in enumerate(columns):
-        draw.text((pad + j * (cell + pad), 2), name, fill=(0, 0, 0), font=font)
-    y = head_h
-    for row in rows:
-        draw.text((pad, y + 2), row["label"], fill=(0, 0, 0), font=font)
-        y += label_h
-        for j, name in enumerate(columns):
-            img, ok = row["cells"].get(name, (None, None))
-            x = pad + j * (cell + pad)
-            if img is None:
-                draw.text((x + 4, y + cell // 2), "n/a", fill=(120, 120, 120), font=font)
-                continue
-            canvas.paste(Image.fromarray(img).resize((cell, cell), Image.NEAREST), (x, y))
-            if ok is not None:
-                draw.rectangle((x - 2, y - 2, x + cell + 1, y + cell + 1), outline=(0, 160, 0) if ok else (210, 0, 0),
-                               width=2)
-        y += cell + pad
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
 
 
 def _command(argv: list[str]) -> str:
-    return " ".join(["python benchmarks/toy_edit_controls.py", *argv])
+    return " ".join(["python -m benchmarks.studies.toy_edit_controls", *argv])
 
 
 def _machine() -> str:
@@ -496,80 +323,6 @@ def run_benchmark(args, argv: list[str]) -> int:
     return 0
 
 
-ACCEPTANCE = [  # (control, kind, metric, at least) from issue 27, on the test split
-    ("mask-user", "colour", "success", 0.95), ("mask-user", "shape", "success", 0.85),
-    ("mask-user", "colour", "outside_mask_exact", 1.0), ("mask-user", "shape", "outside_mask_exact", 1.0),
-    ("mask-auto", "colour", "success", 0.85), ("mask-auto", "shape", "success", 0.70),
-]
-
-
-def acceptance(table: dict, methods: list[str]) -> list[dict]:
-    """Issue 27's targets beside what this run measured (per method; only controls that ran)."""
-    rows = []
-    for control, kind, metric, target in ACCEPTANCE:
-        for method in methods:
-            row = table.get(f"{kind}/{control}/{method}")
-            if row and row[metric]["mean"] is not None:
-                mean = row[metric]["mean"]
-                rows.append({"control": control, "kind": kind, "method": method, "metric": metric,
-                             "target": target, "measured": round(mean, 4), "met": mean >= target - 1e-9})
-    return rows
-
-
-def markdown(report: dict) -> str:
-    """The Markdown report of a benchmark run."""
-    s = report["settings"]
-    lines = [f"# Toy world, two objects: edits under structure-preserving controls ({report['split']} split)", "",
-             f"`{report['command']}`: {report['scenes']} two-object scenes (numpy seed {report['scenes_numpy_seed']})"
-             f" x {len(report['inversion_seeds'])} inversion seeds x 2 edits; {s['edit']}; DATE: {s['date']}. "
-             f"Wall time {report['wall_s']:.0f} s on {report['machine']}. Mean ± 95% CI.", "",
-             f"Success = exactly the two target objects, the edited one in place (IoU >= {IN_PLACE_IOU}), the other "
-             f"kept (IoU >= {OTHER_KEPT_IOU}), background MAD <= {s['thresholds']['background_mad_max']} (0-255). "
-             f"The autoencoder's round trip alone moves the background by "
-             f"{_cell(report['roundtrip_background_mad'], 2)} (MAD over the same pixels, no edit).", "",
-             "| kind | control | method | n | right | in place | other kept | bg MAD | clip | success | "
-             "outside mask exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, row in report["results"].items():
-        kind, control, method = key.split("/")
-        cells = [_cell(row["right"]), _cell(row["in_place"]), _cell(row["other_kept"]),
-                 _cell(row["background_mad"], 1), _cell(row["clip_target"], 3), _cell(row["success"]),
-                 _cell(row["outside_mask_exact"], 3)]
-        lines.append(f"| {kind} | {control} | {method} | {row['n']} | " + " | ".join(cells) + " |")
-    if report["acceptance"]:
-        lines += ["", "Issue 27's targets (they apply to the test split):", "",
-                  "| control | kind | method | metric | target | measured | met |", "|---|---|---|---|---|---|---|"]
-        for a in report["acceptance"]:
-            lines.append(f"| {a['control']} | {a['kind']} | {a['method']} | {a['metric']} | >= {a['target']} | "
-                         f"{a['measured']:.3f} | {'yes' if a['met'] else 'no'} |")
-    if report["skipped_controls"]:
-        lines += ["", "Skipped (this checkout's API cannot run them): "
-                  + "; ".join(f"{k}: {v}" for k, v in report["skipped_controls"].items()) + "."]
-    lines += pie_markdown(report)
-    lines += ["", "Metrics:", ""] + [f"- `{k}`: {v}" for k, v in report["metrics"].items()]
-    lines += ["", f"Controls: {json.dumps(s['controls'])}; user mask: {s['user_mask']}. Edits: {s['edits']}.",
-              f"Grid (fixed embedding, seed 0): `{Path(report['grid']).name}`.", ""]
-    return "\n".join(lines)
-
-
-def pie_markdown(report: dict) -> list[str]:
-    """The PIE-Bench table of the run (the harness's metric code on toy edits), or nothing without it."""
-    from benchmarks.pie_report import COLUMNS, table_cells
-
-    records = [r for r in report["records"] if "pie" in r]
-    if not records:
-        return []
-    lines = ["", "PIE-Bench's seven metrics, by the harness's code (`benchmarks/pie_metrics.py`), published units; "
-             "edited region = the user mask (the edited object's box dilated) with the reference's border rule. "
-             "No DINO weights here: the structure distance uses the toy world's own encoder. Computed with: "
-             + "; ".join(f"{k}: {v}" for k, v in (report.get("pie_labels") or {}).items()) + ".", "",
-             "| kind | control | method | n | " + " | ".join(t for _, t, _ in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 4) + "|"]
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["kind"], r["control"], r["method"]), []).append(r["pie"])
-    for (kind, control, method), rows in groups.items():
-        lines.append(f"| {kind} | {control} | {method} | {len(rows)} | " + " | ".join(table_cells(rows)) + " |")
-    return lines
 
 
 def run_sweep(args, argv: list[str]) -> int:
@@ -625,35 +378,6 @@ def run_sweep(args, argv: list[str]) -> int:
     return 0
 
 
-def plot_tradeoff(table: dict, controls: list[str], path: Path) -> None:
-    """One colour per control; a solid line through the skips at target CFG 15, a dashed one at 7.5."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
-    for i, control in enumerate(controls):
-        colour = f"C{i}"
-        for cfg, style in zip(SWEEP_CFGS, (":", "-")):
-            pts = [(table[k]["background_mad"]["mean"], table[k]["clip_target"]["mean"], skip)
-                   for skip in SWEEP_SKIPS if (k := f"{control}/{skip}/{cfg}") in table]
-            if not pts:
-                continue
-            xs, ys, labels = zip(*pts)
-            ax.plot(xs, ys, style, marker="o" if cfg == SWEEP_CFGS[-1] else "s", color=colour,
-                    label=f"{control}, CFG {cfg:g}")
-            for x, y, lab in zip(xs, ys, labels):
-                ax.annotate(lab, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
-    ax.set_xlabel("background MAD to the input (0-255, lower keeps more)")
-    ax.set_ylabel("held-out toy CLIP to the target (higher is better)")
-    ax.set_title("Toy two-object edits: skip (labels) x target CFG, per control")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -681,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bg-threshold", type=float, default=BG_THRESHOLD, help="background MAD (0-255) for success")
     p.add_argument("--grid-scenes", type=int, default=3, help="scenes shown in the grid (two rows each)")
     p.add_argument("--pie-metrics", action=argparse.BooleanOptionalAction, default=True,
-                   help="also score each edit with PIE-Bench's seven metrics (toy encoder; benchmarks/pie_metrics.py)")
+                   help="also score each edit with PIE-Bench's seven metrics (toy encoder; "
+                        "benchmarks/suites/pie/metrics.py)")
     p.add_argument("--sweep", action="store_true", help="the trade-off sweep (fixed embedding) instead of the table")
     p.add_argument("--sweep-controls", default=",".join(SWEEP_CONTROLS))
     p.add_argument("--quick", action="store_true", help="2 scenes x 1 seed, controls none and mask-user, fixed")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.pie import CATEGORIES
+from benchmarks.suites.pie.data import CATEGORIES
 
 # record field, column title, published scale
 COLUMNS = (

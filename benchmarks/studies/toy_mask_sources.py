@@ -3,7 +3,7 @@ normalised map inside the edited object's source box and inside the other object
 (the map ``--mask auto`` thresholds) against the changed words' cross-attention (LEDITS++ / P2P local blend style),
 in the source branch (source prompt, its changed tokens) and the target branch (target prompt, its changed tokens).
 
-    python benchmarks/toy_mask_sources.py [--split val] [--scenes 20]
+    python -m benchmarks.studies.toy_mask_sources [--split val] [--scenes 20]
 
 Each map is taken over the 8 noise levels the automatic mask uses (the first half of a 100-step edit that skips
 36%: the inversion's own latents), attention averaged over heads and every cross-attention layer (each brought to
@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import toy_edit_controls as T  # noqa: E402
+from benchmarks.studies import toy_edit_controls as T
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 MAPS = ("difference", "attention_source", "attention_target")
 
 
@@ -123,7 +120,7 @@ def run(split: str, scenes: int) -> dict:
 def markdown(report: dict, seconds: float) -> str:
     """The results file."""
     lines = ["# Where the automatic-mask candidates point (toy world, two objects)", "",
-             f"`python benchmarks/toy_mask_sources.py --split {report['split']} --scenes {report['scenes']}` "
+             f"`python -m benchmarks.studies.toy_mask_sources --split {report['split']} --scenes {report['scenes']}` "
              f"({seconds:.0f} s on this CPU): {report['scenes']} two-object scenes x colour and shape edits, the "
              "maps over the automatic mask's 8 noise levels, brought to the pixels and divided by their maximum; "
              "the mean of each map inside the edited object's source box and inside the other object's "

@@ -1,9 +1,9 @@
 """The toy-world DATE benchmark: settings chosen on a validation split, the test split run once, the paper's findings.
 
-    python benchmarks/toy_date.py                 # validation sweep, then the test split and the findings
-    python benchmarks/toy_date.py --stage val     # only choose the settings (writes them into toy_date.json)
-    python benchmarks/toy_date.py --stage test    # test + findings with the settings toy_date.json holds
-    python benchmarks/toy_date.py --stage report  # rewrite the reports (e.g. after make toy-edit), running nothing
+    python -m benchmarks.studies.toy_date # validation sweep, then the test split and the findings
+    python -m benchmarks.studies.toy_date --stage val # only choose the settings (writes them into toy_date.json)
+    python -m benchmarks.studies.toy_date --stage test # test + findings with the settings toy_date.json holds
+    python -m benchmarks.studies.toy_date --stage report # rewrite the reports (after make toy-edit), running nothing
 
 Prompts: the 60 two-object prompts (canonical order) and the 60 three-object prompts of the toy world. Every
 third prompt of each family (index % 3 == 0) is validation, the rest test; validation seeds 6000-6003, test seeds
@@ -32,15 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from date_edit.date import DateConfig  # noqa: E402
-from date_edit.pipeline import GenerateConfig, generate  # noqa: E402
-from date_edit.stats import mean_ci95  # noqa: E402
-from date_edit.toy import world  # noqa: E402
-from date_edit.toy.judge import evaluate  # noqa: E402
+from date_edit.date import DateConfig
+from date_edit.pipeline import GenerateConfig, generate
+from date_edit.stats import mean_ci95
+from date_edit.toy import world
+from date_edit.toy.judge import evaluate
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 VAL_SEEDS = (6000, 6001, 6002, 6003)
 TEST_SEEDS = (7000, 7001, 7002, 7003)
 STEPS, GUIDANCE, CHUNK = 50, 7.5, 60
@@ -244,7 +243,7 @@ def write_reports(data: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "toy_date.json").write_text(json.dumps(data, indent=1))
     lines = ["# Toy world: DATE vs the fixed embedding, settings chosen on validation", "",
-             f"Command: `python benchmarks/toy_date.py` (or `make toy-date`). {data['setup']}", ""]
+             f"Command: `python -m benchmarks.studies.toy_date` (or `make toy-date`). {data['setup']}", ""]
     val = data.get("validation")
     if val:
         lines += ["## Validation split (choose the settings)", "",
@@ -282,7 +281,7 @@ def write_reports(data: dict) -> None:
         findings = make_findings(tst, data.get("edit"))
         (RESULTS / "toy_findings.json").write_text(json.dumps(findings, indent=1))
         rows = ["# The paper's findings on the toy world (test split, 95% CIs)", "",
-                f"Command: `python benchmarks/toy_date.py`. {data['setup']} DATE: rho_relative "
+                f"Command: `python -m benchmarks.studies.toy_date`. {data['setup']} DATE: rho_relative "
                 f"{tst['chosen']['rho_relative']}, updates {tst['chosen']['update_steps']} (chosen on validation).",
                 "",
                 "| # | finding | the paper | measured here | reproduced |", "|---|---|---|---|---|"]

@@ -2,7 +2,7 @@
 and bilinear resize (the default now) against the two former departures, the clamped decode and the PIL-faithful
 preprocessing, beside the fixed embedding and a random direction of the same norm.
 
-    python benchmarks/toy_gradient_pass.py            # 60 two-object prompts x 8 seeds (7000-7007), ~12 min here
+    python -m benchmarks.studies.toy_gradient_pass # 60 two-object prompts x 8 seeds (7000-7007), ~12 min here
 
 DDIM 50, CFG 7.5, DATE rho 0.5 at steps 0, 10, 20, 30, 40 with clip:toy (the paper's settings), every image
 generated in batches with its own noise seed. Judged by the OpenCV judge (both objects right, nothing extra).
@@ -18,13 +18,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.toy_date import Bench, fmt_diff, fmt_rate, pairs_of, paired, summary  # noqa: E402
-from date_edit.date import DateConfig  # noqa: E402
-from date_edit.toy import world  # noqa: E402
+from benchmarks.studies.toy_date import Bench, fmt_diff, fmt_rate, pairs_of, paired, summary
+from date_edit.date import DateConfig
+from date_edit.toy import world
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             row["minus_reference_correct"] = paired(run["records"], ref, "correct")
             row["minus_reference_objective"] = paired(run["records"], ref, "objective")
         table[name] = row
-    report = {"command": "python benchmarks/toy_gradient_pass.py", "model": "toy (date_edit/assets/toy)",
+    report = {"command": "python -m benchmarks.studies.toy_gradient_pass", "model": "toy (date_edit/assets/toy)",
               "prompts": f"world.two_object_prompts()[:{args.limit}]" if args.limit else "world.two_object_prompts()",
               "seeds": args.seeds, "pairs": len(pairs),
               "settings": "DDIM 50, CFG 7.5, DATE rho 0.5 at every:10 with clip:toy, fp32 CPU, batches of 60",

@@ -1,18 +1,18 @@
 """How the control defaults were chosen: a sweep of settings on the two-object toy validation split (fixed
 embedding, one inversion seed, 20 scenes of numpy seed 9100; the test split is never used here).
 
-    python benchmarks/toy_edit_controls_choice.py GROUP      # one group of settings, ~5-15 min on 2 cores
-    python benchmarks/toy_edit_controls_choice.py --report   # the table of every group run so far
+    python -m benchmarks.studies.toy_edit_controls_choice GROUP      # one group of settings, ~5-15 min on 2 cores
+    python -m benchmarks.studies.toy_edit_controls_choice --report   # the table of every group run so far
 
 Groups, in the order they were run: ``auto`` (automatic-mask threshold x dilation under P2P 0.4/0.6, CFG 15),
 ``user`` (P2P windows, CFG and skip under a user mask), ``auto3`` and ``user2`` (CFG 7.5 and 10, larger dilation),
 ``r3a`` and ``r3b`` (P2P 0.8/0.8 under the automatic mask, P2P alone and the automatic mask alone at CFG 7.5). Each
 writes benchmarks/results/toy_edit_controls_choice/<group>_val.json; the scenes, edits, user mask and metrics are
-benchmarks/toy_edit_controls.py's.
+benchmarks/studies/toy_edit_controls.py's.
 
 The groups up to ``r3b`` ran with the first automatic-mask rule (latent cells at or above ``threshold`` of the
 map's maximum, then dilated; commit 4ce2135 and before); their ``auto thX dY`` settings mean that rule. ``pixels``
-(run on 40 validation scenes: ``python benchmarks/toy_edit_controls_choice.py pixels 40``) compares it, rebuilt
+(run on 40 validation scenes: ``python -m benchmarks.studies.toy_edit_controls_choice pixels 40``) compares it, rebuilt
 from :func:`date_edit.masks.difference_map` and passed as a mask, with today's rule (the map brought to the
 pixels bilinearly, thresholded, only the regions reaching ``peak`` kept, dilated one cell), with and without P2P.
 """
@@ -24,17 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-import toy_edit_controls as T  # noqa: E402
-from date_edit.masks import MaskConfig  # noqa: E402
-from date_edit.p2p import P2PConfig  # noqa: E402
+from benchmarks.studies import toy_edit_controls as T
+from date_edit.masks import MaskConfig
+from date_edit.p2p import P2PConfig
 
-OUT = Path(__file__).resolve().parent / "results" / "toy_edit_controls_choice"
+OUT = Path(__file__).resolve().parents[1] / "results" / "toy_edit_controls_choice"
 
 
 def _p2p(cross: float = 0.4, self_: float = 0.6) -> P2PConfig:
@@ -158,7 +156,8 @@ def summary(res: dict) -> list[dict]:
 def report() -> str:
     """The markdown table of every group's JSON in OUT."""
     lines = ["# How the control defaults were chosen (validation split only)", "",
-             "`python benchmarks/toy_edit_controls_choice.py GROUP` for each group below; 20 two-object scenes "
+             "`python -m benchmarks.studies.toy_edit_controls_choice GROUP` for each group below; 20 "
+             "two-object scenes "
              "(numpy seed 9100) x colour and shape edits, fixed embedding, 100 steps, skip 36% unless named, CFG 3.5 "
              "-> 15 unless named. n = 20 per cell (40 in pixels).", "",
              "| group | setting | colour success | shape success | colour other kept | mask area |",

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.pie import excerpt, plain_name
+from benchmarks.suites.pie.data import excerpt, plain_name
 from date_edit.errors import ConfigError, printable
 from date_edit.limits import check_n_avg
 
