@@ -72,7 +72,6 @@ def output_path(out: Optional[str], default_name: str, overwrite: bool, protect:
     ctx = click.get_current_context(silent=True)
     if as_json is None:
         as_json = bool(ctx and ctx.params.get("as_json"))
-    photo = photo if photo is not None else ctx.params.get("image") if ctx else None
     for target in targets + ([json_path(path)] if as_json else []):
         what = "the --json record " if target.suffix == ".json" else ""
         for src in protect:

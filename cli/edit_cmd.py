@@ -99,7 +99,7 @@ def reconstruct(image: str, **opts) -> None:
 
         seed = 0 if opts["seed"] is None else opts["seed"]
         path = common.output_path(opts["out"], default_output_name(image, "reconstruct", seed), opts["overwrite"],
-                                  [image])
+                                  [image], photo=image)
         from date_edit.pipeline import EditConfig, reconstruct as run_reconstruct
 
         config = EditConfig(steps=opts["steps"], skip=opts["skip"], cfg_source=opts["cfg_source"],

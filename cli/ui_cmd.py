@@ -20,11 +20,6 @@ from .running import EXIT_USAGE, CliError, printable, run_command, say
 MAX_HOST_CHARS = 253  # the longest DNS name
 
 
-def _shown(host: str) -> str:
-    """``host`` for a message: quoted, at most a short excerpt."""
-    return excerpt(host)
-
-
 def bare_host(host: str) -> str:
     """``host`` without the brackets of an IPv6 address written as in a URL (``[::1]`` -> ``::1``)."""
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -36,14 +31,14 @@ def check_address(host: str, port: int) -> None:
     server binds it (an IPv6 socket for an address with a colon), then released, before the model loads."""
     name = bare_host(host)
     if not name or len(name) > MAX_HOST_CHARS or any(c.isspace() or not c.isprintable() for c in name):
-        raise CliError(f"--host {_shown(host)} is not a host name or an address; use 127.0.0.1 (this machine only) "
+        raise CliError(f"--host {excerpt(host)} is not a host name or an address; use 127.0.0.1 (this machine only) "
                        "or 0.0.0.0 (every interface)", EXIT_USAGE)
     family = socket.AF_INET6 if ":" in name else socket.AF_INET
     try:
         socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid name"
-        raise CliError(f"--host {_shown(host)} is not an address of this machine ({reason}); use 127.0.0.1 (this "
+        raise CliError(f"--host {excerpt(host)} is not an address of this machine ({reason}); use 127.0.0.1 (this "
                        "machine only), 0.0.0.0 (every interface) or one of this machine's addresses",
                        EXIT_USAGE) from None
     try:
@@ -57,9 +52,9 @@ def check_address(host: str, port: int) -> None:
         elif exc.errno in (errno.EACCES, errno.EPERM):
             problem = f"--port {port} needs privileges to serve on; use a port from 1024 up"
         elif exc.errno == errno.EADDRNOTAVAIL:
-            problem = f"--host {_shown(host)} is not an address of this machine; use 127.0.0.1 or 0.0.0.0"
+            problem = f"--host {excerpt(host)} is not an address of this machine; use 127.0.0.1 or 0.0.0.0"
         else:
-            problem = f"cannot serve on --host {_shown(host)} --port {port} ({exc.strerror or exc})"
+            problem = f"cannot serve on --host {excerpt(host)} --port {port} ({exc.strerror or exc})"
         raise CliError(problem, EXIT_USAGE) from None
 
 
