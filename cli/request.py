@@ -298,13 +298,15 @@ def build_scorer(req: Optional[EditRequest], backbone, for_date: bool, spec: Opt
         return build(spec, device=backbone.device, require_differentiable=for_date)
 
 
-def run(req: EditRequest, backbone, scorer, loaded, *, inversion=None, progress=None):
-    """Edit the loaded photo as the request asks; ``(result, the resolved config)``."""
+def run(req: EditRequest, backbone, scorer, loaded, *, inversion=None, progress=None, mask=None):
+    """Edit the loaded photo as the request asks; ``(result, the resolved config)``. ``mask``: a ``(1, 1, H, W)``
+    user mask tensor made by the front end (the harness's PIE-Bench masks) instead of the request's mask file."""
     from date_edit.pipeline import edit
 
     config = resolve(req, backbone)
     result = edit(backbone, loaded.pixels, req.prompt, source_prompt=req.source_prompt, config=config,
-                  scorer=scorer, inversion=inversion, progress=progress, mask=user_mask(req, loaded))
+                  scorer=scorer, inversion=inversion, progress=progress,
+                  mask=mask if mask is not None else user_mask(req, loaded))
     return result, config
 
 

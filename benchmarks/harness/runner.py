@@ -103,7 +103,7 @@ class _Runner:
         self.metrics = suite.Metrics(args.model, backbone.device, args.eval_clip, args.captioner)
         self.steps = args.steps or suite.DEFAULT_STEPS
         self.scorers: dict[str, object] = {}
-        self.sources: dict[str, torch.Tensor] = {}
+        self.images: dict[str, object] = {}  # path -> LoadedImage, each source photo loaded once
         self.host = socket.gethostname()
 
     def run_all(self, todo: list[tuple], log, done: dict, equal_factor: Optional[float],
@@ -116,12 +116,25 @@ class _Runner:
             done[(method.label, item.id, seed)] = rec
             on_record()
 
+    def loaded(self, path: str):
+        """The source photo at ``path`` as the model takes it (a ``LoadedImage``), loaded once per run."""
+        from date_edit.imaging import load_image
+
+        if path not in self.images:
+            self.images[path] = load_image(path, size=self.args.size or self.backbone.native_size,
+                                           multiple=self.backbone.size_multiple)
+        return self.images[path]
+
+    def scorer_spec(self, method: Method) -> Optional[str]:
+        """The method's objective spec resolved for the model (offline models use their own scorers), or None."""
+        return offline_scorer_spec(method.scorer, self.args.model) if method.scorer else None
+
     def _scorer(self, method: Method):
         from date_edit.scorers import build_scorer
 
-        if not method.scorer:
+        spec = self.scorer_spec(method)
+        if spec is None:
             return None
-        spec = offline_scorer_spec(method.scorer, self.args.model)
         if spec not in self.scorers:
             self.scorers[spec] = build_scorer(spec, device=self.backbone.device, require_differentiable=True)
         return self.scorers[spec]

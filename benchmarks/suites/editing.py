@@ -84,12 +84,16 @@ def check_methods(args, methods, backbone, source_prompt: str) -> None:
 
 
 def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
-    """Edit one item with ``method``: ``(Result, source pixels, record fields)``."""
+    """Edit one item with ``method``: ``(Result, source pixels, record fields)``.
+
+    The edit is an :class:`~date_edit_cli.request.EditRequest` run by :func:`date_edit_cli.request.run`, the path
+    ``date-edit edit``, ``batch``, ``sweep`` and the web app take; PIE-Bench's hand-drawn mask (``mask=bench``) is
+    handed to it as a tensor."""
     from date_edit.controls import ran_controls
     from date_edit.defaults import resolve_edit_config
-    from date_edit.imaging import load_image
     from date_edit.masks import coverage
-    from date_edit.pipeline import EditConfig, edit
+    from date_edit.pipeline import EditConfig
+    from date_edit_cli import request
 
     args, backbone = runner.args, runner.backbone
     kw, preset = settings(args, method, backbone.family)
@@ -97,25 +101,25 @@ def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
         base = resolve_edit_config(EditConfig(**kw), backbone)
         kw["skip"] = round(steps * base.resolved_skip() / base.steps)
         kw["steps"] = steps
-    if item.image not in runner.sources:
-        runner.sources[item.image] = load_image(item.image, size=args.size or backbone.native_size,
-                                                multiple=backbone.size_multiple).pixels
-    source = runner.sources[item.image]
-    mask = bench_mask(item, tuple(source.shape[-2:])) if method.option("mask") == "bench" or (
+    loaded = runner.loaded(item.image)
+    mask = bench_mask(item, tuple(loaded.pixels.shape[-2:])) if method.option("mask") == "bench" or (
         args.mask == "bench" and not method.option("mask")) else None
-    config = EditConfig(seed=seed, date=method.date, **kw)
-    result = edit(backbone, source, item.prompt, source_prompt=item.source_prompt, config=config,
-                  scorer=runner._scorer(method), mask=mask)
+    req = request.EditRequest(
+        image=item.image, prompt=item.prompt, source_prompt=item.source_prompt, seed=seed,
+        config=EditConfig(seed=seed, date=method.date, **kw), mask=None,
+        model=request.ModelChoice(name=args.model, dtype=args.dtype, device=args.device or "auto", quiet=True),
+        scorer=runner.scorer_spec(method) or "", size=args.size)
+    result, config = request.run(req, backbone, runner._scorer(method), loaded, mask=mask)
     ran = result.config  # resolved: the model's defaults filled in
     fields = {"preset": preset, "steps": ran["steps"], "skip": ran["skip"],
               "cfg_source": ran["cfg_source"], "cfg_target": ran["cfg_target"],
               "editor": ran["method"], "controls": ran_controls(result.config),
-              "mask_coverage": coverage(result.mask), "source_prompt": item.source_prompt}
+              "mask_coverage": coverage(result.mask), "source_prompt": req.source_prompt}
     if config.p2p is not None:  # the words P2P treats as changed (local blend's words), beside PIE's own
         from date_edit.p2p import changed_words
 
-        fields["p2p_words"] = [w for side in changed_words(item.source_prompt, item.prompt) for w in side]
-    return result, source, fields
+        fields["p2p_words"] = [w for side in changed_words(req.source_prompt, item.prompt) for w in side]
+    return result, loaded.pixels, fields
 
 
 def check(args, methods, backbone, items) -> None:
