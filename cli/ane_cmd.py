@@ -25,9 +25,11 @@ from .running import EXIT_USAGE, CliError, progress, run_command, say
               help="CFG scale.")
 @click.option("--metric-clip", default="clip:openai/clip-vit-base-patch16", show_default=True,
               help="CLIP of the metrics (A&E: ViT-B/16); with --model tiny/toy their own CLIP.")
-@click.option("--captioner", default="blip", show_default=True,
-              help="BLIP captioner for text-text similarity: blip, blip:tiny, a folder, or none "
-                   "(skipped with a note when its weights are not cached).")
+@click.option("--captioner", default=None, metavar="NAME",
+              help="Captioner of the text-text similarity (the captioners of --source-prompt auto): blip "
+                   "(Salesforce/blip-image-captioning-large), blip:base, blip:tiny, blip:FOLDER, toy, a plugin's "
+                   "name, or none; skipped with a note when its weights are not cached  [default: the model's: toy "
+                   "for --model toy, blip:tiny for the tiny models, blip otherwise].")
 @date_options
 @click.option("--model", "-m", default="CompVis/stable-diffusion-v1-4", show_default=True,
               help="Backbone (A&E used SD 1.4); tiny/toy for offline runs.")
@@ -74,13 +76,13 @@ def ane(**opts) -> None:
                                   require_differentiable=True)
         metric_spec = "clip:tiny" if model in RANDOM_MODELS else "clip:toy" if model == "toy" else opts["metric_clip"]
         encoder = TemplateTextEncoder(build_scorer(metric_spec, device=backbone.device))
-        cap_spec = "blip:tiny" if model in RANDOM_MODELS and opts["captioner"] == "blip" else opts["captioner"]
-        if model == "toy" and opts["captioner"] == "blip":
-            cap_spec = "none"
+        from date_edit.captioning import default_captioner
+
+        cap_spec = opts["captioner"] or default_captioner(model, backbone.family)
         captioner = load_captioner(cap_spec, device=backbone.device)
         if captioner is None and cap_spec not in ("none", ""):
-            say(f"note: captioner {cap_spec!r} is not cached; text-text similarity skipped "
-                "(hf download Salesforce/blip-image-captioning-base)")
+            say(f"note: captioner {cap_spec!r} cannot be loaded here; text-text similarity skipped "
+                "(hf download Salesforce/blip-image-captioning-large where there is network)")
         judge = _toy_judge() if model == "toy" else None
         seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
         out = Path(opts["out"])

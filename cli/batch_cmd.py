@@ -127,7 +127,7 @@ def _body(input_dir, opts: dict) -> None:
             items, out, base_options=base, resolve=_resolver(opts["max_pixels"], out), load_model=_model_loader(opts),
             make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
             max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
-            say=tell, on_record=on_record, dist=dist,
+            say=tell, on_record=on_record, dist=dist, prepare=_captioner(out),
         )
     except jobs.BatchError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -179,9 +179,7 @@ def _resolver(max_pixels: int, out):
 
         check_size(options["size"], max_pixels=max_pixels)
         req = request.edit_request(None, options["prompt"], options)  # the item's one request
-        if req.mask == "auto" and not req.source_prompt:
-            raise ConfigError("mask", "auto needs a source prompt (--source-prompt, or a source_prompt column)")
-        if req.mask not in (None, "auto"):
+        if req.mask not in (None, "auto", "default"):
             from date_edit.batch import sha256_file, stays_inside
             from date_edit.batch.items import MAX_MASK_BYTES
 
@@ -200,6 +198,28 @@ def _resolver(max_pixels: int, out):
                             size=req.size, resize=req.resize, scorer=req.scorer, options=options, request=req)
 
     return resolve
+
+
+def _captioner(out):
+    """``(settings, loaded, backbone) -> settings``: an item without a source prompt (``--source-prompt auto``, the
+    default, or an ``auto`` cell) gets the photo's caption, made once per image content and captioner and kept in
+    ``OUT/captions.json`` (a resumed job captions nothing twice)."""
+    captions = None
+
+    def prepare(settings, loaded, backbone):
+        nonlocal captions
+        from dataclasses import replace
+
+        req = settings.request
+        if req is None or not req.needs_caption:
+            return settings
+        if captions is None:
+            captions = request.Captions(out / "captions.json")
+        req = request.resolve_source(req, loaded, backbone, captions)
+        captions.save()
+        return replace(settings, source_prompt=req.source_prompt, request=req)
+
+    return prepare
 
 
 def _model_loader(opts: dict):

@@ -174,10 +174,10 @@ def check_finite(result, record: dict) -> None:
 
 
 def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: list[str], as_json: bool,
-                  save_mask: bool = False) -> None:
+                  save_mask: bool = False, note: str = "") -> None:
     """Save the images (with ``save_mask`` the edit's mask, with ``as_json`` the record beside them): every file or
     none. Checked first (finite output), written after, and a write that fails removes the files this call wrote
-    before it; a signal waits until the last is whole."""
+    before it; a signal waits until the last is whole. ``note``: said after the written paths (the caption)."""
     from date_edit.outputs import json_safe
     from date_edit.imaging import to_pil
 
@@ -201,7 +201,7 @@ def write_outputs(result, path: Path, record: dict, overwrite: bool, protect: li
         if as_json:
             click.echo(json.dumps(record, allow_nan=False))
         else:
-            say(f"wrote {', '.join(str(p) for p in outputs)}")
+            say(f"wrote {', '.join(str(p) for p in outputs)}" + (f" ({note})" if note else ""))
     if signals.pending is not None:
         say("interrupted while writing; the outputs above are complete")
         sys.exit(EXIT_INTERRUPTED)

@@ -31,6 +31,7 @@ def edit(image: str, prompt: str, **opts) -> None:
         request.precheck(req)
         backbone = req.model.load()
         loaded = common.prepare_image(image, backbone, req.size, req.resize)
+        req = request.resolve_source(req, loaded, backbone)
         scorer = request.build_scorer(req, backbone, req.config.date is not None)
         result, _ = request.run(req, backbone, scorer, loaded, progress=progress(opts["quiet"]))
         request.write(req, result, request.edit_record(req, result, backbone, scorer, loaded))

@@ -160,7 +160,15 @@ def edit_options(f):
     """The edit's schedule: source prompt, steps, skip, the two CFG scales, the method and its settings. A schedule
     option left out is the model's default (:mod:`date_edit.defaults`, as in the Python API)."""
     return _apply(f, [
-        click.option("--source-prompt", default="", help="Prompt describing the input image (default empty)."),
+        click.option("--source-prompt", default=None, metavar="TEXT|auto|none",
+                     help="What the input image shows: text, 'auto' (caption the photo with --captioner, then edit "
+                          "as with that text: Prompt-to-Prompt alignment and the automatic mask) or 'none' (the "
+                          "empty source: the papers' plain setting)  [default: auto]."),
+        click.option("--captioner", default=None, metavar="NAME",
+                     help="Captioner of --source-prompt auto: blip (Salesforce/blip-image-captioning-large), "
+                          "blip:base, blip:tiny (random weights, tests), blip:HUB_ID_OR_FOLDER, toy (the toy "
+                          "world's, with its own CLIP), or a plugin's name  [default: the model's: toy for --model "
+                          "toy, blip:tiny for the tiny models, blip otherwise]."),
         click.option("--steps", type=int, default=None,
                      help="Steps of the schedule  [default: the model's: 100 for DDPM editing; FlowEdit's published "
                           "28 on FLUX, 50 on SD3]."),
@@ -221,8 +229,10 @@ def control_options(f):
         click.option("--mask", "mask", default=None, metavar="FILE|auto|none",
                      help="Where the edit may change the image: a mask file (white = may change; any size and "
                           "mode, resized with the image), 'auto' (where the source and target prompts' noise "
-                          "predictions differ, DiffEdit-style; needs --source-prompt) or 'none'. Outside it every "
-                          "pixel stays the input's exactly.  [default: auto with --source-prompt, else none]"),
+                          "predictions differ, DiffEdit-style; with --source-prompt none, where the target's "
+                          "differs from the unconditional one) or 'none'. Outside it every pixel stays the input's "
+                          "exactly.  [default: auto when there is a source prompt, given or captioned; none with "
+                          "--source-prompt none]"),
         click.option("--save-mask", is_flag=True,
                      help="Also write the mask used as <output>.mask.png (its coverage is in the --json record)."),
         click.option("--mask-dilate", type=click.IntRange(0, 256), default=None,

@@ -23,12 +23,11 @@ from .running import EXIT_USAGE, CliError, say
 if TYPE_CHECKING:
     from date_edit.edit_config import EditConfig
 
-# what an edit does with no control flag: chosen on the toy two-object validation split (docs/editing.md, "Edits that
-# change only what was asked"): Prompt-to-Prompt where the model has cross-attention, and an automatic mask when the
-# source prompt is given (it needs one)
-DEFAULT_P2P = True
-DEFAULT_MASK_WITH_SOURCE = "auto"
-DEFAULT_REPLACE = 0.8  # --cross-replace and --self-replace when not given (validated; docs/editing.md)
+# what an edit does with no control flag is the library's default (date_edit.defaults: Prompt-to-Prompt where the
+# model has cross-attention, an automatic mask when there is a source prompt, given or captioned), so the CLI, batch,
+# sweep, the web app, the harness and the Python API make the same edit from the same inputs
+SOURCE_MODES = ("auto", "none")  # --source-prompt's words; any other text is the source prompt itself
+MASK_TUNING = {"mask_dilate": None, "mask_feather": 2, "mask_threshold": 0.5, "mask_peak": 0.9}  # MaskConfig's
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ class EditRequest:
 
     image: Optional[str]  # the photo (None for a batch's settings, whose items carry their own)
     prompt: str
-    source_prompt: str
+    source_prompt: str  # the source prompt: given, or once resolved (resolve_source) the caption; "" for none
     seed: int
     config: "EditConfig"  # schedule left None = the model's default; DATE, mask and P2P settings included
     mask: Optional[str]  # "auto", a mask file, or None
@@ -89,6 +88,14 @@ class EditRequest:
     overwrite: bool = False
     as_json: bool = False
     inputs: tuple[str, ...] = ()  # every file the edit reads, never overwritten (the photo first)
+    source_from: str = "given"  # "given", "auto" (caption the photo: resolve_source), "none" (the empty source)
+    captioner: Optional[str] = None  # the --captioner spec (None: the model's default captioner)
+    caption_s: Optional[float] = None  # seconds the caption took (0.0 when it came from the cache)
+
+    @property
+    def needs_caption(self) -> bool:
+        """The source prompt is still to be captioned from the photo (``--source-prompt auto``)."""
+        return self.source_from == "auto" and not self.source_prompt
 
 
 def edit_request(image: Optional[str], prompt: str, opts: dict, *, output: Optional[str] = None) -> EditRequest:
@@ -101,10 +108,12 @@ def edit_request(image: Optional[str], prompt: str, opts: dict, *, output: Optio
         ConfigError / CliError: one line naming the option (exit 2), before any model loads.
     """
     seed = 0 if opts.get("seed") is None else opts["seed"]
+    source_from, source_prompt = source_choice(opts.get("source_prompt"))
     mask = resolved_mask(opts)
-    config = edit_config(opts, controls(opts, mask), seed)
+    config = edit_config(opts, controls(opts, mask, source_from), seed)
     model = ModelChoice.from_options(opts)
-    req = EditRequest(image=image, prompt=prompt, source_prompt=opts.get("source_prompt") or "", seed=seed,
+    req = EditRequest(image=image, prompt=prompt, source_prompt=source_prompt, source_from=source_from,
+                      captioner=opts.get("captioner") or None, seed=seed,
                       config=config, mask=mask, model=model, scorer=common.scorer_spec(opts["scorer"], model.name),
                       size=opts.get("size"), resize=opts.get("resize") or "fit",
                       update_mode=None if opts.get("no_date") else opts.get("update_mode", "accumulate"),
@@ -154,42 +163,60 @@ def edit_config(opts: dict, control_keywords: dict, seed: int):
                       reference_compat=bool(opts.get("reference_compat")), **control_keywords)
 
 
+def source_choice(value: Optional[str]) -> tuple[str, str]:
+    """``(source_from, source_prompt)`` of a ``--source-prompt`` value: left out or ``auto`` -> ``("auto", "")``
+    (caption the photo), ``none`` or empty -> ``("none", "")``, any other text -> ``("given", text)``."""
+    if value is None:
+        return "auto", ""
+    word = str(value).strip()
+    if word.lower() in SOURCE_MODES:
+        return word.lower(), ""
+    return ("given", str(value)) if word else ("none", "")
+
+
 def resolved_mask(opts: dict) -> Optional[str]:
-    """What ``--mask`` means for this run: ``"auto"``, a file path, or None (``--mask none``, or the default without
-    a source prompt)."""
+    """What ``--mask`` means for this run: ``"auto"``, a file path, ``"default"`` (not given: the model's default,
+    an automatic mask when there is a source prompt, given or captioned) or None (``--mask none``)."""
     from date_edit.choices import mask_file
+    from date_edit.defaults import MODEL_DEFAULT
 
     mask = opts.get("mask")
-    if mask is None:
-        return DEFAULT_MASK_WITH_SOURCE if opts.get("source_prompt") else None
+    if mask is None:  # a mask setting given without --mask asks for the automatic mask
+        tuned = any(opts.get(k) is not None and opts.get(k) != v for k, v in MASK_TUNING.items())
+        return "auto" if tuned else MODEL_DEFAULT
     return mask_file(mask) or ("auto" if str(mask).strip().lower() == "auto" else None)
 
 
-def controls(opts: dict, mask: Optional[str]) -> dict:
-    """The ``EditConfig`` keywords of the control options: ``mask``, ``p2p`` and ``optional_controls`` (True when
-    Prompt-to-Prompt is on by default, so a model without cross-attention runs without it instead of failing)."""
+def controls(opts: dict, mask: Optional[str], source_from: str = "given") -> dict:
+    """The ``EditConfig`` keywords of the control options: ``mask`` and ``p2p`` (``"default"`` where no option
+    asks otherwise: the model's default, resolved by the library as for the Python API)."""
+    from date_edit.defaults import DEFAULT_MASK_WITHOUT_SOURCE, MODEL_DEFAULT
     from date_edit.masks import MaskConfig
 
-    mask_config = None
-    if mask is not None:
-        mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=opts.get("mask_dilate"),
-                                 feather=_or(opts.get("mask_feather"), 2),
-                                 threshold=_or(opts.get("mask_threshold"), 0.5), peak=_or(opts.get("mask_peak"), 0.9))
-    elif opts.get("save_mask"):
-        raise ConfigError(None, "--save-mask needs a mask: --mask FILE, or --mask auto with --source-prompt")
+    mask_config = MODEL_DEFAULT if mask == MODEL_DEFAULT else None
+    if mask not in (None, MODEL_DEFAULT):
+        tuning = {k: _or(opts.get(k), v) for k, v in MASK_TUNING.items()}
+        mask_config = MaskConfig(source="auto" if mask == "auto" else "user", dilate=tuning["mask_dilate"],
+                                 feather=tuning["mask_feather"], threshold=tuning["mask_threshold"],
+                                 peak=tuning["mask_peak"])
+    if opts.get("save_mask") and (mask is None or (mask == MODEL_DEFAULT and source_from == "none"
+                                                   and DEFAULT_MASK_WITHOUT_SOURCE is None)):
+        raise ConfigError(None, "--save-mask needs a mask: --mask FILE or --mask auto (or a source prompt, given "
+                                "or captioned, for the default automatic mask)")
     wanted = opts.get("p2p")
     p2p_config = None
-    if wanted or (wanted is None and DEFAULT_P2P):
+    if wanted or (wanted is None and explicit_p2p_options(opts)):
         from date_edit.p2p import P2PConfig
 
-        p2p_config = P2PConfig(cross_replace=_or(opts.get("cross_replace"), DEFAULT_REPLACE),
-                               self_replace=_or(opts.get("self_replace"), DEFAULT_REPLACE),
+        defaults = P2PConfig()
+        p2p_config = P2PConfig(cross_replace=_or(opts.get("cross_replace"), defaults.cross_replace),
+                               self_replace=_or(opts.get("self_replace"), defaults.self_replace),
                                reweight=tuple(opts.get("reweight") or ()), local_blend=bool(opts.get("local_blend")))
+    elif wanted is None:
+        p2p_config = MODEL_DEFAULT  # where the model cannot run it, the default is left out; asked for, refused
     elif opts.get("reweight") or opts.get("local_blend"):
         raise ConfigError(None, "--reweight and --local-blend are Prompt-to-Prompt controls: drop --no-p2p")
-    # P2P by default is left out where the model cannot run it; asked for (--p2p, or any P2P option given), refused
-    return {"mask": mask_config, "p2p": p2p_config,
-            "optional_controls": wanted is None and not explicit_p2p_options(opts)}
+    return {"mask": mask_config, "p2p": p2p_config}
 
 
 def _or(value, default):
@@ -234,13 +261,8 @@ def precheck(req: EditRequest) -> None:
 
 
 def precheck_mask(req: EditRequest, image: str) -> None:
-    """Fail on an unreadable mask file (or ``--mask auto`` without a source prompt) before a model loads."""
-    if req.mask is None:
-        return
-    if req.mask == "auto":
-        if not req.source_prompt:
-            raise CliError("--mask auto needs --source-prompt: the mask is where the source and target prompts' "
-                           "predictions differ; describe the input image, or give a mask file", EXIT_USAGE)
+    """Fail on an unreadable mask file before a model loads."""
+    if req.mask in (None, "auto", "default"):
         return
     from date_edit.imaging import load_image
 
@@ -249,12 +271,73 @@ def precheck_mask(req: EditRequest, image: str) -> None:
 
 def user_mask(req: EditRequest, loaded, max_pixels=None):
     """The request's mask file as a ``(1, 1, H, W)`` tensor over the processed image ``loaded``, or None."""
-    if req.mask in (None, "auto"):
+    if req.mask in (None, "auto", "default"):
         return None
     from date_edit.masks import load_mask
 
     return load_mask(req.mask, original_size=loaded.original_size, processed_size=loaded.processed_size,
                      resize=req.resize, max_pixels=max_pixels)
+
+
+class Captions:
+    """The captioners a front end has built and the captions they made: one caption per image content and captioner
+    spec (:class:`date_edit.captioning.CaptionCache`). ``path``: a JSON file that keeps them across runs (a batch's
+    output folder, so a resumed job captions nothing twice)."""
+
+    def __init__(self, path=None) -> None:
+        from date_edit.captioning import CaptionCache
+
+        self.cache = CaptionCache(path)
+        self.captioners: dict[str, object] = {}
+
+    def caption(self, spec: str, pixels, device, quiet: bool = False) -> tuple[str, float]:
+        """``(caption, seconds)`` of the ``(1, 3, H, W)`` image ``pixels`` by captioner ``spec`` (0 s when cached).
+
+        Raises:
+            CaptionerError: the captioner cannot load (one line: how to get it, and that ``--source-prompt TEXT``
+                or ``none`` avoids it).
+        """
+        from date_edit.captioning import build_captioner
+        from date_edit.hub import library_progress_bars
+
+        if spec not in self.captioners:
+            with library_progress_bars(common.bars_wanted(quiet)):
+                self.captioners[spec] = build_captioner(spec, device=device)
+        text, seconds, cached = self.cache.get_or_caption(self.captioners[spec], pixels)
+        return text, 0.0 if cached else seconds
+
+    def save(self) -> None:
+        """Keep the captions in the cache file, if there is one."""
+        self.cache.save()
+
+
+def resolve_source(req: EditRequest, loaded, backbone, captions: Optional[Captions] = None) -> EditRequest:
+    """The request with its source prompt resolved: with ``--source-prompt auto`` (the default) the photo's caption
+    by the request's captioner (the model's default: :func:`date_edit.captioning.default_captioner`), once per image
+    content; a given or ``none`` source is kept. A captioner that returns no text leaves the edit without a source
+    prompt, saying so."""
+    if not req.needs_caption:
+        return req
+    from dataclasses import replace
+
+    from date_edit.captioning import default_captioner
+
+    spec = req.captioner or default_captioner(backbone.name, backbone.family)
+    captions = captions if captions is not None else Captions()
+    text, seconds = captions.caption(spec, loaded.pixels[:1], backbone.device, quiet=req.model.quiet)
+    text = " ".join(str(text).split())
+    if not text:
+        say(f"note: the captioner {spec} gave no caption; editing without a source prompt")
+    return replace(req, source_prompt=text, captioner=spec, caption_s=seconds)
+
+
+def source_note(req: EditRequest) -> str:
+    """What the summary line says of a captioned source prompt (empty otherwise)."""
+    if req.source_from != "auto" or not req.source_prompt:
+        return ""
+    from date_edit.errors import excerpt
+
+    return f"source prompt {excerpt(req.source_prompt, 120)} captioned by {req.captioner}"
 
 
 def resolve(req: EditRequest, backbone) -> "EditConfig":
@@ -268,7 +351,7 @@ def resolve(req: EditRequest, backbone) -> "EditConfig":
 def check_p2p_supported(req: EditRequest, config, backbone) -> None:
     """Prompt-to-Prompt that was asked for (``--p2p`` or a P2P option) on a model without cross-attention is
     refused in one line naming what was given (the default P2P is left out there instead)."""
-    if config.p2p is None or config.optional_controls:
+    if config.p2p in (None, "default") or config.optional_controls:
         return
     from date_edit.p2p import check_supported
 
@@ -312,12 +395,19 @@ def run(req: EditRequest, backbone, scorer, loaded, *, inversion=None, progress=
 
 def edit_record(req: EditRequest, result, backbone, scorer, loaded, **extra) -> dict:
     """The JSON record of an edit (``--json``, the PNG's metadata, a batch's results line, the app's record)."""
+    ran = result.config.get("mask") or {}
+    mask = req.mask if req.mask not in ("auto", "default") else ran.get("source") if ran else None
     fields = {"input": loaded.source_path if req.image is None else req.image, "source_prompt": req.source_prompt,
+              "source_prompt_from": req.source_from,
               "processed_size": list(loaded.processed_size), "cfg_source": result.config.get("cfg_source"),
-              "cfg_target": result.config.get("cfg_target"), "mask": req.mask, **common.control_record(result)}
+              "cfg_target": result.config.get("cfg_target"), "mask": mask, **common.control_record(result)}
+    if req.source_from == "auto":
+        fields["captioner"] = req.captioner
     if req.save_mask and req.out is not None and getattr(result, "mask", None) is not None:
         fields["mask_output"] = str(common.mask_path(req.out))
     scores = common.score_images(scorer, result.images, result.prompts)
+    if req.caption_s is not None:  # the caption's cost, beside the inversion's and the edit's
+        result.timings = {**result.timings, "caption_s": req.caption_s}
     return common.record("edit", result, backbone, scorer=req.scorer if scorer is not None else None,
                          update_mode=req.update_mode, scores=scores, extra={**fields, **extra})
 
@@ -326,4 +416,4 @@ def write(req: EditRequest, result, record: dict) -> None:
     """Write what the request asks (the edit, its mask with ``--save-mask``, its record with ``--json``): every
     file or none."""
     common.write_outputs(result, req.out, record, req.overwrite, list(req.inputs), req.as_json,
-                         save_mask=req.save_mask)
+                         save_mask=req.save_mask, note=source_note(req))

@@ -67,6 +67,7 @@ def sweep(image: str, prompt: str, **opts) -> None:
         request.precheck(req)
         backbone = req.model.load()
         loaded = common.prepare_image(image, backbone, req.size, req.resize)
+        req = request.resolve_source(req, loaded, backbone)
         scorer, evaluator = sweep_scorers(req, grid, backbone, request.build_scorer)
         result = run_sweep(req, grid, backbone, loaded, scorer=scorer, evaluator=evaluator,
                            progress=progress(opts["quiet"]))
@@ -147,8 +148,10 @@ def sweep_record(result, backbone, req, grid: SweepGrid, image: str, loaded) -> 
     from date_edit.outputs import json_safe
 
     scorer = req.scorer if grid.date_mode != "off" else None
+    source = {"source_prompt_from": req.source_from} | ({"captioner": req.captioner, "caption_s": req.caption_s}
+                                                        if req.source_from == "auto" else {})
     return json_safe({"command": "sweep", "model": backbone.name, "input": image,
-                      "processed_size": list(loaded.processed_size), "scorer": scorer, **result.to_dict()})
+                      "processed_size": list(loaded.processed_size), "scorer": scorer, **result.to_dict(), **source})
 
 
 def grid_file(result, loaded, path, record: dict) -> tuple:

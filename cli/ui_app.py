@@ -120,7 +120,8 @@ def _number(value, integer: bool = False) -> str:
 def _shared_values(form: dict, model: str, mask_file: Optional[str]) -> dict:
     """The options ``edit`` and ``sweep`` share, as the text a command line gives them (flags: True/False): source
     prompt, steps, CFG source, seed, method, model, DATE, controls."""
-    values = {"source_prompt": form["source_prompt"], "steps": _number(form["steps"], True),
+    # an empty source-prompt box is --source-prompt auto (the default: the photo is captioned); "none" is none
+    values = {"source_prompt": str(form["source_prompt"] or "").strip() or None, "steps": _number(form["steps"], True),
               "cfg_source": _number(form["cfg_source"]), "seed": _number(form["seed"], True),
               "edit_method": form["edit_method"], "model": model}
     if form.get("date", True) or "date_mode" in form:
@@ -216,6 +217,7 @@ class App:
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="date-edit-ui-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.inversions: OrderedDict = OrderedDict()
+        self.captions = request.Captions()  # one caption per photo content (the source-prompt box on upload)
         self.scorers: dict = {}
         self.lock = threading.Lock()  # one request at a time on the model (gradio's queue does it too)
         self._masks = 0
@@ -363,11 +365,27 @@ class App:
             image = to_pil(loaded.pixels)[0]
             (w, h), (ow, oh) = loaded.processed_size, loaded.original_size
             notes = "".join(f"; {n}" for n in loaded.notes)
+            caption, said = self._caption(loaded)
             return {"photo": str(path), "editor": {"background": image, "layers": [], "composite": image},
-                    "status": f"photo {Path(path).name}: {w}x{h} (from {ow}x{oh}){notes}"}
+                    "source_prompt": caption,
+                    "status": f"photo {Path(path).name}: {w}x{h} (from {ow}x{oh}){notes}; {said}"}
 
         out = self._guarded("photo", path, run)
         return out if "photo" in out else {**out, "photo": None, "editor": None}
+
+    def _caption(self, loaded) -> tuple[str, str]:
+        """``(caption, what the status line says of it)``: the photo captioned by the model's default captioner, for
+        the source-prompt box (editable; emptied, the edit captions the photo itself). A captioner that cannot
+        load leaves the box empty and says why in the status line."""
+        from date_edit.captioning import default_captioner
+        from date_edit.errors import CaptionerError
+
+        spec = default_captioner(self.backbone.name, self.backbone.family)
+        try:
+            text, _ = self.captions.caption(spec, loaded.pixels[:1], self.backbone.device, quiet=True)
+        except CaptionerError as exc:
+            return "", f"no caption: {exc}"
+        return text, f"source prompt captioned by {spec} (edit it if it is wrong)"
 
     def load_sample(self, name: Optional[str]) -> dict:
         """:meth:`load_photo` of a sample by its name under samples/."""
@@ -393,6 +411,7 @@ class App:
         req = request.edit_request(photo, form["prompt"], options(edit_command, values))  # the form's one request
         request.precheck_mask(req, photo)
         loaded = self._load(photo, req)
+        req = request.resolve_source(req, loaded, self.backbone, self.captions)
         scorer = self._scorer(req, self.backbone, True) if req.config.date is not None else None
         key = self._key(loaded, req)
         ddpm = req.config.resolved_method(self.backbone) == "ddpm"
@@ -436,6 +455,7 @@ class App:
         config = EditConfig(steps=edit.steps, skip=edit.skip, cfg_source=edit.cfg_source, cfg_target=edit.cfg_source,
                             seed=req.seed, date=None)
         loaded = self._load(photo, req)
+        req = request.resolve_source(req, loaded, self.backbone, self.captions)
         result = reconstruct(self.backbone, loaded.pixels, source_prompt=req.source_prompt, config=config,
                              progress=progress)
         psnr = psnr_db(result.images, loaded.pixels)
@@ -463,6 +483,7 @@ class App:
         req, cells = request.edit_request(photo, form["prompt"], opts), SweepGrid.from_options(opts)
         request.precheck_mask(req, photo)
         loaded = self._load(photo, req)
+        req = request.resolve_source(req, loaded, self.backbone, self.captions)
         scorer, evaluator = sweep_scorers(req, cells, self.backbone, self._scorer)
         key = self._key(loaded, req)
         inversion = self._cached(key)

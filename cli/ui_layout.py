@@ -196,7 +196,7 @@ def build(app: App):
 def _wire(gr, demo, app, photo, upload, sample, editor, status, form, controls, out, sweep, edit_btn, recon_btn):
     """Connect the events to the handlers; every event that runs the model shares one queue slot."""
     model_slot = {"concurrency_limit": 1, "concurrency_id": "model"}
-    loaded = {"photo": photo, "editor": editor, "status": status}
+    loaded = {"photo": photo, "editor": editor, "status": status, "source_prompt": form["source_prompt"]}
 
     def pick(result: dict, components: dict) -> dict:
         return {components[k]: v for k, v in result.items() if k in components}

@@ -15,9 +15,39 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 
+def with_defaults(backbone: Backbone, config, sources: Sequence[str], user_mask: bool = False):
+    """``config`` with its ``"default"`` structure controls made concrete for this model and these prompts (the
+    rules of :mod:`date_edit.defaults`): Prompt-to-Prompt (``P2PConfig()``) where the model has cross-attention and
+    the edit is DDPM editing; a user mask when ``user_mask`` (a mask tensor is passed), else an automatic mask
+    (``MaskConfig("auto")``) when every image has a source prompt, else :data:`DEFAULT_MASK_WITHOUT_SOURCE`."""
+    from dataclasses import replace
+
+    from .defaults import DEFAULT_MASK_WITHOUT_SOURCE, MODEL_DEFAULT
+
+    if config.p2p == MODEL_DEFAULT:
+        from .p2p import P2PConfig, check_supported
+
+        try:
+            check_supported(backbone)
+            p2p = P2PConfig() if config.resolved_method(backbone) == "ddpm" else None
+        except ConfigError:
+            p2p = None
+        config = replace(config, p2p=p2p)
+    if config.mask == MODEL_DEFAULT:
+        if user_mask:
+            mask = MaskConfig("user")
+        elif all(sources) or DEFAULT_MASK_WITHOUT_SOURCE == "auto":
+            mask = MaskConfig("auto")
+        else:
+            mask = None
+        config = replace(config, mask=mask)
+    return config
+
+
 def check(backbone: Backbone, config, sources: Sequence[str]):
-    """The config the run honours: P2P without cross-attention or under FlowEdit, or an automatic mask without a
-    source prompt, is refused, or with ``config.optional_controls`` left out (the CLI's defaults)."""
+    """The config the run honours: P2P without cross-attention or under FlowEdit is refused, or with
+    ``config.optional_controls`` left out. An automatic mask without a source prompt is the mask from the target
+    alone (where its prediction differs from the unconditional one)."""
     from dataclasses import replace
 
     if config.p2p is not None:
@@ -32,11 +62,6 @@ def check(backbone: Backbone, config, sources: Sequence[str]):
             if not config.optional_controls:
                 raise
             config = replace(config, p2p=None)
-    if config.mask is not None and config.mask.source == "auto" and not all(sources):
-        if not config.optional_controls:
-            raise ConfigError("mask", "auto needs a source prompt: the mask is where the source and target prompts' "
-                                      "predictions differ; describe the input image, or give a mask file")
-        config = replace(config, mask=None)
     return config
 
 

@@ -9,6 +9,10 @@ edit``, ``date-edit batch`` and the benchmark harness all resolve through. The r
   CFG 7.5 instead when a structure control (a mask or Prompt-to-Prompt) is asked for;
 * FlowEdit: its published settings for the family (:data:`FLOWEDIT_DEFAULTS`); given ``steps`` without ``skip``,
   the published share of skipped steps;
+* the structure controls (``EditConfig.mask`` and ``.p2p`` left at :data:`MODEL_DEFAULT`): Prompt-to-Prompt where
+  the model has cross-attention and the edit is DDPM editing; an automatic mask (DiffEdit) when the edit has a source
+  prompt (given, or captioned: :mod:`date_edit.captioning`), a user mask when one is passed, and without either
+  :data:`DEFAULT_MASK_WITHOUT_SOURCE`; ``mask=None, p2p=None`` is the plain edit of the papers;
 * a value the user set is kept.
 
 A light module (no torch): the CLI may call it before a model is loaded.
@@ -31,6 +35,12 @@ CFG_TARGET_CONTROLLED = 7.5
 FLOWEDIT_DEFAULTS = {"flux": {"steps": 28, "skip": 4, "cfg_source": 1.5, "cfg_target": 5.5, "n_min": 0, "n_avg": 1},
                      "sd3": {"steps": 50, "skip": 17, "cfg_source": 3.5, "cfg_target": 13.5, "n_min": 0, "n_avg": 1}}
 FLOW_FAMILIES = ("sd3", "flux")  # families on the rectified-flow path, the only ones FlowEdit runs on
+# EditConfig.mask / .p2p: "the model's default control" (see the rules above; resolved by
+# date_edit.controls.with_defaults, which builds the MaskConfig / P2PConfig)
+MODEL_DEFAULT = "default"
+# the default mask of an edit without a source prompt: None (no mask), or "auto" (the mask from where the target's
+# prediction differs from the unconditional one, DiffEdit with an empty reference)
+DEFAULT_MASK_WITHOUT_SOURCE = None
 SETTINGS = ("steps", "skip", "cfg_source", "cfg_target", "n_min", "n_avg")  # what None stands for the default of
 FLOWEDIT_ONLY = {"n_min": 0, "n_avg": 1}  # FlowEdit's own settings, with the value that leaves them out
 

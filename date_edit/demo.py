@@ -1,5 +1,6 @@
-"""``make demo``: invert a toy-world sample, edit it with and without DATE, write a labelled grid and a summary;
-then edit one object of a two-object scene with and without the structure controls (masks, Prompt-to-Prompt).
+"""``make demo``: edit a toy-world sample as the bare command does (no source prompt: the photo is captioned, and
+the default controls, Prompt-to-Prompt and the automatic mask, keep the rest of it), with and without DATE; write a
+labelled grid and a summary; then edit one object of a two-object scene with and without the structure controls.
 
 Runs offline on the CPU in about a minute with the shipped toy model (``--model toy``); without it (not yet
 trained) it falls back to the random-weight tiny model and says so.
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "toy" / "red_circle.png"
@@ -112,6 +114,19 @@ def _two_object_edit(backbone, out: Path, steps: int) -> dict:
     return report
 
 
+def outside_mask_exact(result, pixels):
+    """The share of the pixels outside the edit's mask whose 8-bit RGB equals the input's (None without a mask)."""
+    if result.mask is None:
+        return None
+    outside = (result.mask[0, 0] < 0.5)
+    if not bool(outside.any()):
+        return 1.0
+    a = (result.images[0].clamp(0, 1) * 255).round()
+    b = (pixels[0].cpu().clamp(0, 1) * 255).round()
+    same = (a == b).all(dim=0)
+    return round(float(same[outside].float().mean()), 6)
+
+
 def main(argv=None) -> int:
     """Run the demo; print where to look."""
     p = argparse.ArgumentParser(description=__doc__)
@@ -124,9 +139,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
 
     from .backbones import TOY_DIR, load_backbone
+    from .controls import ran_controls
     from .date import DateConfig
     from .imaging import load_image, save_png, to_pil
-    from .pipeline import EditConfig, edit, invert_image
+    from .pipeline import EditConfig, caption_sources, edit, invert_image
     from .scorers import build_scorer
 
     model = args.model or ("toy" if (TOY_DIR / "model_index.json").is_file() else "tiny")
@@ -138,24 +154,25 @@ def main(argv=None) -> int:
     backbone = load_backbone(model, device="cpu")
     scorer = build_scorer("clip:toy" if model == "toy" else "clip:tiny")
     sample = load_image(render_sample(), size=backbone.native_size, multiple=backbone.size_multiple)
-    source_prompt = "a red circle"
-    config = EditConfig(steps=args.steps, skip="36%", cfg_source=3.5, cfg_target=7.5, seed=0,
-                        date=DateConfig(rho=0.5, update_steps="every:5"))
+    # the bare command: no source prompt given, so the photo is captioned (once: the inversion is shared)
     t0 = time.perf_counter()
+    (source_prompt,), caption_s = caption_sources(backbone, sample.pixels, ["auto"])
+    # the model's defaults (the CLI's): skip 36%, CFG 3.5 -> 7.5 under the default controls
+    config = EditConfig(steps=args.steps, seed=0, date=DateConfig(rho=0.5, update_steps="every:5"))
     inversion = invert_image(backbone, sample.pixels, source_prompt=source_prompt, steps=config.steps,
-                             cfg_source=config.cfg_source, seed=config.seed)
-    inversion_s = time.perf_counter() - t0
+                             cfg_source=3.5, seed=config.seed)
+    inversion_s = time.perf_counter() - t0 - caption_s
     source_image = to_pil(sample.pixels)[0]
     source_judge = _judge(source_image, source_prompt)
     source_box = tuple(source_judge["objects"][0]["box"]) if source_judge["objects"] else None
-    images, labels = [source_image], [f"source\n{source_prompt}"]
-    summary = {"model": model, "source": str(SAMPLE), "source_prompt": source_prompt, "steps": config.steps,
-               "skip": config.resolved_skip(), "cfg_target": config.cfg_target, "inversion_s": inversion_s,
-               "source_judge": source_judge, "edits": []}
+    images, labels = [source_image], [f"source, captioned\n{source_prompt}"]
+    summary = {"model": model, "source": str(SAMPLE), "source_prompt": source_prompt,
+               "source_prompt_from": "caption", "caption_s": caption_s, "steps": config.steps,
+               "inversion_s": inversion_s, "source_judge": source_judge, "edits": []}
     save_png(source_image, out / "source.png", overwrite=True)
     for target in EDITS:
         for use_date in (False, True):
-            cfg = config if use_date else EditConfig(**{**config.__dict__, "date": None})
+            cfg = config if use_date else replace(config, date=None)
             result = edit(backbone, sample.pixels, target, source_prompt=source_prompt, config=cfg,
                           scorer=scorer if use_date else None, inversion=inversion)
             image = to_pil(result.images)[0]
@@ -163,7 +180,10 @@ def main(argv=None) -> int:
             save_png(image, out / name, overwrite=True)
             verdict = _judge(image, target, source_box)
             with_score = float(scorer(result.images, [target])[0])
+            summary.update(skip=result.config["skip"], cfg_target=result.config["cfg_target"])
             summary["edits"].append({"target": target, "date": use_date, "image": name, "judge": verdict,
+                                     "controls": ran_controls(result.config),
+                                     "outside_mask_exact": outside_mask_exact(result, sample.pixels),
                                      "clip_toy": with_score, "update_steps": result.update_steps,
                                      "date_scores": result.trace.scores if result.trace else [],
                                      "embedding_drift": result.embedding_drift,
@@ -175,10 +195,12 @@ def main(argv=None) -> int:
     summary["two_objects"] = _two_object_edit(backbone, out, args.steps)
     summary["total_s"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"source prompt (captioned): {source_prompt!r}")
     for e in summary["edits"]:
         verdict = "right" if e["judge"]["correct"] else "wrong"
         print(f"{e['target']:>14} {'DATE ' if e['date'] else 'fixed'}  judge {verdict}"
-              f"  IoU {e['judge'].get('box_iou_with_source', '-')}  toy-CLIP {e['clip_toy']:.3f}")
+              f"  IoU {e['judge'].get('box_iou_with_source', '-')}  toy-CLIP {e['clip_toy']:.3f}"
+              f"  outside the mask exact {e['outside_mask_exact']}")
     for e in summary["two_objects"]["edits"]:
         print(f"{e['control']:>14} fixed  judge {'right' if e['judge']['correct'] else 'wrong'}"
               f"  mask coverage {e['mask_coverage']}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .choices import EDIT_METHODS
 from .date import DateConfig
+from .defaults import MODEL_DEFAULT
 from .errors import ConfigError, excerpt
 from .limits import check_n_avg, check_seed
 from .masks import MaskConfig
@@ -40,6 +41,11 @@ class EditConfig:
     that ran. DDPM editing: the edit-friendly paper's 100 steps, skip 36%, CFG 3.5 -> 15 (7.5 with a structure
     control); FlowEdit: its published settings (FLUX 28 steps, skip 4, 1.5 -> 5.5; SD3 50, 17, 3.5 -> 13.5).
     ``EditConfig().resolved(backbone)`` shows them for a model; a value you set is kept.
+
+    ``mask`` and ``p2p`` left at ``"default"`` are the model's default structure controls, the same the CLI, batch,
+    sweep and the web app run (:mod:`date_edit.defaults`): Prompt-to-Prompt where the model has cross-attention
+    (DDPM editing), and an automatic mask when there is a source prompt (a user mask when ``edit(mask=...)`` is
+    passed). ``EditConfig(mask=None, p2p=None)`` is the plain edit of the papers.
     """
 
     steps: Optional[int] = None  # steps of the schedule (DDPM: inversion runs all of them)
@@ -51,8 +57,10 @@ class EditConfig:
     # ddpm (edit-friendly inversion, then resampling), flowedit (inversion-free, flow models), auto: flowedit for
     # FLUX (no true CFG for DDPM editing to use), ddpm for the rest
     method: str = "auto"
-    mask: Optional[MaskConfig] = None  # where the edit may change the image (user or automatic); None: everywhere
-    p2p: Optional["P2PConfig"] = None  # Prompt-to-Prompt attention control (SD 1.x/2.x, SDXL); None: off
+    # where the edit may change the image (user or automatic); None: everywhere; "default": the model's default
+    mask: MaskConfig | str | None = MODEL_DEFAULT
+    # Prompt-to-Prompt attention control (SD 1.x/2.x, SDXL); None: off; "default": the model's default
+    p2p: "P2PConfig | str | None" = MODEL_DEFAULT
     # True: a control this model or prompt pair cannot run (P2P on SD3/FLUX or under FlowEdit, an automatic mask
     # without a source prompt) is left out instead of refused; the result's config says what ran (the CLI's defaults)
     optional_controls: bool = False
@@ -66,8 +74,15 @@ class EditConfig:
     def __post_init__(self) -> None:
         if self.steps is not None:
             check_steps(self.steps)
-        if self.mask is not None and not isinstance(self.mask, MaskConfig):
-            raise ConfigError("mask", f"must be a MaskConfig or None, got {type(self.mask).__name__}")
+        if self.mask is not None and self.mask != MODEL_DEFAULT and not isinstance(self.mask, MaskConfig):
+            raise ConfigError("mask", f"must be a MaskConfig, None or {MODEL_DEFAULT!r}, got "
+                                      f"{excerpt(self.mask) if isinstance(self.mask, str) else type(self.mask).__name__}")
+        if self.p2p is not None and self.p2p != MODEL_DEFAULT:
+            from .p2p import P2PConfig
+
+            if not isinstance(self.p2p, P2PConfig):
+                raise ConfigError("p2p", f"must be a P2PConfig, None or {MODEL_DEFAULT!r}, got "
+                                         f"{excerpt(self.p2p) if isinstance(self.p2p, str) else type(self.p2p).__name__}")
         if self.method not in EDIT_METHODS:
             raise ConfigError("edit_method", f"{excerpt(self.method)}: use one of {', '.join(EDIT_METHODS)}")
         if self.skip is not None and self.steps is not None:
@@ -130,8 +145,8 @@ class EditConfig:
         d = asdict(self)
         d["skip"] = self.resolved_skip() if self.steps is not None and self.skip is not None else self.skip
         d["date"] = self.date.to_dict() if self.date else None
-        d["mask"] = self.mask.to_dict() if self.mask else None
-        d["p2p"] = self.p2p.to_dict() if self.p2p else None
+        d["mask"] = self.mask if self.mask in (None, MODEL_DEFAULT) else self.mask.to_dict()
+        d["p2p"] = self.p2p if self.p2p in (None, MODEL_DEFAULT) else self.p2p.to_dict()
         return d
 
 

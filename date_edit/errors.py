@@ -8,6 +8,7 @@ A ``ValueError`` or ``RuntimeError`` that is *not* one of these is a bug (ours o
   (``update_steps``), and a front end may name its own flag instead (the CLI says ``--update-steps``).
 * :class:`ImageError`, :class:`OutputError` -- an input image or an output path that cannot be used.
 * :class:`ScorerError` -- a scorer spec that cannot be resolved or built.
+* :class:`CaptionerError` -- a captioner (``--source-prompt auto``) that cannot be loaded (a runtime failure).
 * :class:`BatchError` -- a batch job that cannot run as asked (folder, manifest, output folder).
 * :class:`NonFiniteError` -- an output that is NaN or infinite (a runtime failure; nothing is written).
 * :class:`DistributedError` -- a job of several processes lost one of them (a runtime failure).
@@ -93,6 +94,14 @@ class OutputError(DateEditError, ValueError):
 
 class ScorerError(DateEditError, ValueError):
     """A scorer could not be resolved or built; the message says what to change."""
+
+
+class CaptionerError(DateEditError, RuntimeError):
+    """A captioner (``--source-prompt auto``) could not be built or loaded; one line naming it, how to get its
+    weights, and that a source prompt (``--source-prompt TEXT`` or ``none``) avoids captioning. A runtime failure,
+    as a model that cannot load: the CLI exits 1 and writes nothing."""
+
+    usage = False
 
 
 class BatchError(DateEditError, ValueError):

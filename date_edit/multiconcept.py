@@ -118,69 +118,19 @@ def ane_metrics(
     return out
 
 
-class BlipCaptioner:
-    """BLIP captions (transformers ``BlipForConditionalGeneration``) for the text-text metric."""
-
-    def __init__(self, model, processor_size: int, tokenizer, name: str) -> None:
-        self.model = model.eval().requires_grad_(False)
-        self.size = processor_size
-        self.tokenizer = tokenizer
-        self.name = name
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> list[str]:
-        """One caption per image."""
-        from .scorers.preprocess import normalize
-
-        x = torch.nn.functional.interpolate(images.float(), size=(self.size, self.size), mode="bicubic",
-                                            antialias=True, align_corners=False)
-        x = normalize(x, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-        device = next(self.model.parameters()).device
-        ids = self.model.generate(pixel_values=x.to(device, next(self.model.parameters()).dtype), max_new_tokens=20)
-        return [c.strip() for c in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
-def load_captioner(spec: Optional[str], device=torch.device("cpu")) -> Optional[BlipCaptioner]:
-    """``blip`` (Salesforce/blip-image-captioning-base; None if not cached offline), ``blip:tiny``, or ``none``."""
+def load_captioner(spec: Optional[str], device=torch.device("cpu")):
+    """The captioner of the text-text metric (:func:`date_edit.captioning.build_captioner`: ``blip``, ``blip:base``,
+    ``blip:tiny``, ``toy``, a folder, a plugin), or None for ``none`` and for one whose weights cannot be had
+    offline (the metric is then skipped, saying so)."""
     if spec in (None, "none", ""):
         return None
-    if spec == "blip:tiny":
-        return _tiny_blip(device)
-    source = "Salesforce/blip-image-captioning-base" if spec == "blip" else spec.split(":", 1)[-1]
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from .captioning import build_captioner
+    from .errors import CaptionerError
 
     try:
-        processor = BlipProcessor.from_pretrained(source, local_files_only=True)
-        model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=True).to(device)
-    except OSError:
+        return build_captioner(spec, device=device)
+    except CaptionerError:
         return None
-    return BlipCaptioner(model, processor.image_processor.size["height"], processor.tokenizer, spec)
-
-
-def _tiny_blip(device) -> BlipCaptioner:
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
-
-    from .tokenizer import cache_dir
-
-    words = sorted({w for ps in load_ane_prompts("all").values() for p in ps for w in p.split()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    path = cache_dir() / "tiny-blip-vocab.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizer(str(path))
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, encoder_hidden_size=32, bos_token_id=2, sep_token_id=3, pad_token_id=0,
-                eos_token_id=3)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
-                  patch_size=8)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision)).to(device)
-    model.generation_config.bos_token_id = 2
-    model.generation_config.eos_token_id = 3
-    model.generation_config.pad_token_id = 0
-    model.generation_config.decoder_start_token_id = 2
-    return BlipCaptioner(model, 32, tokenizer, "blip:tiny")
 
 
 def run_ane(

@@ -71,6 +71,7 @@ class Result:
         inversion: the inversion (edits and reconstructions), else None.
         source_latents: ``(B, 4, h, w)`` latents of the input image (edits and reconstructions).
         mask: ``(B, 1, H, W)`` the pixel mask the edit was confined to (user or automatic), else None.
+        source_prompts: the source prompt of each image the edit ran with (a caption where ``"auto"`` was asked).
     """
 
     images: torch.Tensor
@@ -84,6 +85,7 @@ class Result:
     inversion: Optional[Inversion] = None
     source_latents: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
+    source_prompts: list[str] = field(default_factory=list)
 
     @property
     def embedding_update_norms(self) -> list[float]:
@@ -164,6 +166,7 @@ def edit(
     progress: Optional[Callable[[str, int, int], None]] = None,
     seeds: Optional[Sequence[int]] = None,
     mask: Optional[torch.Tensor] = None,
+    captioner=None,
 ) -> Result:
     """Edit images: invert under the source prompt, then resample from step ``skip`` under the target
     prompt with the stored noise maps, DATE updating the target embedding at the scheduled steps.
@@ -179,7 +182,12 @@ def edit(
         inversion: reuse an earlier inversion of the same images with the same steps/seed/source.
         seeds: one inversion seed per image (overrides ``config.seed``), so each image's noise maps
             do not depend on the batch it runs in.
-        mask: ``(1 or B, 1, H, W)`` in [0, 1], 1 where the image may change: required by ``MaskConfig("user")``.
+        mask: ``(1 or B, 1, H, W)`` in [0, 1], 1 where the image may change: required by ``MaskConfig("user")``;
+            with the default ``config.mask`` it is used as a user mask.
+        source_prompt: what the images show; ``"auto"``: caption each image with ``captioner`` (a
+            :class:`~date_edit.captioning.Captioner` or its spec; default: the model's,
+            :func:`~date_edit.captioning.default_captioner`), then edit as with that text; ``""``: no source
+            prompt (the unconditional branch, as the papers' plain setting).
     """
     device = backbone.device
     b = pixels.shape[0]
@@ -187,12 +195,19 @@ def edit(
     if len(prompts) != b:
         raise ValueError(f"{b} images but {len(prompts)} prompts")
     sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
+    caption_s = None
+    if "auto" in sources:
+        sources, caption_s = caption_sources(backbone, pixels, sources, captioner)
     size = tuple(pixels.shape[-2:])
+    config = controls.with_defaults(backbone, config, sources, user_mask=mask is not None)
     user_mask = controls.user_mask(config, mask, b, size)
     config = controls.check(backbone, resolve_edit_config(config, backbone), sources)
     if config.method == "flowedit":
-        return _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
-                         progress=progress, seeds=seeds, user_mask=user_mask)
+        result = _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
+                           progress=progress, seeds=seeds, user_mask=user_mask)
+        if caption_s is not None:
+            result.timings["caption_s"] = caption_s
+        return result
     clock = _Clock(device)
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=sources, steps=config.steps,
@@ -224,8 +239,35 @@ def edit(
                          guidance_scale=scale, noise_maps=noise_maps, cond_hook=hook, blend=blend,
                          progress=_phase(progress, "edit"))
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
-                             inversion=inversion, source_latents=inversion.x0.cpu())
+                             inversion=inversion, source_latents=inversion.x0.cpu(), source_prompts=sources)
+    if caption_s is not None:
+        result.timings["caption_s"] = caption_s
     return controls.composited(result, pixels, pixel_mask, config.mask)
+
+
+def caption_sources(backbone: Backbone, pixels: torch.Tensor, sources: list[str], captioner=None):
+    """``(sources with each "auto" replaced by its image's caption, seconds the captions took)``.
+
+    ``captioner``: a :class:`~date_edit.captioning.Captioner`, a captioner spec (``"blip"``, ``"toy"``, ...) or None
+    (the model's default captioner).
+
+    Raises:
+        CaptionerError: the captioner cannot be loaded (one line: how to get it; a source prompt avoids it).
+    """
+    import time
+
+    from .captioning import build_captioner, default_captioner
+
+    started = time.perf_counter()
+    if captioner is None or isinstance(captioner, str):
+        captioner = build_captioner(captioner or default_captioner(backbone.name, backbone.family),
+                                    device=backbone.device)
+    wanted = [i for i, s in enumerate(sources) if s == "auto"]
+    captions = captioner(pixels[wanted].float().clamp(0, 1))
+    out = list(sources)
+    for i, text in zip(wanted, captions):
+        out[i] = " ".join(str(text).split())
+    return out, time.perf_counter() - started
 
 
 def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, source_prompt, config: EditConfig,
@@ -255,7 +297,10 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
                                                              for g in gen]).to(x_src.device), timesteps[k]),
                  timesteps[k]) for k in ks]
 
-    source_only = backbone.encode_condition(sources, size=size) if all(sources) else None
+    source_only = None  # the automatic mask's reference: the source prompt, or without one the unconditional
+    if config.mask is not None and config.mask.source == "auto":
+        source_only = backbone.encode_condition(sources, size=size) if all(sources) else \
+            backbone.unconditional(b, size=size)
     pixel_mask, latent_mask = controls.edit_mask(backbone, config.mask, user_mask, size, tuple(x_src.shape[-2:]),
                                          noisy=noisy, n_run=len(timesteps), source=source_only, target=target_cond)
     latents = flow_edit(backbone, x_src, timesteps, backbone.schedule, src_cond=src_cond, src_uncond=src_uncond,
@@ -265,7 +310,8 @@ def _flowedit(backbone: Backbone, pixels: torch.Tensor, prompts: list[str], *, s
                         n_avg=config.n_avg, noise=packed_noise(backbone, x_src, seed_list) if
                         config.reference_compat else None)
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook,
-                             config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu())
+                             config=config.to_dict() | {"method": "flowedit"}, source_latents=x_src.cpu(),
+                             source_prompts=sources)
     return controls.composited(result, pixels, pixel_mask, config.mask)
 
 

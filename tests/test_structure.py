@@ -89,7 +89,7 @@ LAYERS = (
     ("errors", "choices", "limits", "defaults", "hub", "tokenizer", "t5_tokenizer", "outputs", "stats", "metrics"),
     ("imaging", "schedule", "flow", "conditioning", "p2p"),  # images, noise schedules, prompts: no model
     ("cfg", "sampling", "inversion", "guidance", "flowedit", "masks"),  # the denoising loop and what rides on it
-    ("backbones", "scorers", "stock_edit"),  # the models and the objectives
+    ("backbones", "scorers", "stock_edit", "captioning"),  # the models, the objectives, the captioners
     # DATE (its settings, objective, update rule) and the settings of an edit
     ("date", "date_config", "date_objective", "date_update", "controls", "edit_config", "timing", "callback_checks"),
     ("pipeline", "sweep", "multiconcept", "callback"),  # invert / edit / generate, and what runs them

@@ -73,7 +73,9 @@ def main(argv=None) -> int:
     r.add_argument("--dtype", default="fp32")
     r.add_argument("--device", default="auto")
     r.add_argument("--eval-clip", default=None, help="CLIP of the metrics (coco5k default: open_clip ViT-g-14)")
-    r.add_argument("--captioner", default=None, help="ane: BLIP captioner (default blip)")
+    r.add_argument("--captioner", default=None,
+                   help="ane: the captioner of the text-text metric (default blip); edit suites: the captioner of "
+                        "@source=auto (default: the model's, as date-edit edit)")
     r.add_argument("--out", default=None, help="run folder (default benchmarks/runs/<suite>)")
     r.add_argument("--fid-ref", default=None, help="FID reference: a folder of images or pytorch-fid .npz stats")
     r.add_argument("--quiet", action="store_true", help="no progress bar (it runs on rank 0 while stderr is a "

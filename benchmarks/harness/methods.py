@@ -1,7 +1,8 @@
 """The methods a run compares: their names, the ``@`` overrides a label may carry, and ``--sweep``'s variants.
 
 ``date-clip@rho=1.0@updates=20%`` is the DATE method with CLIP's objective, rho 1 and a fifth of the steps
-updated; the edit suites also take ``@p2p``, ``@blend``, ``@mask=...``, ``@preset=NAME`` and ``@editor=...``.
+updated; the edit suites also take ``@p2p``, ``@blend``, ``@mask=...``, ``@preset=NAME``, ``@editor=...`` and
+``@source=given|auto|none`` (the item's own source prompt, the photo's caption, or none).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from date_edit.date import DateConfig
 from date_edit.errors import ConfigError
 
 # per-method options of the edit suites (``fixed@p2p@mask=bench@preset=pie-ef-p2p``): name -> allowed values
-EDIT_OPTIONS = {"p2p": ("on", "off"), "blend": ("on", "off"), "mask": ("none", "auto", "bench"), "preset": None,
-                "editor": ("auto", "ddpm", "flowedit")}
+EDIT_OPTIONS = {"p2p": ("on", "off", "default"), "blend": ("on", "off"), "mask": ("none", "auto", "bench", "default"),
+                "preset": None, "editor": ("auto", "ddpm", "flowedit"), "source": ("given", "auto", "none")}
 
 # name -> (DATE settings or None, objective scorer or None, universal guidance strength)
 BASE_METHODS: dict[str, tuple[Optional[dict], Optional[str], float]] = {

@@ -104,6 +104,7 @@ class _Runner:
         self.steps = args.steps or suite.DEFAULT_STEPS
         self.scorers: dict[str, object] = {}
         self.images: dict[str, object] = {}  # path -> LoadedImage, each source photo loaded once
+        self.captions = None  # the edit suites' captions (``@source=auto``): one per photo and captioner
         self.host = socket.gethostname()
 
     def run_all(self, todo: list[tuple], log, done: dict, equal_factor: Optional[float],

@@ -31,7 +31,9 @@ class Metrics:
         clip = build_scorer("clip:tiny" if offline else (eval_clip or "clip:openai/clip-vit-base-patch16"),
                             device=device)
         self.encoder = TemplateTextEncoder(clip)
-        self.captioner = load_captioner("blip:tiny" if offline else (captioner or "blip"), device=device)
+        from date_edit.captioning import default_captioner
+
+        self.captioner = load_captioner(captioner or default_captioner(model), device=device)
 
     def __call__(self, images: torch.Tensor, item: Item, source) -> dict:
         """Metrics of one image."""

@@ -2,12 +2,16 @@
 (a named preset, the method's ``@`` options, the command line), the check of every method before any edit, and the
 edit of one item.
 
-Method options (after ``@``, any order): ``p2p`` (Prompt-to-Prompt with the preset's windows), ``blend`` (P2P's
+Method options (after ``@``, any order): ``p2p`` (Prompt-to-Prompt with the preset's windows; ``p2p=default``: the
+model's default, as the CLI runs it), ``blend`` (P2P's
 local blend: a mask from the cross-attention of the words that differ between the prompts, which for PIE are its
 bracketed words; the record keeps both), ``mask=auto`` (an
 automatic mask from where the prompts' predictions differ), ``mask=bench`` (PIE only: the benchmark's hand-drawn
-mask as a user mask: an oracle, label it so when you report it), ``mask=none``, ``preset=NAME``
-(:data:`benchmarks.suites.pie.data.PRESETS`), ``editor=ddpm|flowedit``.
+mask as a user mask: an oracle, label it so when you report it), ``mask=none``, ``mask=default`` (the model's
+default: automatic with a source prompt), ``preset=NAME`` (:data:`benchmarks.suites.pie.data.PRESETS`),
+``editor=ddpm|flowedit``, ``source=given|auto|none`` (the item's hand-written source prompt, the default; the
+photo's caption by ``--captioner``, as the bare ``date-edit photo.png PROMPT`` runs; none). Without a control
+option a method runs the plain edit of the papers (no mask, no Prompt-to-Prompt).
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
     cross = args.cross_replace if args.cross_replace is not None else cross
     self_ = args.self_replace if args.self_replace is not None else self_
     mask = method.option("mask") or args.mask
-    if mask == "auto":
+    kw["mask"] = None  # the plain edit of the papers unless the method or the command line asks for a control
+    if mask == "default":
+        kw["mask"] = "default"
+    elif mask == "auto":
         kw["mask"] = MaskConfig("auto", threshold=args.mask_threshold, peak=getattr(args, "mask_peak", 0.9))
     elif mask == "bench":
         if args.suite != "pie":
@@ -58,7 +65,9 @@ def settings(args, method, family: str) -> tuple[dict, Optional[str]]:
                                       "hand-drawn masks)")
         kw["mask"] = MaskConfig("user")
     blend = method.option("blend") == "on"
-    if (method.option("p2p") or ("on" if args.p2p or blend else "off")) == "on":
+    p2p = method.option("p2p") or ("on" if args.p2p or blend else "off")
+    kw["p2p"] = "default" if p2p == "default" else None
+    if p2p == "on":
         from date_edit.p2p import P2PConfig
 
         kw["p2p"] = P2PConfig(cross_replace=cross, self_replace=self_, local_blend=blend)
@@ -102,20 +111,30 @@ def edit_item(runner, method, item, seed: int, steps: Optional[int] = None):
         kw["skip"] = round(steps * base.resolved_skip() / base.steps)
         kw["steps"] = steps
     loaded = runner.loaded(item.image)
+    source_from = method.option("source") or "given"
     mask = bench_mask(item, tuple(loaded.pixels.shape[-2:])) if method.option("mask") == "bench" or (
         args.mask == "bench" and not method.option("mask")) else None
     req = request.EditRequest(
-        image=item.image, prompt=item.prompt, source_prompt=item.source_prompt, seed=seed,
+        image=item.image, prompt=item.prompt, source_prompt=item.source_prompt if source_from == "given" else "",
+        source_from=source_from, captioner=getattr(args, "captioner", None) or None, seed=seed,
         config=EditConfig(seed=seed, date=method.date, **kw), mask=None,
         model=request.ModelChoice(name=args.model, dtype=args.dtype, device=args.device or "auto", quiet=True),
         scorer=runner.scorer_spec(method) or "", size=args.size)
+    if req.needs_caption and runner.captions is None:  # kept in the run folder: a resumed run captions nothing twice
+        runner.captions = request.Captions(runner.out / "captions.json")
+    req = request.resolve_source(req, loaded, backbone, runner.captions)
+    if runner.captions is not None:
+        runner.captions.save()
     result, config = request.run(req, backbone, runner._scorer(method), loaded, mask=mask)
     ran = result.config  # resolved: the model's defaults filled in
     fields = {"preset": preset, "steps": ran["steps"], "skip": ran["skip"],
               "cfg_source": ran["cfg_source"], "cfg_target": ran["cfg_target"],
               "editor": ran["method"], "controls": ran_controls(result.config),
-              "mask_coverage": coverage(result.mask), "source_prompt": req.source_prompt}
-    if config.p2p is not None:  # the words P2P treats as changed (local blend's words), beside PIE's own
+              "mask_coverage": coverage(result.mask), "source_prompt": req.source_prompt,
+              "source_prompt_from": req.source_from, "given_source_prompt": item.source_prompt}
+    if req.source_from == "auto":
+        fields.update(captioner=req.captioner, caption_s=req.caption_s)
+    if result.config.get("p2p"):  # the words P2P treats as changed (local blend's words), beside PIE's own
         from date_edit.p2p import changed_words
 
         fields["p2p_words"] = [w for side in changed_words(req.source_prompt, item.prompt) for w in side]

@@ -187,6 +187,7 @@ def run_batch(
     on_record: Callable[[dict], None] | None = None,
     edit_fn: Callable[..., Result] | None = None,
     dist: Dist | None = None,
+    prepare: Callable[..., ItemSettings] | None = None,
 ) -> Summary:
     """Run a job: skip up-to-date items, edit the rest in batches, append one record per item to results.jsonl.
 
@@ -204,6 +205,9 @@ def run_batch(
         show_progress: a progress bar on stderr (rank 0 only; it counts the items of all ranks).
         edit_fn: the edit function (default :func:`date_edit.pipeline.edit`; tests inject failures here).
         dist: this process's place in a job of several (joined with :meth:`Dist.init`); None: one process.
+        prepare: ``(settings, loaded, backbone) -> settings`` once the item's photo is loaded, before it joins a
+            batch (the CLI captions a photo without a source prompt here); a :class:`DateEditError` fails the item,
+            a :class:`~date_edit.errors.CaptionerError` (no captioner at all) stops the job.
 
     Returns the :class:`Summary` (of the whole job, on every rank). SIGINT/SIGTERM abandon the current batch (its
     items get no record) and set ``summary.interrupted``; outputs and results stay consistent and a rerun, with
@@ -211,5 +215,6 @@ def run_batch(
     """
     runner = _Runner(items, Path(out_dir), base_options=base_options, resolve=resolve, load_model=load_model,
                      make_record=make_record, batch_size=batch_size, force=force, max_pixels=max_pixels,
-                     show_progress=show_progress, say=say, on_record=on_record, edit_fn=edit_fn)
+                     show_progress=show_progress, say=say, on_record=on_record, edit_fn=edit_fn,
+                     prepare=prepare)
     return _Job(runner, dist or Dist()).run()

@@ -149,12 +149,13 @@ class _Runner:
                  load_model: Callable[[bool], tuple[Backbone, Any]], make_record: Callable[..., dict],
                  batch_size: int | None, force: bool, max_pixels: int | None, show_progress: bool,
                  say: Callable[[str], None], on_record: Callable[[dict], None] | None,
-                 edit_fn: Callable[..., Result] | None) -> None:
+                 edit_fn: Callable[..., Result] | None,
+                 prepare: Callable[..., ItemSettings] | None = None) -> None:
         self.items, self.out = list(items), out
         self.base_options, self.resolve, self.load_model = dict(base_options), resolve, load_model
         self.make_record, self.requested_batch_size, self.force = make_record, batch_size, force
         self.max_pixels, self.show_progress, self._say, self.on_record = max_pixels, show_progress, say, on_record
-        self.edit_fn = edit_fn
+        self.edit_fn, self.prepare_settings = edit_fn, prepare
         self.summary = Summary(total=len(self.items), results=out / RESULTS_NAME)
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.backbone: Any = None
@@ -290,6 +291,16 @@ class _Runner:
         except ImageError as e:
             self.fail(work.item, reason(e), work.input_hash, work.options_hash)
             return
+        if self.prepare_settings is not None:
+            from ..errors import CaptionerError
+
+            try:
+                work.settings = self.prepare_settings(work.settings, work.loaded, bb)
+            except CaptionerError as e:  # no item can be captioned: the job's error, as a model that cannot load
+                raise BatchError(str(e)) from None
+            except DateEditError as e:
+                self.fail(work.item, reason(e), work.input_hash, work.options_hash)
+                return
         w, h = work.loaded.processed_size
         key = f"{work.settings.group_key()}|{w}x{h}"
         group = self.groups.setdefault(key, [])
