@@ -331,6 +331,20 @@ def resolve_source(req: EditRequest, loaded, backbone, captions: Optional[Captio
     return replace(req, source_prompt=text, captioner=spec, caption_s=seconds)
 
 
+def photo_caption(captions: Captions, backbone, loaded) -> tuple[str, str]:
+    """``(caption, what a status line says of it)`` of a photo by the model's default captioner: what fills the web
+    app's source-prompt box on upload. A captioner that cannot load gives no caption, and the line says why."""
+    from date_edit.captioning import default_captioner
+    from date_edit.errors import CaptionerError
+
+    spec = default_captioner(backbone.name, backbone.family)
+    try:
+        text, _ = captions.caption(spec, loaded.pixels[:1], backbone.device, quiet=True)
+    except CaptionerError as exc:
+        return "", f"no caption: {exc}"
+    return text, f"source prompt captioned by {spec} (edit it if it is wrong)"
+
+
 def source_note(req: EditRequest) -> str:
     """What the summary line says of a captioned source prompt (empty otherwise)."""
     if req.source_from != "auto" or not req.source_prompt:
@@ -341,9 +355,15 @@ def source_note(req: EditRequest) -> str:
 
 
 def resolve(req: EditRequest, backbone) -> "EditConfig":
-    """The request's config for ``backbone`` (the model's defaults filled in, the DATE schedule checked), with
-    Prompt-to-Prompt that was asked for refused in one line on a model without cross-attention."""
-    config = common.resolved_config(req.config, backbone)
+    """The request's config for ``backbone`` (its default controls made concrete for the model and the resolved
+    source prompt, the model's defaults filled in, the DATE schedule checked), with Prompt-to-Prompt that was asked
+    for refused in one line on a model without cross-attention."""
+    from date_edit.controls import with_defaults
+
+    # the default controls made concrete for this model and source prompt first (what runs decides the target CFG)
+    config = with_defaults(backbone, req.config, [req.source_prompt],
+                           user_mask=req.mask not in (None, "auto", "default"))
+    config = common.resolved_config(config, backbone)
     check_p2p_supported(req, config, backbone)
     return config
 

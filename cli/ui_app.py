@@ -40,8 +40,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MAX_LAYER_PIXELS = DEFAULT_MAX_PIXELS  # a painted layer's budget: the photo's, checked before it is decoded
 PAINTED_MASK = "the painted mask"  # how messages name the painted mask (never by its file on the server)
 CACHE_SIZE = 8  # inversions kept (an SD inversion of 100 steps is about 13 MB)
-# the Edit form: its fields in order, with their defaults (the CLI's: P2P and an automatic mask with a source prompt,
-# so CFG 7.5)
+# the Edit form: its fields in order, with their defaults (the CLI's: P2P and an automatic mask, so CFG 7.5)
 FORM = {"source_prompt": "", "prompt": "", "steps": 100, "skip": "36%", "cfg_source": 3.5, "cfg_target": 7.5,
         "seed": 0, "edit_method": "auto", "date": True, "radius": "rho", "rho": 0.5, "update_steps": "every:10",
         "scorer": "clip", "mask": "auto", "p2p": True, "cross_replace": 0.8, "self_replace": 0.8}
@@ -120,10 +119,9 @@ def _number(value, integer: bool = False) -> str:
 def _shared_values(form: dict, model: str, mask_file: Optional[str]) -> dict:
     """The options ``edit`` and ``sweep`` share, as the text a command line gives them (flags: True/False): source
     prompt, steps, CFG source, seed, method, model, DATE, controls."""
-    # an empty source-prompt box is --source-prompt auto (the default: the photo is captioned); "none" is none
-    values = {"source_prompt": str(form["source_prompt"] or "").strip() or None, "steps": _number(form["steps"], True),
-              "cfg_source": _number(form["cfg_source"]), "seed": _number(form["seed"], True),
-              "edit_method": form["edit_method"], "model": model}
+    values = {"source_prompt": str(form["source_prompt"] or "").strip() or None,  # an empty box: auto
+              "steps": _number(form["steps"], True), "cfg_source": _number(form["cfg_source"]),
+              "seed": _number(form["seed"], True), "edit_method": form["edit_method"], "model": model}
     if form.get("date", True) or "date_mode" in form:
         values["rho_relative" if form["radius"] == "rho-relative" else "rho"] = _number(form["rho"])
         values.update(update_steps=form["update_steps"], scorer=form["scorer"])
@@ -238,8 +236,7 @@ class App:
 
     def methods(self) -> list[str]:
         """The edit methods this model has (FlowEdit only for flow models)."""
-        flow = self.backbone.schedule.prediction_type == "flow"
-        return ["auto", "ddpm", "flowedit"] if flow else ["auto", "ddpm"]
+        return ["auto", "ddpm"] + (["flowedit"] if self.backbone.schedule.prediction_type == "flow" else [])
 
     def method_defaults(self, method: str) -> dict:
         """The published steps/skip/CFG of FlowEdit for this model's family when ``method`` is flowedit, else
@@ -365,27 +362,13 @@ class App:
             image = to_pil(loaded.pixels)[0]
             (w, h), (ow, oh) = loaded.processed_size, loaded.original_size
             notes = "".join(f"; {n}" for n in loaded.notes)
-            caption, said = self._caption(loaded)
+            caption, said = request.photo_caption(self.captions, self.backbone, loaded)  # fills the box
             return {"photo": str(path), "editor": {"background": image, "layers": [], "composite": image},
                     "source_prompt": caption,
                     "status": f"photo {Path(path).name}: {w}x{h} (from {ow}x{oh}){notes}; {said}"}
 
         out = self._guarded("photo", path, run)
         return out if "photo" in out else {**out, "photo": None, "editor": None}
-
-    def _caption(self, loaded) -> tuple[str, str]:
-        """``(caption, what the status line says of it)``: the photo captioned by the model's default captioner, for
-        the source-prompt box (editable; emptied, the edit captions the photo itself). A captioner that cannot
-        load leaves the box empty and says why in the status line."""
-        from date_edit.captioning import default_captioner
-        from date_edit.errors import CaptionerError
-
-        spec = default_captioner(self.backbone.name, self.backbone.family)
-        try:
-            text, _ = self.captions.caption(spec, loaded.pixels[:1], self.backbone.device, quiet=True)
-        except CaptionerError as exc:
-            return "", f"no caption: {exc}"
-        return text, f"source prompt captioned by {spec} (edit it if it is wrong)"
 
     def load_sample(self, name: Optional[str]) -> dict:
         """:meth:`load_photo` of a sample by its name under samples/."""

@@ -92,6 +92,7 @@ def resolve_edit_config(config, model, given: Optional[Iterable[str]] = None):
     """
     family, _, _ = _describe(model)
     method = edit_method(config.method, model)
+    # a control asked for, or the default controls ("default": counted as one before they are made concrete)
     base = model_defaults(family, method, controlled=config.mask is not None or config.p2p is not None)
     kept = {k for k in SETTINGS if getattr(config, k) is not None} if given is None else \
         {k for k in given if k in SETTINGS and getattr(config, k) is not None}

@@ -182,23 +182,14 @@ def edit(
         inversion: reuse an earlier inversion of the same images with the same steps/seed/source.
         seeds: one inversion seed per image (overrides ``config.seed``), so each image's noise maps
             do not depend on the batch it runs in.
-        mask: ``(1 or B, 1, H, W)`` in [0, 1], 1 where the image may change: required by ``MaskConfig("user")``;
-            with the default ``config.mask`` it is used as a user mask.
-        source_prompt: what the images show; ``"auto"``: caption each image with ``captioner`` (a
-            :class:`~date_edit.captioning.Captioner` or its spec; default: the model's,
-            :func:`~date_edit.captioning.default_captioner`), then edit as with that text; ``""``: no source
-            prompt (the unconditional branch, as the papers' plain setting).
+        mask: ``(1 or B, 1, H, W)`` in [0, 1], 1 where the image may change (a user mask).
+        source_prompt: what the images show; ``"auto"``: each image's caption by ``captioner`` (a Captioner or
+            its spec; default the model's); ``""``: none (the papers' plain setting).
     """
     device = backbone.device
     b = pixels.shape[0]
-    prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != b:
-        raise ValueError(f"{b} images but {len(prompts)} prompts")
-    sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
-    caption_s = None
-    if "auto" in sources:
-        sources, caption_s = caption_sources(backbone, pixels, sources, captioner)
     size = tuple(pixels.shape[-2:])
+    prompts, sources, caption_s = _prompts(backbone, pixels, prompt, source_prompt, captioner)
     config = controls.with_defaults(backbone, config, sources, user_mask=mask is not None)
     user_mask = controls.user_mask(config, mask, b, size)
     config = controls.check(backbone, resolve_edit_config(config, backbone), sources)
@@ -243,6 +234,20 @@ def edit(
     if caption_s is not None:
         result.timings["caption_s"] = caption_s
     return controls.composited(result, pixels, pixel_mask, config.mask)
+
+
+def _prompts(backbone: Backbone, pixels: torch.Tensor, prompt, source_prompt, captioner):
+    """``(target prompts, source prompts, seconds captioning took or None)``, one of each per image; a source
+    ``"auto"`` is the image's caption."""
+    b = pixels.shape[0]
+    prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != b:
+        raise ValueError(f"{b} images but {len(prompts)} prompts")
+    sources = [source_prompt] * b if isinstance(source_prompt, str) else list(source_prompt)
+    if "auto" not in sources:
+        return prompts, sources, None
+    sources, seconds = caption_sources(backbone, pixels, sources, captioner)
+    return prompts, sources, seconds
 
 
 def caption_sources(backbone: Backbone, pixels: torch.Tensor, sources: list[str], captioner=None):

@@ -151,3 +151,33 @@ def test_batch_captions_rows_without_a_source_and_keeps_the_captions(checkout_en
     assert json.loads((tmp_path / "out" / "captions.json").read_text())
     out = tmp_path / "out"
     assert (pixels(out / "bare.png") == pixels(out / "given.png")).all()
+
+
+def test_web_app_empty_source_box_is_captioned(app):
+    """The web app: the source-prompt box fills with the caption on upload; an emptied box captions at edit time,
+    and the command line it shows (no --source-prompt) makes the same edit."""
+    photo = app.load_photo(str(RED_CIRCLE))
+    assert photo["source_prompt"] == "a red circle"
+    out = app.edit(photo["photo"], None, {"source_prompt": "", "prompt": "a blue circle", "steps": 12,
+                                          "date": False})
+    assert out["record"]["source_prompt"] == "a red circle" and out["record"]["source_prompt_from"] == "auto"
+    assert "--source-prompt" not in out["command"]
+
+
+def test_harness_source_auto_captions_and_records_both_captions(tmp_path):
+    """``@source=auto`` on the edit suite: the photo's caption (blip:tiny on the tiny model) replaces the item's
+    hand-written source prompt, which the record keeps beside it; ``@source=none`` runs without one."""
+    import subprocess as sp
+    import sys as _sys
+
+    out = tmp_path / "run"
+    proc = sp.run([_sys.executable, "-m", "benchmarks", "run", "--suite", "edit", "--model", "tiny", "--limit", "1",
+                   "--steps", "4", "--methods", "fixed,fixed@source=auto,fixed@source=none", "--out", str(out),
+                   "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["method"]: r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines())}
+    given, auto, none = rows["fixed"], rows["fixed@source=auto"], rows["fixed@source=none"]
+    assert given["source_prompt_from"] == "given" and given["source_prompt"] == given["given_source_prompt"]
+    assert auto["source_prompt_from"] == "auto" and auto["captioner"] == "blip:tiny"
+    assert auto["given_source_prompt"] == given["source_prompt"] and auto["source_prompt"] != given["source_prompt"]
+    assert none["source_prompt"] == "" and (out / "captions.json").is_file()

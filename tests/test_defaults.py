@@ -35,8 +35,11 @@ def _settings(config: dict) -> tuple:
 
 
 def test_unset_settings_resolve_to_the_model_defaults_and_set_ones_are_kept():
-    for model, want in EXPECTED.items():
-        assert _settings(resolve_edit_config(EditConfig(), FAMILIES[model]).to_dict()) == want, model
+    for model, want in EXPECTED.items():  # the plain edit (no structure control)
+        plain = EditConfig(mask=None, p2p=None)
+        assert _settings(resolve_edit_config(plain, FAMILIES[model]).to_dict()) == want, model
+    # the default controls (EditConfig()'s) are structure controls: DDPM editing's target CFG is then 7.5
+    assert resolve_edit_config(EditConfig(), "sd").cfg_target == 7.5
     sd3 = resolve_edit_config(EditConfig(method="flowedit"), "sd3")
     assert _settings(sd3.to_dict()) == ("flowedit", 50, 17, 3.5, 13.5, 0, 1)
     assert {k: getattr(sd3, k) for k in FLOWEDIT_DEFAULTS["sd3"]} == FLOWEDIT_DEFAULTS["sd3"]
@@ -125,11 +128,12 @@ def test_the_api_edit_and_batch_resolve_the_same_settings(model, spies, tmp_path
     from date_edit_cli.main import main
 
     want = EXPECTED[model]
-    api = edit(load_backbone(model, device="cpu"), torch.rand(1, 3, 64, 64), "a dog", config=EditConfig(date=None))
+    api = edit(load_backbone(model, device="cpu"), torch.rand(1, 3, 64, 64), "a dog",
+               config=EditConfig(date=None, mask=None, p2p=None))
     assert _settings(api.config) == want and spies == _expected_calls(want)
     spies.clear()
     photo = _photo(tmp_path / "in")
-    common = ["--model", model, "--no-date", "--no-p2p", "--size", "64", "--quiet", "--json"]
+    common = ["--model", model, "--no-date", "--no-p2p", "--mask", "none", "--size", "64", "--quiet", "--json"]
     out = CliRunner().invoke(main, ["edit", str(photo), "a dog", "-o", str(tmp_path / "e.png"), *common])
     assert out.exit_code == 0, out.output
     assert _settings(json.loads(out.output.strip().splitlines()[-1])["config"]) == want

@@ -137,10 +137,11 @@ def test_auto_mask_is_thresholded_at_the_pixels_and_keeps_only_regions_reaching_
     assert torch.equal(kept[0, 0, 4, 4], torch.tensor(0.0)) and float(kept.sum()) == float(ring.sum()) - 1
 
 
-def test_auto_mask_needs_a_source_prompt_and_user_mask_needs_a_tensor(backbones):
+def test_auto_mask_without_a_source_prompt_comes_from_the_target_and_user_mask_needs_a_tensor(backbones):
     bb = backbones["tiny"]
-    with pytest.raises(ConfigError, match="source prompt"):
-        edit(bb, _pixels(), "a dog", config=EditConfig(steps=4, skip=1, date=None, mask=MaskConfig("auto")))
+    # no source prompt: the mask is where the target's prediction differs from the unconditional one
+    alone = edit(bb, _pixels(), "a dog", config=EditConfig(steps=4, skip=1, date=None, mask=MaskConfig("auto")))
+    assert alone.mask is not None and alone.config["mask"]["source"] == "auto"
     with pytest.raises(ConfigError, match="missing"):
         edit(bb, _pixels(), "a dog", config=EditConfig(steps=4, skip=1, date=None, mask=MaskConfig("user")))
     with pytest.raises(ConfigError, match="images are"):
@@ -215,8 +216,7 @@ def test_cli_mask_file_save_mask_and_json_record(photo, tmp_path):
     (("--mask", "missing.png"), "no such file"),
     (("--mask", "junk.png"), "not an image"),
     (("--mask", "black.png"), "no white pixel"),
-    (("--mask", "auto"), "needs --source-prompt"),
-    (("--save-mask",), "--save-mask needs a mask"),
+    (("--save-mask", "--source-prompt", "none"), "--save-mask needs a mask"),
     (("--no-p2p", "--reweight", "red=2"), "drop --no-p2p"),
     (("--mask", "none", "--save-mask", "--source-prompt", "a cat"), "--save-mask needs a mask"),
     (("--p2p", "--reweight", "red"), "WORD=FACTOR"),
@@ -276,9 +276,15 @@ def test_cli_defaults_are_p2p_where_supported_and_auto_mask_with_a_source_prompt
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert record["controls"] == controls and record["mask"] == "auto"
+    # no source prompt: the photo is captioned (blip:tiny here), and the same defaults run with the caption
     bare = _cli("edit", photo, "a dog", "--model", model, "--steps", 4, "-q", "--json", "--no-date", "-o", "b.png",
                 cwd=tmp_path)
-    assert json.loads(bare.stdout)["controls"] == controls[1:], bare.stderr
+    record = json.loads(bare.stdout)
+    assert record["controls"] == controls and record["source_prompt_from"] == "auto", bare.stderr
+    # --source-prompt none: no automatic mask by default (P2P aligns to the empty source where it runs)
+    empty = _cli("edit", photo, "a dog", "--model", model, "--steps", 4, "-q", "--json", "--no-date",
+                 "--source-prompt", "none", "-o", "c.png", cwd=tmp_path)
+    assert json.loads(empty.stdout)["controls"] == controls[1:], empty.stderr
 
 
 def test_manifest_mask_cells_name_files_relative_to_the_manifest_or_keywords(tmp_path):

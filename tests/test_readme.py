@@ -40,10 +40,11 @@ def test_python_api_example_runs(tmp_path):
 
 
 def test_python_api_structure_control_example_runs(tmp_path):
-    """The second example (a user mask and Prompt-to-Prompt) continues the first; outside the mask it prints 0."""
+    """The second and third examples (a captioned source prompt with the default controls; a user mask and
+    Prompt-to-Prompt) continue the first; outside the mask it prints 0."""
     blocks = python_api_blocks()
     (tmp_path / "samples").symlink_to(ROOT / "samples")
-    out = subprocess.run([sys.executable, "-c", blocks[0] + blocks[1]], cwd=tmp_path, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", blocks[0] + blocks[1] + blocks[2]], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "outside the mask: 0.0" in out.stdout

@@ -103,7 +103,9 @@ def test_second_edit_of_a_photo_reuses_its_inversion_and_gives_the_uncached_resu
     from date_edit_cli.ui_app import App
 
     photo = app.load_photo(str(RED_CIRCLE))
-    assert photo["status"] == "photo red_circle.png: 64x64 (from 64x64)"
+    assert photo["status"] == ("photo red_circle.png: 64x64 (from 64x64); source prompt captioned by toy (edit it "
+                               "if it is wrong)")
+    assert photo["source_prompt"] == "a red circle"  # the box fills with the caption on upload (issue 38)
     first = app.edit(photo["photo"], photo["editor"], FORM)
     assert "inversion: computed" in first["status"], first["status"]
     verdict = evaluate(np.asarray(first["result"]), "a blue circle")
