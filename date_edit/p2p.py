@@ -418,11 +418,11 @@ def attention_control(unet: torch.nn.Module, controller: AttentionController) ->
 @contextlib.contextmanager
 def _eager(backbone) -> Iterator[None]:
     """Run the eager UNet inside the block: a compiled one would bake the controller's state into its graph."""
-    compiled, backbone.compiled_unet = getattr(backbone, "compiled_unet", None), None
+    compiled, backbone.compiled = getattr(backbone, "compiled", None), None
     try:
         yield
     finally:
-        backbone.compiled_unet = compiled
+        backbone.compiled = compiled
 
 
 class P2PDenoiser:

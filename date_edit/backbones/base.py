@@ -1,53 +1,37 @@
-"""The backbone protocol and what every family shares: freezing, gradient checkpointing, compile, the gradient
-decoder, dtype and device, the VAE's encode and decode.
+"""The backbone protocol and what every family shares: freezing, gradient checkpointing, dtype and device, the VAE's
+encode and decode, wrapping a set of components (:meth:`Backbone.from_components`, :meth:`Backbone.from_pipeline`).
 
-A family (``sd.py``: SD 1.x/2.x, ``sdxl.py``: SDXL) subclasses :class:`Backbone` and supplies three methods:
-:meth:`Backbone.encode_condition`, :meth:`Backbone.unconditional` and :meth:`Backbone.unet_inputs`. The sampling
-loop, the inversion and DATE see only those, through :class:`~date_edit.conditioning.Conditioning`.
+A family (``sd.py``: SD 1.x/2.x, ``sdxl.py``: SDXL, ``sd3.py``, ``flux.py``) subclasses :class:`Backbone`: it
+supplies :meth:`Backbone.encode_condition`, :meth:`Backbone.unconditional` and :meth:`Backbone.unet_inputs`, and
+its knowledge as the class attributes of :class:`~.family.FamilyTraits` (which components it holds and loads, how
+its files and pipelines are recognised). The sampling loop, the inversion and DATE see only the protocol, through
+:class:`~date_edit.conditioning.Conditioning`. The gradient decoder lives in ``grad_decoder.py``, the compiled
+denoiser's bookkeeping in ``compiling.py``.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from ..choices import CHECKPOINTING_MODES, COMPILE_MODES
+from ..choices import CHECKPOINTING_MODES
 from ..conditioning import Condition, Conditioning, as_conditioning
 from ..errors import BackboneError, ConfigError
 from ..schedule import NoiseSchedule, v_to_eps
-from .common import DTYPES, freeze, input_shapes, resolve_device, resolve_dtype  # noqa: F401  (DTYPES re-exported)
+from .common import DTYPES, freeze, resolve_device, resolve_dtype  # noqa: F401  (DTYPES re-exported)
+from .compiling import Compilation
+from .family import FAMILIES, SHARED_COMPONENTS, FamilyTraits, family_of_components
 from .grad_decoder import approximate_decode, build_grad_decoder
-
-FAMILIES: dict[str, type] = {}  # family name -> Backbone subclass, filled as the family modules load
-# what each family's component dict holds (a diffusers pipeline's attribute names)
-COMPONENT_NAMES = {
-    "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-    "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
-    "sd3": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
-            "tokenizer_3", "scheduler"),
-    "flux": ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
-}
-
-
-def family_of_components(components: dict) -> str:
-    """The family a dict of pipeline components belongs to: a ``tokenizer_3`` (or T5 third encoder) is SD3, a
-    ``transformer`` without one FLUX, a second text encoder with a UNet SDXL, else SD."""
-    if components.get("text_encoder_3") is not None or components.get("tokenizer_3") is not None:
-        return "sd3"
-    if components.get("transformer") is not None:
-        return "flux"
-    return "sdxl" if components.get("text_encoder_2") is not None else "sd"
 
 
 @dataclass
-class Backbone:
+class Backbone(FamilyTraits):
     """A loaded latent diffusion model: the frozen parts plus what the math needs (the protocol's shared half).
 
     Attributes:
-        family: ``"sd"`` (SD 1.x/2.x) or ``"sdxl"`` (class attribute of the subclass).
+        family: ``"sd"`` (SD 1.x/2.x), ``"sdxl"``, ``"sd3"`` or ``"flux"`` (class attribute of the subclass).
         name: what was asked for (``"tiny"``, ``"toy"``, a hub id, a folder, a file).
         unet / vae / text_encoder / tokenizer: the diffusers/transformers components, frozen, eval mode.
         schedule: the noise schedule (from the scheduler config).
@@ -55,6 +39,7 @@ class Backbone:
         device: where the models live.
         native_size: the longer image side the model was trained at (512 for SD 1.x).
         random_weights: True for ``tiny``: its images are noise.
+        compilation: the compiled denoiser and its cost (:meth:`compile`; :class:`~.compiling.Compilation`).
     """
 
     name: str
@@ -69,14 +54,7 @@ class Backbone:
     random_weights: bool = False
     scheduler_config: dict = field(default_factory=dict)
     grad_decoder: Optional[torch.nn.Module] = None  # opt-in approximate decoder for DATE's gradient pass only
-    compiled_unet: Optional[torch.nn.Module] = None  # torch.compile'd UNet for the no-grad passes (opt-in)
-    compile_mode: Optional[str] = None
-    compile_s: float = 0.0  # one-off seconds spent in first calls of the compiled UNet (compilation), so far
-    _compiled_shapes: set = field(default_factory=set)
-
-    family: ClassVar[str] = "base"
-    taesd_id: ClassVar[str] = "madebyollin/taesd"  # the approximate decoder --grad-decoder taesd loads
-    upcast_fp16_vae: ClassVar[bool] = False  # keep the VAE in float32 under fp16 when its config says force_upcast
+    compilation: Compilation = field(default_factory=Compilation, init=False)  # the compiled denoiser (opt-in)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -102,19 +80,19 @@ class Backbone:
         family = family or family_of_components(components)
         if family not in FAMILIES:
             raise BackboneError(f"model family {family!r} is not supported: use one of {', '.join(FAMILIES)}")
-        optional = ("text_encoder_3", "tokenizer_3")  # SD3 runs without T5 (its tokens are then zeros)
-        missing = [k for k in COMPONENT_NAMES[family] if components.get(k) is None and k not in optional]
+        kind = FAMILIES[family]
+        given = [k for k in kind.component_names if components.get(k) is not None]
+        missing = [k for k in kind.component_names if k not in given and k not in kind.optional_components]
         if missing:
             raise BackboneError(f"{name}: a {family} model needs {', '.join(missing)}")
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        models = [components[k] for k in COMPONENT_NAMES[family]
-                  if k.startswith(("unet", "transformer", "vae", "text_encoder")) and components.get(k) is not None]
-        for key in COMPONENT_NAMES[family]:
-            if key.startswith("tokenizer") and components.get(key) is not None:
+        models = [components[k] for k in given if not k.startswith(("tokenizer", "scheduler"))]
+        for key in given:
+            if key.startswith("tokenizer"):
                 check_tokenizer(components[key])
         freeze(*models)
-        vae, kind = components["vae"], FAMILIES[family]
+        vae = components["vae"]
         upcast_vae = kind.upcast_fp16_vae and dt == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
         for module in models:
             module.to(dev)
@@ -122,9 +100,9 @@ class Backbone:
             if next(module.parameters()).dtype != wanted:
                 module.to(wanted)
         sched_cfg = dict(components["scheduler"].config)
-        denoiser = components.get("unet") or components.get("transformer")
-        extra = {k: components.get(k) for k in COMPONENT_NAMES[family]
-                 if k not in COMPONENT_NAMES["sd"] and k != "transformer"}
+        denoiser = components[kind.denoiser_name]
+        extra = {k: components.get(k) for k in kind.component_names
+                 if k not in SHARED_COMPONENTS and k != kind.denoiser_name}
         extra.update(kind.family_settings(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt))
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         sample_size = getattr(denoiser.config, "sample_size", None)
@@ -133,17 +111,6 @@ class Backbone:
             name=name, unet=denoiser, vae=vae, text_encoder=components["text_encoder"],
             tokenizer=components["tokenizer"], schedule=kind.schedule_from_config(sched_cfg), dtype=dt, device=dev,
             native_size=native, random_weights=random_weights, scheduler_config=sched_cfg, **extra)
-
-    @classmethod
-    def schedule_from_config(cls, config: dict):
-        """The family's noise schedule from a diffusers scheduler config (DDPM-style; flow families override)."""
-        return NoiseSchedule.from_config(config)
-
-    @classmethod
-    def family_settings(cls, **settings) -> dict:
-        """The keyword arguments of ``from_components`` that this family's constructor takes (SDXL:
-        ``force_zeros_for_empty_prompt``); none by default."""
-        return {}
 
     @classmethod
     def from_pipeline(cls, pipe, *, name: Optional[str] = None) -> "Backbone":
@@ -161,11 +128,12 @@ class Backbone:
         Raises:
             BackboneError: the pipeline lacks a module the family needs.
         """
-        names = ("unet", "transformer", "text_encoder_2", "text_encoder_3", "tokenizer_3")
-        family = family_of_components({k: getattr(pipe, k, None) for k in names} | (
-            {"tokenizer_3": True} if hasattr(pipe, "tokenizer_3") else {}))
-        components = {k: getattr(pipe, k, None) for k in COMPONENT_NAMES[family]}
-        denoiser = components.get("unet") or components.get("transformer")
+        kinds = FAMILIES.values()
+        found = {k: getattr(pipe, k, None) for kind in kinds for k in kind.component_names}
+        slots = {k: True for kind in kinds for k in kind.optional_components if hasattr(pipe, k)}  # SD3 without T5
+        family = family_of_components(found | slots)
+        components = {k: found[k] for k in FAMILIES[family].component_names}
+        denoiser = components[FAMILIES[family].denoiser_name]
         if denoiser is None:
             raise BackboneError(f"{type(pipe).__name__} has no unet or transformer: from_pipeline takes a "
                                 "StableDiffusion(XL|3)Pipeline or a FluxPipeline")
@@ -283,8 +251,8 @@ class Backbone:
         timestep = self.model_timestep(t, x_t.shape[0])
         x_in = self.pack(x_t.to(self.device, self.dtype))
         kwargs = self.unet_inputs(as_conditioning(cond), tuple(x_t.shape))
-        if self.compiled_unet is not None and not torch.is_grad_enabled():
-            out = self._compiled_denoise(x_in, timestep, kwargs)
+        if self.compilation.module is not None and not torch.is_grad_enabled():
+            out = self.compilation(x_in, timestep, kwargs, self.device)
         else:
             out = self.unet(x_in, timestep=timestep, **kwargs).sample.float()
         out = self.unpack(out, tuple(x_t.shape))
@@ -324,31 +292,27 @@ class Backbone:
         (Inductor kernels) on the CPU. Each new input shape compiles once; the seconds those first calls take are
         added to :attr:`compile_s`, so a caller can report the one-off cost and amortise it over a batch job.
         """
-        if mode in (None, "none"):
-            self.compiled_unet, self.compile_mode = None, None
-            return
-        if mode not in COMPILE_MODES:
-            raise ConfigError("compile_mode", f"{mode!r}: use one of {', '.join(COMPILE_MODES)}")
-        if mode == "auto":
-            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
-        self.compiled_unet = torch.compile(self.unet, mode=mode, dynamic=False)
-        self.compile_mode = mode
-        self._compiled_shapes = set()
+        self.compilation.compile(self.unet, mode, self.device)
 
-    def _compiled_denoise(self, x: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, repr(input_shapes(kwargs)))
-        first = key not in self._compiled_shapes
-        start = time.perf_counter()
-        if self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs are no longer read
-        # A CUDA-graph replay reuses its output buffer: copy before the next call overwrites it.
-        out = self.compiled_unet(x, timestep=timestep, **kwargs).sample.float().clone()
-        if first:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.compile_s += time.perf_counter() - start
-            self._compiled_shapes.add(key)
-        return out
+    @property
+    def compiled_unet(self) -> Optional[torch.nn.Module]:
+        """The compiled denoiser the passes without autograd run, None when off; settable (P2P sets it to None
+        for a block, then back)."""
+        return self.compilation.module
+
+    @compiled_unet.setter
+    def compiled_unet(self, module: Optional[torch.nn.Module]) -> None:
+        self.compilation.module = module
+
+    @property
+    def compile_mode(self) -> Optional[str]:
+        """The ``torch.compile`` mode of :attr:`compiled_unet` (``auto`` resolved), None when off."""
+        return self.compilation.mode
+
+    @property
+    def compile_s(self) -> float:
+        """One-off seconds spent so far in first calls of the compiled denoiser (compilation)."""
+        return self.compilation.seconds
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -433,8 +397,7 @@ class Backbone:
             "prediction_type": self.schedule.prediction_type,
             "native_size": self.native_size,
             "random_weights": self.random_weights,
-            "compile": self.compile_mode,
-            "compile_s": round(self.compile_s, 3),
+            **self.compilation.describe(),
         }
 
 
