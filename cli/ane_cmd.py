@@ -27,9 +27,10 @@ from .running import EXIT_USAGE, CliError, progress, run_command, say
               help="CLIP of the metrics (A&E: ViT-B/16); with --model tiny/toy their own CLIP.")
 @click.option("--captioner", default=None, metavar="NAME",
               help="Captioner of the text-text similarity (the captioners of --source-prompt auto): blip "
-                   "(Salesforce/blip-image-captioning-large), blip:base, blip:tiny, blip:FOLDER, toy, a plugin's "
-                   "name, or none; skipped with a note when its weights are not cached  [default: the model's: toy "
-                   "for --model toy, blip:tiny for the tiny models, blip otherwise].")
+                   "(Salesforce/blip-image-captioning-large), blip:large, blip:base, blip:tiny (random weights, "
+                   "tests), blip:HUB_ID_OR_FOLDER, toy (the toy world's, with its own CLIP), a plugin's name "
+                   "(entry points date_edit.captioners), or none (no text-text similarity)  [default: the model's: "
+                   "toy for --model toy, blip:tiny for the tiny models, blip otherwise].")
 @date_options
 @click.option("--model", "-m", default="CompVis/stable-diffusion-v1-4", show_default=True,
               help="Backbone (A&E used SD 1.4); tiny/toy for offline runs.")
@@ -76,13 +77,15 @@ def ane(**opts) -> None:
                                   require_differentiable=True)
         metric_spec = "clip:tiny" if model in RANDOM_MODELS else "clip:toy" if model == "toy" else opts["metric_clip"]
         encoder = TemplateTextEncoder(build_scorer(metric_spec, device=backbone.device))
-        from date_edit.captioning import default_captioner
+        from date_edit.captioning import AVOID, default_captioner
+        from date_edit.errors import CaptionerError
 
         cap_spec = opts["captioner"] or default_captioner(model, backbone.family)
-        captioner = load_captioner(cap_spec, device=backbone.device)
-        if captioner is None and cap_spec not in ("none", ""):
-            say(f"note: captioner {cap_spec!r} cannot be loaded here; text-text similarity skipped "
-                "(hf download Salesforce/blip-image-captioning-large where there is network)")
+        try:
+            captioner = load_captioner(cap_spec, device=backbone.device)
+        except CaptionerError as exc:  # a weights error (exit 1), with this command's own way round it
+            raise CaptionerError(str(exc).replace(AVOID, "--captioner none skips the text-text similarity")) \
+                from None
         judge = _toy_judge() if model == "toy" else None
         seeds = list(range(opts["seed"], opts["seed"] + opts["seeds"]))
         out = Path(opts["out"])

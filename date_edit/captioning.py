@@ -29,6 +29,7 @@ from typing import Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .choices import RANDOM_MODELS
 from .errors import CaptionerError, ConfigError, excerpt
 
 ENTRY_POINT_GROUP = "date_edit.captioners"
@@ -36,14 +37,15 @@ BLIP_LARGE = "Salesforce/blip-image-captioning-large"
 BLIP_BASE = "Salesforce/blip-image-captioning-base"
 BLIP_ALIASES = {"": BLIP_LARGE, "large": BLIP_LARGE, "base": BLIP_BASE}
 MAX_NEW_TOKENS = 20
+AVOID = "--source-prompt TEXT or --source-prompt none avoids captioning"  # the way round every CaptionerError
 # name -> (factory "module:attribute", imported when asked: the toy world sits above this module; description)
 BUILTIN = {
     "blip": ("date_edit.captioning:load_blip", f"BLIP (transformers); blip = {BLIP_LARGE}, blip:base, blip:tiny "
                                                "(random weights), blip:HUB_ID_OR_FOLDER"),
     "toy": ("date_edit.toy.captioner:ToyCaptioner", "the toy world's: retrieval over its caption grammar with the "
-                                                     "toy model's own CLIP"),
+                                                     "toy model's own CLIP (clip:toy), on ten shifted views"),
 }
-TINY_MODELS = ("tiny", "tiny-sdxl", "tiny-sd3", "tiny-flux")
+TINY_MODELS = RANDOM_MODELS  # the random-weight tiny models: their captioner is random too
 
 
 @runtime_checkable
@@ -53,7 +55,9 @@ class Captioner(Protocol):
 
     name: str
 
-    def __call__(self, images: torch.Tensor) -> list[str]: ...
+    def __call__(self, images: torch.Tensor) -> list[str]:
+        """One caption per image of ``images`` ``(B, 3, H, W)`` in [0, 1]."""
+        ...
 
 
 def default_captioner(model_name: str, family: str = "") -> str:
@@ -67,7 +71,8 @@ def default_captioner(model_name: str, family: str = "") -> str:
 
 
 def available_captioners() -> dict[str, str]:
-    """Every captioner name: the built-ins, then the plugins of the ``date_edit.captioners`` group (name -> one line)."""
+    """Every captioner name: the built-ins, then the plugins of the ``date_edit.captioners`` group (name -> a
+    one-line description, for help texts)."""
     out = {name: text for name, (_, text) in BUILTIN.items()}
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         out.setdefault(ep.name, f"plugin {ep.value}")
@@ -85,8 +90,9 @@ def build_captioner(spec: str, device="cpu") -> Captioner:
     text = str(spec or "").strip()
     name, _, variant = text.partition(":")
     if name in ("", "none"):
-        raise ConfigError("captioner", f"{excerpt(text)} is not a captioner: give one of "
-                                       f"{', '.join(available_captioners())}")
+        raise ConfigError("captioner", f"{excerpt(text)} names no captioner: give one of "
+                                       f"{', '.join(available_captioners())} (none is a source prompt's choice, not a "
+                                       "captioner)")
     if name in BUILTIN:
         factory = _load_factory(BUILTIN[name][0])
         return factory(variant, device=device) if name == "blip" else factory(device=device, variant=variant)
@@ -98,13 +104,14 @@ def build_captioner(spec: str, device="cpu") -> Captioner:
             except (CaptionerError, ConfigError):
                 raise
             except Exception as exc:  # noqa: BLE001 - a broken plugin is one line, not a traceback
-                raise CaptionerError(f"captioner plugin {name!r} ({ep.value}) failed: {excerpt(exc, quote=False)}; "
-                                     "--source-prompt TEXT or none avoids captioning") from None
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                raise CaptionerError(f"captioner plugin {name!r} ({ep.value}) failed: "
+                                     f"{excerpt(first, 160, quote=False)}; {AVOID}") from None
             if not callable(made):
                 raise CaptionerError(f"captioner plugin {name!r} ({ep.value}) made {type(made).__name__}, which "
-                                     "cannot caption (it needs __call__(images) -> list[str])")
+                                     f"cannot caption (it needs __call__(images) -> list[str]); {AVOID}")
             return made
-    raise ConfigError("captioner", f"unknown captioner {excerpt(text)}: use one of "
+    raise ConfigError("captioner", f"{excerpt(text)} is not a known captioner: use one of "
                                    f"{', '.join(available_captioners())}")
 
 
@@ -156,6 +163,10 @@ def load_blip(variant: str = "", device="cpu") -> BlipCaptioner:
     from .hub import hub_reachable
 
     local = Path(source).expanduser().is_dir()
+    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source):
+        raise CaptionerError(f"captioner {name}: there is no folder {excerpt(source, quote=False)} (a local BLIP "
+                             f"model, or a hub id such as {BLIP_LARGE}); {AVOID}")
+    downloading = False
     try:
         try:
             processor = BlipProcessor.from_pretrained(source, local_files_only=True)
@@ -163,16 +174,20 @@ def load_blip(variant: str = "", device="cpu") -> BlipCaptioner:
         except OSError:
             if local or not hub_reachable():
                 raise
+            downloading = True
             processor = BlipProcessor.from_pretrained(source)
             model = BlipForConditionalGeneration.from_pretrained(source)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to load is one line naming the captioner, never a traceback
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
         if local:
             raise CaptionerError(f"captioner {name}: could not load BLIP from {source}: "
-                                 f"{excerpt(str(exc).splitlines()[0] if str(exc) else exc, quote=False)}; "
-                                 "--source-prompt TEXT or none avoids captioning") from None
+                                 f"{excerpt(first, 160, quote=False)}; {AVOID}") from None
+        if downloading:
+            raise CaptionerError(f"captioner {name}: could not download {source} "
+                                 f"({excerpt(first, 120, quote=False)}): run `hf download {source}` where there "
+                                 f"is network; {AVOID}") from None
         raise CaptionerError(f"captioner {name}: {source} is not cached and the hub cannot be reached: run "
-                             f"`hf download {source}` where there is network, or give --source-prompt TEXT (or "
-                             "none) to edit without captioning") from None
+                             f"`hf download {source}` where there is network; {AVOID}") from None
     ip = processor.image_processor
     size = ip.size.get("height") or ip.size.get("shortest_edge") or 384
     return BlipCaptioner(model.to(device), size, processor.tokenizer, name, mean=ip.image_mean, std=ip.image_std)
@@ -258,7 +273,7 @@ class CaptionCache:
         captions = captioner(pixels[:1] if pixels.dim() == 4 else pixels[None])
         if not isinstance(captions, (list, tuple)) or len(captions) != 1 or not isinstance(captions[0], str):
             raise CaptionerError(f"captioner {getattr(captioner, 'name', '?')} returned {excerpt(captions)}, not one "
-                                 "caption per image; --source-prompt TEXT avoids captioning")
+                                 f"caption per image; {AVOID}")
         text = " ".join(captions[0].split())
         self.captions[key] = text
         self._dirty = True

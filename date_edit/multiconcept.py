@@ -120,17 +120,17 @@ def ane_metrics(
 
 def load_captioner(spec: Optional[str], device=torch.device("cpu")):
     """The captioner of the text-text metric (:func:`date_edit.captioning.build_captioner`: ``blip``, ``blip:base``,
-    ``blip:tiny``, ``toy``, a folder, a plugin), or None for ``none`` and for one whose weights cannot be had
-    offline (the metric is then skipped, saying so)."""
+    ``blip:tiny``, ``toy``, a folder, a plugin), or None for ``none`` (the metric is then skipped).
+
+    Raises:
+        CaptionerError: its weights cannot be loaded (one line: how to get them).
+        ConfigError: an unknown captioner name.
+    """
     if spec in (None, "none", ""):
         return None
     from .captioning import build_captioner
-    from .errors import CaptionerError
 
-    try:
-        return build_captioner(spec, device=device)
-    except CaptionerError:
-        return None
+    return build_captioner(spec, device=device)
 
 
 def run_ane(

@@ -21,7 +21,9 @@ def items(limit, category: str, data) -> list[Item]:
 
 
 class Metrics:
-    """Full-prompt, min-object and text-text similarity (a CLIP and a BLIP captioner)."""
+    """Full-prompt, min-object and text-text similarity (a CLIP and a captioner: ``captioner`` or the model's
+    default, :func:`date_edit.captioning.default_captioner`; ``none`` skips text-text). A captioner whose weights
+    cannot be loaded stops the run with its one-line :class:`~date_edit.errors.CaptionerError`."""
 
     def __init__(self, model: str, device, eval_clip, captioner) -> None:
         from date_edit.multiconcept import TemplateTextEncoder, load_captioner
