@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Optional
 
 import click
 
@@ -102,7 +103,7 @@ def _body(input_dir, opts: dict) -> None:
     if opts["batch_size"] is not None and opts["batch_size"] < 1:
         raise CliError("--batch-size must be >= 1", EXIT_USAGE)
     out = Path(opts["out"]).expanduser()
-    _check_inputs_outside(opts, out)
+    _check_inputs_outside(opts.get("mask"), opts.get("manifest"), out)
     try:
         if input_dir is not None:
             items = jobs.plan_folder(Path(input_dir).expanduser(), out, prompt=opts["prompt"],
@@ -120,11 +121,12 @@ def _body(input_dir, opts: dict) -> None:
 
     base = {k: v for k, v in opts.items() if k not in _NOT_OUTPUT}
     on_record = (lambda rec: click.echo(json.dumps(rec))) if opts["as_json"] else None
-    dist = _join(opts)
+    dist, opts["device"] = _join(opts["device"])  # a rank of a launch runs on its own device
+    loader = _model_loader(request.ModelChoice.from_options(opts), common.scorer_spec(opts["scorer"], opts["model"]))
     tell = say if not dist.active else (lambda text: say(f"rank {dist.rank}: {text}"))
     try:
         summary = jobs.run_batch(
-            items, out, base_options=base, resolve=_resolver(opts["max_pixels"], out), load_model=_model_loader(opts),
+            items, out, base_options=base, resolve=_resolver(opts["max_pixels"], out), load_model=loader,
             make_record=_make_record, batch_size=opts["batch_size"], force=opts["force"],
             max_pixels=opts["max_pixels"], show_progress=not opts["quiet"] and sys.stderr.isatty(),
             say=tell, on_record=on_record, dist=dist, prepare=_captioner(out),
@@ -138,19 +140,19 @@ def _body(input_dir, opts: dict) -> None:
     sys.exit(summary.exit_code)
 
 
-def _join(opts: dict):
-    """This process's place in the job: one process, or a rank of a torchrun / accelerate / srun launch (joined,
-    on ``cuda:LOCAL_RANK`` when it uses CUDA: ``opts["device"]`` is set to this rank's device)."""
+def _join(device: str):
+    """``(this process's place in the job, the device it runs on)``: one process, or a rank of a torchrun /
+    accelerate / srun launch (joined, on ``cuda:LOCAL_RANK`` when ``device`` asks for CUDA)."""
     from date_edit.distributed import Dist
 
     dist = Dist.from_env()
     if dist.active:
-        opts["device"] = dist.device(opts["device"])
-        dist.init(opts["device"])
-    return dist
+        device = dist.device(device)
+        dist.init(device)
+    return dist, device
 
 
-def _check_inputs_outside(opts: dict, out) -> None:
+def _check_inputs_outside(mask: Optional[str], manifest: Optional[str], out) -> None:
     """Before any work: the ``--mask`` file and the manifest are inputs, so neither may lie where the job writes (a
     mask inside ``--out`` would be replaced by ``--save-mask``, a manifest that is the results file appended to)."""
     import os
@@ -158,11 +160,10 @@ def _check_inputs_outside(opts: dict, out) -> None:
     from date_edit import batch as jobs
     from date_edit.choices import mask_file
 
-    mask = mask_file(opts.get("mask"))
+    mask = mask_file(mask)
     if mask and jobs.stays_inside(mask, out):
         raise CliError(f"--mask {mask} is inside the output folder {out}; outputs are never inputs: keep the mask "
                        "elsewhere", EXIT_USAGE)
-    manifest = opts.get("manifest")
     results = out / jobs.RESULTS_NAME
     if manifest and os.path.exists(manifest) and os.path.exists(results) and os.path.samefile(manifest, results):
         raise CliError(f"--manifest {manifest} is the job's results file; give the manifest you wrote", EXIT_USAGE)
@@ -222,13 +223,12 @@ def _captioner(out):
     return prepare
 
 
-def _model_loader(opts: dict):
-    """``(needs_date) -> (backbone, scorer)``: the model and scorer, loaded once, when the first item needs them."""
+def _model_loader(model, spec: str):
+    """``(needs_date) -> (backbone, scorer)``: the ``model`` (a :class:`request.ModelChoice`) and the scorer
+    ``spec``, loaded once, when the first item needs them."""
 
     def load(needs_date: bool):
-        model = request.ModelChoice.from_options(opts)
         backbone = model.load()
-        spec = common.scorer_spec(opts["scorer"], opts["model"])
         return backbone, request.build_scorer(None, backbone, needs_date, spec=spec, quiet=model.quiet)
 
     return load

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from date_edit.errors import ConfigError
 
 from . import common
-from .running import EXIT_USAGE, CliError, say
+from .running import say
 
 if TYPE_CHECKING:
     from date_edit.edit_config import EditConfig

@@ -75,14 +75,12 @@ class EditConfig:
         if self.steps is not None:
             check_steps(self.steps)
         if self.mask is not None and self.mask != MODEL_DEFAULT and not isinstance(self.mask, MaskConfig):
-            raise ConfigError("mask", f"must be a MaskConfig, None or {MODEL_DEFAULT!r}, got "
-                                      f"{excerpt(self.mask) if isinstance(self.mask, str) else type(self.mask).__name__}")
+            raise ConfigError("mask", f"must be a MaskConfig, None or {MODEL_DEFAULT!r}, got {_shown(self.mask)}")
         if self.p2p is not None and self.p2p != MODEL_DEFAULT:
             from .p2p import P2PConfig
 
             if not isinstance(self.p2p, P2PConfig):
-                raise ConfigError("p2p", f"must be a P2PConfig, None or {MODEL_DEFAULT!r}, got "
-                                         f"{excerpt(self.p2p) if isinstance(self.p2p, str) else type(self.p2p).__name__}")
+                raise ConfigError("p2p", f"must be a P2PConfig, None or {MODEL_DEFAULT!r}, got {_shown(self.p2p)}")
         if self.method not in EDIT_METHODS:
             raise ConfigError("edit_method", f"{excerpt(self.method)}: use one of {', '.join(EDIT_METHODS)}")
         if self.skip is not None and self.steps is not None:
@@ -148,6 +146,11 @@ class EditConfig:
         d["mask"] = self.mask if self.mask in (None, MODEL_DEFAULT) else self.mask.to_dict()
         d["p2p"] = self.p2p if self.p2p in (None, MODEL_DEFAULT) else self.p2p.to_dict()
         return d
+
+
+def _shown(value) -> str:
+    """A wrong value as a message shows it: text quoted, anything else by its type."""
+    return excerpt(value) if isinstance(value, str) else type(value).__name__
 
 
 def _skip_count(skip: int | str, steps: Optional[int]) -> int:

@@ -170,7 +170,8 @@ def sweep(backbone: "Backbone", pixels: "torch.Tensor", prompt: str, *, source_p
     from .controls import with_defaults
 
     # the model's defaults for what base leaves unset, its default controls made concrete (the record says what ran)
-    base = with_defaults(backbone, base or EditConfig(), [source_prompt], user_mask=mask is not None).resolved(backbone)
+    base = with_defaults(backbone, base or EditConfig(), [source_prompt], user_mask=mask is not None)
+    base = base.resolved(backbone)
     skips, cfgs, dates = parse_skips(skips), parse_cfgs(cfgs), tuple(dict.fromkeys(bool(d) for d in dates))
     if not dates:
         raise ConfigError("dates", "is empty: give DATE off, on or both")

@@ -152,11 +152,13 @@ def acceptance(table: list[dict]) -> list[dict]:
 
 def markdown(split: str, n_scenes: int, table, checks, captions: dict, wall: float, command: str) -> str:
     lines = [f"# The bare command on two-object toy edits ({split} split)", "",
-             f"`{command}`: {n_scenes} two-object scenes x 2 edits, each edit a real `date-edit batch` process with "
-             "the CLI's defaults (100 steps, skip 36%, CFG 3.5 -> 7.5, Prompt-to-Prompt + automatic mask), `--seed 0`; "
-             "fixed = `--no-date`, DATE = `--rho-relative 0.0025 --update-steps every:10` (clip:toy). **bare**: the "
-             "manifest has image, prompt and output only (the photo is captioned by `--captioner toy`, the default for "
-             "`--model toy`); **caption**: the same manifest with the hand-written source caption. "
+             f"`{command}`: {n_scenes} two-object scenes x 2 edits, each edit a real `date-edit batch` process "
+             "with the CLI's defaults (100 steps, skip 36%, CFG 3.5 -> 7.5, Prompt-to-Prompt + automatic mask), "
+             "`--seed 0`; fixed = `--no-date`, DATE = `--rho-relative 0.0025 --update-steps every:10` (clip:toy). "
+             "**bare**: the manifest has image, prompt and output only (the photo is captioned by `--captioner toy`, "
+             "the default for `--model toy`); **caption**: the same manifest with the hand-written source caption; "
+             "**target-mask**: `--source-prompt none --mask auto` (the mask from the target alone); **empty**: "
+             "`--source-prompt none` (the bare command before captioning). "
              f"Wall time {wall:.0f} s on {platform.machine()} CPU, {os.cpu_count()} cores. Mean ± 95% CI.", "",
              f"Toy captioner: exact caption (canonical order) on {captions['n']} source photos: "
              f"**{captions['exact']}/{captions['n']}**; {captions['seconds_per_photo']:.3f} s per photo.", "",
@@ -170,7 +172,8 @@ def markdown(split: str, n_scenes: int, table, checks, captions: dict, wall: flo
                      f"{fmt(r['success'])} |")
     lines += ["", "Issue 38's targets (they apply to the test split): the bare command's success >= 0.70 (colour), "
               ">= 0.80 (shape), and within 0.05 of the hand-written caption's.", "",
-              "| method | kind | bare | caption | target | met | caption - bare | within 0.05 |", "|---|---|---|---|---|---|---|---|"]
+              "| method | kind | bare | caption | target | met | caption - bare | within 0.05 |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         lines.append(f"| {c['method']} | {c['kind']} | {c['bare']:.3f} | {c['caption']:.3f} | >= {c['target']} | "
                      f"{'yes' if c['met_target'] else 'no'} | {c['gap']:+.3f} | {'yes' if c['met_gap'] else 'no'} |")
