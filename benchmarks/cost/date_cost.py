@@ -151,8 +151,7 @@ def diffusers_baseline(backbone, prompt: str, steps: int, guidance: float, batch
     same modules."""
     import diffusers
 
-    from date_edit.backbones.base import COMPONENT_NAMES
-    from date_edit.backbones.components import PIPELINE_CLASSES
+    from date_edit.backbones.loading import COMPONENT_NAMES, PIPELINE_CLASSES
 
     flow = backbone.family in ("sd3", "flux")
     scheduler = (diffusers.FlowMatchEulerDiscreteScheduler if flow else diffusers.DDIMScheduler).from_config(

@@ -39,7 +39,8 @@ class Backbone(FamilyTraits):
         device: where the models live.
         native_size: the longer image side the model was trained at (512 for SD 1.x).
         random_weights: True for ``tiny``: its images are noise.
-        compilation: the compiled denoiser and its cost (:meth:`compile`; :class:`~.compiling.Compilation`).
+        compiled: the compiled denoiser and its cost (:meth:`compile`; :class:`~.compiling.Compilation`); None
+            makes the passes run eager (P2P's block holds it at None).
     """
 
     name: str
@@ -54,7 +55,7 @@ class Backbone(FamilyTraits):
     random_weights: bool = False
     scheduler_config: dict = field(default_factory=dict)
     grad_decoder: Optional[torch.nn.Module] = None  # opt-in approximate decoder for DATE's gradient pass only
-    compilation: Compilation = field(default_factory=Compilation, init=False)  # the compiled denoiser (opt-in)
+    compiled: Optional[Compilation] = field(default_factory=Compilation, init=False)  # opt-in (:meth:`compile`)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -251,8 +252,9 @@ class Backbone(FamilyTraits):
         timestep = self.model_timestep(t, x_t.shape[0])
         x_in = self.pack(x_t.to(self.device, self.dtype))
         kwargs = self.unet_inputs(as_conditioning(cond), tuple(x_t.shape))
-        if self.compilation.module is not None and not torch.is_grad_enabled():
-            out = self.compilation(x_in, timestep, kwargs, self.device)
+        compiled = self._compiling()
+        if compiled.module is not None and not torch.is_grad_enabled():
+            out = compiled(x_in, timestep, kwargs, self.device)
         else:
             out = self.unet(x_in, timestep=timestep, **kwargs).sample.float()
         out = self.unpack(out, tuple(x_t.shape))
@@ -292,27 +294,28 @@ class Backbone(FamilyTraits):
         (Inductor kernels) on the CPU. Each new input shape compiles once; the seconds those first calls take are
         added to :attr:`compile_s`, so a caller can report the one-off cost and amortise it over a batch job.
         """
-        self.compilation.compile(self.unet, mode, self.device)
+        if self.compiled is None:
+            self.compiled = Compilation()
+        self.compiled.compile(self.unet, mode, self.device)
+
+    def _compiling(self) -> Compilation:
+        """:attr:`compiled`, or an empty state (eager, no seconds) while it is held at None."""
+        return self.compiled if self.compiled is not None else Compilation()
 
     @property
     def compiled_unet(self) -> Optional[torch.nn.Module]:
-        """The compiled denoiser the passes without autograd run, None when off; settable (P2P sets it to None
-        for a block, then back)."""
-        return self.compilation.module
-
-    @compiled_unet.setter
-    def compiled_unet(self, module: Optional[torch.nn.Module]) -> None:
-        self.compilation.module = module
+        """The compiled denoiser the passes without autograd run, None when off."""
+        return self._compiling().module
 
     @property
     def compile_mode(self) -> Optional[str]:
         """The ``torch.compile`` mode of :attr:`compiled_unet` (``auto`` resolved), None when off."""
-        return self.compilation.mode
+        return self._compiling().mode
 
     @property
     def compile_s(self) -> float:
         """One-off seconds spent so far in first calls of the compiled denoiser (compilation)."""
-        return self.compilation.seconds
+        return self._compiling().seconds
 
     @torch.no_grad()
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -397,7 +400,7 @@ class Backbone(FamilyTraits):
             "prediction_type": self.schedule.prediction_type,
             "native_size": self.native_size,
             "random_weights": self.random_weights,
-            **self.compilation.describe(),
+            **self._compiling().describe(),
         }
 
 

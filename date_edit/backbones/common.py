@@ -1,5 +1,4 @@
-"""Helpers every backbone module shares: device and dtype names, freezing, and the shapes a compiled model
-specialises on."""
+"""Helpers every backbone module shares: device and dtype names, and freezing."""
 
 from __future__ import annotations
 
@@ -10,13 +9,6 @@ from ..errors import BackboneError, ConfigError
 from ..limits import check_device
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
-
-
-def input_shapes(kwargs: dict):
-    """The shapes and dtypes of a (nested) dict of tensors: what a compiled UNet specialises on."""
-    if isinstance(kwargs, dict):
-        return tuple((k, input_shapes(v)) for k, v in sorted(kwargs.items()))
-    return (tuple(kwargs.shape), kwargs.dtype) if isinstance(kwargs, torch.Tensor) else kwargs
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

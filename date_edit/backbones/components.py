@@ -48,22 +48,19 @@ def tiny_components(seed: int = 0) -> dict:
     return _component_set(unet, vae, text_encoder)
 
 
-PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                    "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
-
-
 def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
     """Write components as a diffusers folder (``model_index.json`` + subfolders) of their family's pipeline
-    class (StableDiffusion, StableDiffusionXL, StableDiffusion3 or Flux)."""
+    class (StableDiffusion, StableDiffusionXL, StableDiffusion3 or Flux), with the entries the family's pipeline
+    adds (:attr:`~.family.FamilyTraits.index_extras`)."""
     import json
 
-    from .base import COMPONENT_NAMES, family_of_components
+    from .family import FAMILIES, family_of_components
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    family = family_of_components(components)
-    index: dict = {"_class_name": PIPELINE_CLASSES[family], "_diffusers_version": "0.30.0"}
-    for name in COMPONENT_NAMES[family]:
+    kind = FAMILIES[family_of_components(components)]
+    index: dict = {"_class_name": kind.pipeline_classes[0], "_diffusers_version": "0.30.0"}
+    for name in kind.component_names:
         comp = components.get(name)
         if comp is None:
             index[name] = [None, None]
@@ -71,13 +68,7 @@ def save_components(components: dict, out_dir: str | os.PathLike) -> Path:
         comp.save_pretrained(out / name)
         lib = "diffusers" if type(comp).__module__.startswith("diffusers") else "transformers"
         index[name] = [lib, type(comp).__name__]
-    if family == "sd":
-        index |= {"requires_safety_checker": False, "safety_checker": [None, None]}
-    if family == "sdxl":
-        index["force_zeros_for_empty_prompt"] = True
-    index["feature_extractor"] = [None, None]
-    if family in ("sd3", "flux"):
-        index["image_encoder"] = [None, None]
+    index |= kind.index_extras
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     return out
 

@@ -32,6 +32,15 @@ class Flux(Backbone):
     t5_length: int = 512  # diffusers' max_sequence_length default (schnell was trained with 256)
 
     family: ClassVar[str] = "flux"
+    component_names: ClassVar[tuple[str, ...]] = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
+                                                  "tokenizer_2", "scheduler")
+    denoiser_name: ClassVar[str] = "transformer"
+    marks: ClassVar[tuple[str, ...]] = ("transformer",)
+    checkpoint_marks: ClassVar[tuple[str, ...]] = ("double_blocks.",)
+    mark_rank: ClassVar[int] = 2  # its components hold SDXL's mark
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxImg2ImgPipeline")
+    folder_classes: ClassVar[dict] = {"scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler")}
+    index_extras: ClassVar[dict] = {"feature_extractor": (None, None), "image_encoder": (None, None)}
 
     @classmethod
     def schedule_from_config(cls, config: dict):

@@ -17,22 +17,20 @@ from ..choices import DEFAULT_MODEL
 from ..errors import BackboneError, ConfigError, ModelFileError, printable
 from ..limits import MAX_CONFIG_BYTES, check_file_size, read_capped
 from ..hub import hub_reachable
-from .base import COMPONENT_NAMES, Backbone, resolve_device, resolve_dtype
-from .sd import StableDiffusion  # noqa: F401  (each family module registers itself in base.FAMILIES)
+from .base import Backbone, resolve_device, resolve_dtype
+from .family import FAMILIES, detect_family, family_of_components
+from .sd import StableDiffusion  # noqa: F401  (each family module registers itself in family.FAMILIES)
 from .sdxl import StableDiffusionXL  # noqa: F401
-from .components import PIPELINE_CLASSES, tiny_components, tiny_sdxl_components
+from .components import tiny_components, tiny_sdxl_components
 from .components_flow import tiny_flux_components, tiny_sd3_components
 from .flux import Flux  # noqa: F401
 from .sd3 import StableDiffusion3  # noqa: F401
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
-# model_index.json's _class_name -> family
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd", "StableDiffusionImg2ImgPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3", "StableDiffusion3Img2ImgPipeline": "sd3",
-    "FluxPipeline": "flux", "FluxImg2ImgPipeline": "flux",
-}
+# the family classes' tables by family name (read from their class attributes)
+COMPONENT_NAMES = {name: kind.component_names for name, kind in FAMILIES.items()}  # what a component dict holds
+PIPELINE_CLASSES = {name: kind.pipeline_classes[0] for name, kind in FAMILIES.items()}  # what a folder is saved as
+PIPELINE_FAMILIES = {cls: name for name, kind in FAMILIES.items() for cls in kind.pipeline_classes}  # _class_name
 TINY = {"tiny": (tiny_components, "sd"), "tiny-sdxl": (tiny_sdxl_components, "sdxl"),
         "tiny-sd3": (tiny_sd3_components, "sd3"), "tiny-flux": (tiny_flux_components, "flux")}
 
@@ -49,8 +47,9 @@ def family_of(index: dict, where: str = "the model") -> str:
     name = str(index.get("_class_name", ""))
     if name in PIPELINE_FAMILIES:
         return PIPELINE_FAMILIES[name]
-    if "unet" in index:  # a custom pipeline class on the same modules
-        return "sdxl" if "text_encoder_2" in index else "sd"
+    kind = FAMILIES[family_of_components(dict.fromkeys(index, True))]
+    if kind.denoiser_name in index and _pins_every_class(kind):  # a custom pipeline class on SD's or SDXL's modules
+        return kind.family
     raise BackboneError(f"{where} is a {name or 'pipeline of unknown class'}; date-edit runs StableDiffusion, "
                         "StableDiffusionXL, StableDiffusion3 and Flux pipeline folders")
 
@@ -80,105 +79,103 @@ def check_configs(folder: Path) -> None:
             continue  # a broken link: the loader names it if it needs it
 
 
+def _pins_every_class(kind: type[Backbone]) -> bool:
+    """Whether each of the family's components loads with a class it names (SD, SDXL), not model_index.json's."""
+    return set(kind.component_names) <= set(kind.folder_classes)
+
+
 def _model_index(path: str, *, local_only: bool) -> dict:
-    """``model_index.json`` of a folder or hub id (a folder without one, but with ``unet/``, is SD-shaped)."""
+    """``model_index.json`` of a folder or hub id (a folder without one, but with ``unet/``, is SD-shaped: its
+    subfolders name the components)."""
     folder = Path(path)
     if folder.is_dir():
         check_configs(folder)
     if (folder / "model_index.json").is_file():
         return read_model_index(folder / "model_index.json")
     if folder.is_dir():
-        return {"unet": True, **({"text_encoder_2": True} if (folder / "text_encoder_2").is_dir() else {})}
+        names = {k for kind in FAMILIES.values() for k in kind.component_names}
+        return {k: True for k in sorted(names) if (folder / k).is_dir()}
     from diffusers import DiffusionPipeline
 
     return dict(DiffusionPipeline.load_config(path, local_files_only=local_only))
 
 
 def _load_folder(path: str, *, local_only: bool) -> tuple[dict, str, bool]:
-    """The components of a diffusers folder or hub id, its family and its ``force_zeros_for_empty_prompt``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    index = _model_index(path, local_only=local_only)
-    family = family_of(index, str(path))
-    kw = {"local_files_only": local_only}
-    if family in ("sd3", "flux"):
-        return _load_flow_folder(path, family, index, kw), family, True
-    comps = {
-        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw),
-        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **kw),
-        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw),
-        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw),
-        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-    }
-    if family == "sdxl":
-        comps["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **kw)
-        comps["tokenizer_2"] = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer_2", **kw)
-    return comps, family, bool(index.get("force_zeros_for_empty_prompt", True))
-
-
-def _load_flow_folder(path: str, family: str, index: dict, kw: dict) -> dict:
-    """SD3 / FLUX components of a folder or hub id (SD3's T5 may be absent: ``text_encoder_3`` null)."""
+    """The components of a diffusers folder or hub id, its family and its ``force_zeros_for_empty_prompt``: each
+    with the class its family pins (:attr:`~.family.FamilyTraits.folder_classes`), else the one
+    ``model_index.json`` names (SD3's T5 may be absent: ``text_encoder_3`` null)."""
     import diffusers
     import transformers
 
-    comps = {}
-    for name in COMPONENT_NAMES[family]:
-        entry = index.get(name)
-        if not entry or (isinstance(entry, (list, tuple)) and entry[0] is None):
-            comps[name] = None
-            continue
-        if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] not in ("diffusers", "transformers")
-                or not isinstance(entry[1], str)):
-            raise ModelFileError(f"{path}: model_index.json gives {name} as {str(entry)[:80]}, not [library, class] "
-                                 "with library diffusers or transformers")
-        library = diffusers if entry[0] == "diffusers" else transformers
-        cls = getattr(library, entry[1], None)
-        if cls is None:
-            raise BackboneError(f"{path}: {name} is a {entry[1]}, which this {entry[0]} does not have")
-        if (not isinstance(cls, type) or not hasattr(cls, "from_pretrained")
-                or issubclass(cls, diffusers.DiffusionPipeline)):
-            raise ModelFileError(f"{path}: model_index.json gives {name} as {entry[0]}.{entry[1]}, which is not a "
-                                 "model, tokenizer or scheduler class")
-        if name == "scheduler":
-            comps[name] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder=name, **kw)
-        else:
-            comps[name] = cls.from_pretrained(path, subfolder=name, **kw)
-    return comps
+    index = _model_index(path, local_only=local_only)
+    family = family_of(index, str(path))
+    kind, kw = FAMILIES[family], {"local_files_only": local_only}
+    libraries = {"diffusers": diffusers, "transformers": transformers}
+    comps, pinned = {}, _pins_every_class(kind)
+    for name in kind.component_names:
+        cls = None if pinned else _indexed_class(path, name, index.get(name), libraries)
+        if name in kind.folder_classes and (pinned or cls is not None):  # checked, then the family's class
+            library, class_name = kind.folder_classes[name]
+            cls = getattr(libraries[library], class_name)
+        comps[name] = None if cls is None else cls.from_pretrained(path, subfolder=name, **kw)
+    return comps, family, bool(index.get("force_zeros_for_empty_prompt", True))
+
+
+def _indexed_class(path: str, name: str, entry, libraries: dict) -> Optional[type]:
+    """The class ``model_index.json`` gives component ``name`` as (``[library, class]``), None for a null entry.
+
+    Raises:
+        ModelFileError: an entry that is no ``[library, class]`` pair of diffusers or transformers, or names a
+            pipeline or something else without ``from_pretrained``.
+        BackboneError: a class the installed library does not have.
+    """
+    import diffusers
+
+    if not entry or (isinstance(entry, (list, tuple)) and entry[0] is None):
+        return None
+    if (not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[0] not in ("diffusers", "transformers")
+            or not isinstance(entry[1], str)):
+        raise ModelFileError(f"{path}: model_index.json gives {name} as {str(entry)[:80]}, not [library, class] "
+                             "with library diffusers or transformers")
+    cls = getattr(libraries[entry[0]], entry[1], None)
+    if cls is None:
+        raise BackboneError(f"{path}: {name} is a {entry[1]}, which this {entry[0]} does not have")
+    if (not isinstance(cls, type) or not hasattr(cls, "from_pretrained")
+            or issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ModelFileError(f"{path}: model_index.json gives {name} as {entry[0]}.{entry[1]}, which is not a "
+                             "model, tokenizer or scheduler class")
+    return cls
 
 
 def single_file_family(path: str, config: Optional[str] = None) -> str:
     """The family of a single-file checkpoint: from ``config``'s ``model_index.json`` when it is a folder, else
-    from the tensor names of a ``.safetensors`` file (SD3's MMDiT has ``joint_blocks``, FLUX ``double_blocks``,
+    from the tensor names of a ``.safetensors`` file (each family's
+    :attr:`~.family.FamilyTraits.checkpoint_marks`: SD3's MMDiT has ``joint_blocks``, FLUX ``double_blocks``,
     SDXL's second text encoder lives under ``conditioner.embedders.1``), else ``sd``."""
     if config and (Path(config) / "model_index.json").is_file():
         check_configs(Path(config))
         return family_of(read_model_index(Path(config) / "model_index.json"), config)
+    names = []
     if Path(path).suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(path, framework="pt") as f:
             names = [k.removeprefix("model.diffusion_model.") for k in f.keys()]
-        for prefix, family in (("joint_blocks.", "sd3"), ("double_blocks.", "flux"),
-                               ("conditioner.embedders.1.", "sdxl")):
-            if any(k.startswith(prefix) for k in names):
-                return family
-    return "sd"
+    return detect_family(lambda kind: any(k.startswith(kind.checkpoint_marks) for k in names))
 
 
 def _load_single_file(path: str, config: Optional[str], *, local_only: bool) -> tuple[dict, str, bool]:
     import diffusers
 
     family = single_file_family(path, config)
-    kw = {"local_files_only": local_only}
-    if family == "sd":
-        kw["safety_checker"] = None
+    kind = FAMILIES[family]
+    kw = {"local_files_only": local_only, **kind.single_file_options}
     if config:
         kw["config"] = config
-    pipeline = getattr(diffusers, PIPELINE_CLASSES[family])
+    pipeline = getattr(diffusers, kind.pipeline_classes[0])
     pipe = pipeline.from_single_file(path, **kw)
     force_zeros = bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", True))
-    return {k: getattr(pipe, k) for k in COMPONENT_NAMES[family]}, family, force_zeros
+    return {k: getattr(pipe, k) for k in kind.component_names}, family, force_zeros
 
 
 def load_backbone(

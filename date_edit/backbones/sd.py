@@ -49,6 +49,16 @@ class StableDiffusion(Backbone):
     """SD 1.x/2.x: the condition is the text encoder's last hidden state ``(B, 77, D)`` (``tokens``)."""
 
     family: ClassVar[str] = "sd"
+    component_names: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+    folder_classes: ClassVar[dict] = {
+        "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
+        "text_encoder": ("transformers", "CLIPTextModel"), "tokenizer": ("transformers", "CLIPTokenizer"),
+        "scheduler": ("diffusers", "DDIMScheduler"),
+    }
+    single_file_options: ClassVar[dict] = {"safety_checker": None}
+    index_extras: ClassVar[dict] = {"requires_safety_checker": False, "safety_checker": (None, None),
+                                    "feature_extractor": (None, None)}
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[bool]]:
         """Token ids ``(B, 77)`` padded to the tokenizer's length, and per prompt whether it was truncated."""

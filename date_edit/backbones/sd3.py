@@ -38,6 +38,16 @@ class StableDiffusion3(Backbone):
     tokenizer_3: object = None
 
     family: ClassVar[str] = "sd3"
+    component_names: ClassVar[tuple[str, ...]] = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
+                                                  "tokenizer_2", "text_encoder_3", "tokenizer_3", "scheduler")
+    optional_components: ClassVar[tuple[str, ...]] = ("text_encoder_3", "tokenizer_3")  # T5's tokens: zeros
+    denoiser_name: ClassVar[str] = "transformer"
+    marks: ClassVar[tuple[str, ...]] = ("text_encoder_3", "tokenizer_3")
+    checkpoint_marks: ClassVar[tuple[str, ...]] = ("joint_blocks.",)  # the MMDiT's
+    mark_rank: ClassVar[int] = 3  # its components hold FLUX's mark and SDXL's
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
+    folder_classes: ClassVar[dict] = {"scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler")}
+    index_extras: ClassVar[dict] = {"feature_extractor": (None, None), "image_encoder": (None, None)}
 
     @classmethod
     def schedule_from_config(cls, config: dict):

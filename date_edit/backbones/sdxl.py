@@ -17,7 +17,7 @@ import torch
 
 from ..conditioning import Conditioning
 from .base import Backbone
-from .sd import clip_states
+from .sd import StableDiffusion, clip_states
 
 
 @dataclass
@@ -37,6 +37,17 @@ class StableDiffusionXL(Backbone):
     family: ClassVar[str] = "sdxl"
     taesd_id: ClassVar[str] = "madebyollin/taesdxl"
     upcast_fp16_vae: ClassVar[bool] = True  # as diffusers' SDXL pipeline decodes
+    component_names: ClassVar[tuple[str, ...]] = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2",
+                                                  "tokenizer_2", "scheduler")
+    marks: ClassVar[tuple[str, ...]] = ("text_encoder_2",)
+    checkpoint_marks: ClassVar[tuple[str, ...]] = ("conditioner.embedders.1.",)  # the second text encoder
+    mark_rank: ClassVar[int] = 1
+    pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+    folder_classes: ClassVar[dict] = StableDiffusion.folder_classes | {
+        "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+        "tokenizer_2": ("transformers", "CLIPTokenizer"),
+    }
+    index_extras: ClassVar[dict] = {"force_zeros_for_empty_prompt": True, "feature_extractor": (None, None)}
 
     @classmethod
     def family_settings(cls, **settings) -> dict:
