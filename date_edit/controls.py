@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from .backbones import Backbone
 
 
-def with_defaults(backbone: Backbone, config, sources: Sequence[str], user_mask: bool = False):
+def with_defaults(backbone: Backbone, config, sources: Sequence[str], user_mask: bool = False,
+                  prompts: Optional[Sequence[str]] = None):
     """``config`` with its ``"default"`` structure controls made concrete for this model and these prompts (the
-    rules of :mod:`date_edit.defaults`): Prompt-to-Prompt (``P2PConfig()``) where the model has cross-attention and
-    the edit is DDPM editing; a user mask when ``user_mask`` (a mask tensor is passed), else an automatic mask
+    rules of :mod:`date_edit.defaults`): Prompt-to-Prompt (``P2PConfig()``) where the model has cross-attention, the
+    edit is DDPM editing and the call edits one source/target prompt pair (``prompts``: the targets); a user mask when ``user_mask`` (a mask tensor is passed), else an automatic mask
     (``MaskConfig("auto")``) when every image has a source prompt, else :data:`DEFAULT_MASK_WITHOUT_SOURCE`."""
     from dataclasses import replace
 
@@ -27,9 +28,10 @@ def with_defaults(backbone: Backbone, config, sources: Sequence[str], user_mask:
     if config.p2p == MODEL_DEFAULT:
         from .p2p import P2PConfig, check_supported
 
+        one_pair = prompts is None or len(set(zip(sources, prompts))) == 1
         try:
             check_supported(backbone)
-            p2p = P2PConfig() if config.resolved_method(backbone) == "ddpm" else None
+            p2p = P2PConfig() if config.resolved_method(backbone) == "ddpm" and one_pair else None
         except ConfigError:
             p2p = None
         config = replace(config, p2p=p2p)

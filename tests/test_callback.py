@@ -125,7 +125,8 @@ def test_edit_friendly_editing_inside_the_stock_pipeline(pipes, tiny_scorer, fam
     inversion = invert_image(backbone, pixels, source_prompt="a cat", steps=10, cfg_source=3.5, seed=0)
     for date in (None, DateConfig(update_steps="2,4", rho=1.0)):
         ours = edit(backbone, pixels, "a dog", source_prompt="a cat", inversion=inversion, scorer=tiny_scorer,
-                    config=EditConfig(steps=10, skip=3, cfg_source=3.5, cfg_target=7.5, date=date))
+                    config=EditConfig(steps=10, skip=3, cfg_source=3.5, cfg_target=7.5, date=date, mask=None,
+                                      p2p=None))  # the plain edit: the stock pipeline runs no structure control
         extra = {}
         if date is not None:
             callback = DateCallback(pipe, "a dog", scorer=tiny_scorer, config=date)

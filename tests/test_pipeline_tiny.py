@@ -171,7 +171,7 @@ def test_update_step_reuses_the_unconditional_eps(tiny_backbone, tiny_scorer, pi
     row fewer per update step, and the same result as recomputing it (CPU, fp32)."""
     from date_edit import cfg as cfg_mod
 
-    cfg = EditConfig(steps=8, skip=0, date=DateConfig(update_steps="0,2,4"))
+    cfg = EditConfig(steps=8, skip=0, date=DateConfig(update_steps="0,2,4"), mask=None, p2p=None)  # the plain edit
     inversion = edit(tiny_backbone, pixels, "a dog", config=EditConfig(steps=8, skip=0, date=None)).inversion
     rows = []
     real_forward = tiny_backbone.unet.forward
