@@ -315,7 +315,7 @@ def resolve_source(req: EditRequest, loaded, backbone, captions: Optional[Captio
     """The request with its source prompt resolved: with ``--source-prompt auto`` (the default) the photo's caption
     by the request's captioner (the model's default: :func:`date_edit.captioning.default_captioner`), once per image
     content; a given or ``none`` source is kept. A captioner that returns no text leaves the edit without a source
-    prompt, saying so."""
+    prompt, saying so, and its default mask is the one from the target alone."""
     if not req.needs_caption:
         return req
     from dataclasses import replace
@@ -326,9 +326,14 @@ def resolve_source(req: EditRequest, loaded, backbone, captions: Optional[Captio
     captions = captions if captions is not None else Captions()
     text, seconds = captions.caption(spec, loaded.pixels[:1], backbone.device, quiet=req.model.quiet)
     text = " ".join(str(text).split())
-    if not text:
+    config = req.config
+    if not text:  # the default mask is then the target's alone (better than none on the toy validation split)
+        from date_edit.defaults import MODEL_DEFAULT
+        from date_edit.masks import MaskConfig
+
         say(f"note: the captioner {spec} gave no caption; editing without a source prompt")
-    return replace(req, source_prompt=text, captioner=spec, caption_s=seconds)
+        config = replace(config, mask=MaskConfig("auto")) if config.mask == MODEL_DEFAULT else config
+    return replace(req, source_prompt=text, captioner=spec, caption_s=seconds, config=config)
 
 
 def photo_caption(captions: Captions, backbone, loaded) -> tuple[str, str]:

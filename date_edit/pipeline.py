@@ -190,7 +190,8 @@ def edit(
     b = pixels.shape[0]
     size = tuple(pixels.shape[-2:])
     prompts, sources, caption_s = _prompts(backbone, pixels, prompt, source_prompt, captioner)
-    config = controls.with_defaults(backbone, config, sources, user_mask=mask is not None, prompts=prompts)
+    config = controls.with_defaults(backbone, config, sources, user_mask=mask is not None, prompts=prompts,
+                                    uncaptioned=caption_s is not None and not all(sources))
     user_mask = controls.user_mask(config, mask, b, size)
     config = controls.check(backbone, resolve_edit_config(config, backbone), sources)
     if config.method == "flowedit":

@@ -181,3 +181,22 @@ def test_harness_source_auto_captions_and_records_both_captions(tmp_path):
     assert auto["source_prompt_from"] == "auto" and auto["captioner"] == "blip:tiny"
     assert auto["given_source_prompt"] == given["source_prompt"] and auto["source_prompt"] != given["source_prompt"]
     assert none["source_prompt"] == "" and (out / "captions.json").is_file()
+
+
+def test_a_captioner_that_gives_no_caption_gets_the_mask_from_the_target_alone(toy):
+    """A captioner returning empty text: the edit runs without a source prompt, and its default mask is the one
+    from the target alone (better than none on the toy validation split)."""
+    from date_edit.imaging import load_image
+    from date_edit.pipeline import EditConfig, edit
+
+    class Silent:
+        name = "silent"
+
+        def __call__(self, images):
+            return [""] * images.shape[0]
+
+    loaded = load_image(str(RED_CIRCLE), size=toy.native_size, multiple=toy.size_multiple)
+    result = edit(toy, loaded.pixels, "a blue circle", source_prompt="auto", captioner=Silent(),
+                  config=EditConfig(steps=8, seed=0, date=None))
+    assert result.source_prompts == [""] and result.config["mask"]["source"] == "auto"
+    assert result.mask is not None and 0 < float(result.mask.mean()) < 0.6
