@@ -156,10 +156,8 @@ def image_options(f):
     ])
 
 
-def edit_options(f):
-    """The edit's schedule: source prompt, steps, skip, the two CFG scales, the method and its settings. A schedule
-    option left out is the model's default (:mod:`date_edit.defaults`, as in the Python API)."""
-    return _apply(f, [
+def _source_options() -> list:
+    return [
         click.option("--source-prompt", default=None, metavar="TEXT|auto|none",
                      help="What the input image shows: text, 'auto' (caption the photo with --captioner, then edit "
                           "as with that text: Prompt-to-Prompt alignment and the automatic mask) or 'none' (the "
@@ -169,6 +167,20 @@ def edit_options(f):
                           "blip:base, blip:tiny (random weights, tests), blip:HUB_ID_OR_FOLDER, toy (the toy "
                           "world's, with its own CLIP), or a plugin's name  [default: the model's: toy for --model "
                           "toy, blip:tiny for the tiny models, blip otherwise]."),
+    ]
+
+
+def source_options(f):
+    """What the input image shows: ``--source-prompt TEXT|auto|none`` and the ``--captioner`` of ``auto`` (``edit``,
+    ``batch``, ``sweep`` and the web app alike)."""
+    return _apply(f, _source_options())
+
+
+def edit_options(f):
+    """The edit's schedule: source prompt, steps, skip, the two CFG scales, the method and its settings. A schedule
+    option left out is the model's default (:mod:`date_edit.defaults`, as in the Python API)."""
+    return _apply(f, [
+        *_source_options(),
         click.option("--steps", type=int, default=None,
                      help="Steps of the schedule  [default: the model's: 100 for DDPM editing; FlowEdit's published "
                           "28 on FLUX, 50 on SD3]."),

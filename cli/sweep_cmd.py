@@ -13,7 +13,7 @@ import click
 from date_edit.choices import EDIT_METHODS
 
 from . import common, request
-from .options import image_options, model_options
+from .options import image_options, model_options, source_options
 from .running import EXIT_USAGE, CliError, progress, run_command, say
 
 SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding, with DATE, or both
@@ -22,7 +22,7 @@ SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding
 @click.command()
 @click.argument("image", type=click.Path(dir_okay=True))
 @click.argument("prompt")
-@click.option("--source-prompt", default="", help="Prompt describing the input image (default empty).")
+@source_options
 @click.option("--skips", default="20%,36%,50%", show_default=True,
               help="Skips to try (the grid's rows): counts or percentages of --steps, comma-separated.")
 @click.option("--cfgs", default="7.5,15", show_default=True,
@@ -43,7 +43,8 @@ SWEEP_DATE = ("both", "off", "on")  # --date: the columns with a fixed embedding
               help="Scorer reported per cell, against PROMPT  [default: clip:toy-heldout with --model toy (the toy "
                    "world's second CLIP, never DATE's objective), clip:tiny with the other offline models, clip].")
 @click.option("--mask", default=None, metavar="auto|none|FILE",
-              help="As for `edit`  [default: auto with --source-prompt, else none].")
+              help="As for `edit`  [default: auto when there is a source prompt, given or captioned; none with "
+                   "--source-prompt none].")
 @click.option("--p2p/--no-p2p", "p2p", default=None, help="Prompt-to-Prompt, as for `edit`  [default: on where "
                                                           "the model has cross-attention].")
 @click.option("--cross-replace", type=click.FloatRange(0.0, 1.0), default=None,

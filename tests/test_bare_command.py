@@ -200,3 +200,14 @@ def test_a_captioner_that_gives_no_caption_gets_the_mask_from_the_target_alone(t
                   config=EditConfig(steps=8, seed=0, date=None))
     assert result.source_prompts == [""] and result.config["mask"]["source"] == "auto"
     assert result.mask is not None and 0 < float(result.mask.mean()) < 0.6
+
+
+def test_sweep_without_a_source_prompt_is_captioned(checkout_env, tmp_path):
+    """``date-edit sweep`` resolves the source prompt through the same request: captioned, and its record says so."""
+    run = cli(checkout_env, tmp_path, "sweep", RED_CIRCLE, "a blue circle", "--model", "toy", "--steps", "12",
+              "--skips", "4", "--cfgs", "7.5", "--date", "off", "--json", tmp_path / "sweep.json", "-o",
+              tmp_path / "sweep.png")
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    assert record["source_prompt"] == "a red circle" and record["source_prompt_from"] == "auto"
+    assert record["captioner"] == "toy" and record["mask"]["source"] == "auto"

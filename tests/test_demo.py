@@ -18,8 +18,12 @@ def test_demo_writes_grid_and_summary(tmp_path):
     assert summary["model"] == "toy"
     assert len(summary["edits"]) == 4 and {e["date"] for e in summary["edits"]} == {True, False}
     assert summary["source_judge"]["correct"]
+    # the bare command's edit (issue 38): the photo captioned, the default controls, the white background kept:
+    # every pixel outside the automatic mask is the input's
+    assert summary["source_prompt"] == "a red circle" and summary["source_prompt_from"] == "caption"
     for e in summary["edits"]:
         assert (tmp_path / "demo" / e["image"]).is_file() and "correct" in e["judge"]
+        assert "mask-auto" in e["controls"] and e["outside_mask_exact"] == 1.0
     from PIL import Image
 
     grid = Image.open(tmp_path / "demo" / "grid.png")
