@@ -160,23 +160,22 @@ def load_blip(variant: str = "", device="cpu") -> BlipCaptioner:
     name = "blip" if variant in ("", "large") else f"blip:{variant}"
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from .hub import hub_reachable
+    from .hub import cached_then_hub
 
     local = Path(source).expanduser().is_dir()
     if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source):
         raise CaptionerError(f"captioner {name}: there is no folder {excerpt(source, quote=False)} (a local BLIP "
                              f"model, or a hub id such as {BLIP_LARGE}); {AVOID}")
     downloading = False
+
+    def load(cached: bool):
+        nonlocal downloading
+        downloading = not cached
+        return (BlipProcessor.from_pretrained(source, local_files_only=cached),
+                BlipForConditionalGeneration.from_pretrained(source, local_files_only=cached))
+
     try:
-        try:
-            processor = BlipProcessor.from_pretrained(source, local_files_only=True)
-            model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=True)
-        except OSError:
-            if local or not hub_reachable():
-                raise
-            downloading = True
-            processor = BlipProcessor.from_pretrained(source)
-            model = BlipForConditionalGeneration.from_pretrained(source)
+        processor, model = cached_then_hub(load, local=local)
     except Exception as exc:  # noqa: BLE001 - any failure to load is one line naming the captioner, never a traceback
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         if local:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
+
+T = TypeVar("T")
 
 OFFLINE_VALUES = ("1", "true", "yes")
 
@@ -28,6 +30,17 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def cached_then_hub(load: Callable[[bool], T], *, local: bool) -> T:
+    """``load(local_files_only)`` from the cache (or a local folder) first, then from the hub, but only for a hub id
+    and only when the hub answers (:func:`hub_reachable`); the cache's ``OSError`` is raised otherwise."""
+    try:
+        return load(True)
+    except OSError:
+        if local or not hub_reachable():
+            raise
+        return load(False)
 
 
 @contextlib.contextmanager

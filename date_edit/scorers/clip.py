@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..hub import hub_reachable, seeded
+from ..hub import cached_then_hub, seeded
 from .base import ScorerError
 from .cosine import CosineScorer  # noqa: F401  (the base; re-exported)
 from .preprocess import CLIP_MEAN, CLIP_STD
@@ -96,14 +96,10 @@ def _from_pretrained(source: str, name: str, device, dtype, tokenizer_path: Opti
 
     local = Path(source).expanduser().is_dir()
     try:
-        try:
-            model = CLIPModel.from_pretrained(source, local_files_only=True)
-            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path or source, local_files_only=True)
-        except OSError:
-            if local or not hub_reachable():
-                raise
-            model = CLIPModel.from_pretrained(source)
-            tokenizer = CLIPTokenizer.from_pretrained(tokenizer_path or source)
+        model, tokenizer = cached_then_hub(
+            lambda cached: (CLIPModel.from_pretrained(source, local_files_only=cached),
+                            CLIPTokenizer.from_pretrained(tokenizer_path or source, local_files_only=cached)),
+            local=local)
     except (OSError, ValueError) as exc:
         if local:
             raise ScorerError(f"could not load CLIP from {source}: {str(exc).splitlines()[0][:200]}") from None

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..hub import hub_reachable
+from ..hub import cached_then_hub
 from .base import ScorerError
 from .clip import ClipScorer, tiny_clip_model
 from .base import ScorerInfo
@@ -87,14 +87,10 @@ def _load(source: str, processor_source: str, local: bool):
     from transformers import AutoProcessor, CLIPModel
 
     try:
-        try:
-            model = CLIPModel.from_pretrained(source, local_files_only=True)
-            processor = AutoProcessor.from_pretrained(processor_source, local_files_only=True)
-        except OSError:
-            if local or not hub_reachable():
-                raise
-            model = CLIPModel.from_pretrained(source)
-            processor = AutoProcessor.from_pretrained(processor_source)
+        model, processor = cached_then_hub(
+            lambda cached: (CLIPModel.from_pretrained(source, local_files_only=cached),
+                            AutoProcessor.from_pretrained(processor_source, local_files_only=cached)),
+            local=local)
     except (OSError, ValueError) as exc:
         if local:
             raise ScorerError(f"could not load PickScore from {source}: {str(exc).splitlines()[0][:200]}") from None
