@@ -195,11 +195,8 @@ def edit(
     user_mask = controls.user_mask(config, mask, b, size)
     config = controls.check(backbone, resolve_edit_config(config, backbone), sources)
     if config.method == "flowedit":
-        result = _flowedit(backbone, pixels, prompts, source_prompt=sources, config=config, scorer=scorer,
-                           progress=progress, seeds=seeds, user_mask=user_mask)
-        if caption_s is not None:
-            result.timings["caption_s"] = caption_s
-        return result
+        return _timed_caption(_flowedit(backbone, pixels, prompts, source_prompt=sources, config=config,
+                                        scorer=scorer, progress=progress, seeds=seeds, user_mask=user_mask), caption_s)
     clock = _Clock(device)
     if inversion is None:
         inversion = invert_image(backbone, pixels, source_prompt=sources, steps=config.steps,
@@ -232,9 +229,14 @@ def edit(
                          progress=_phase(progress, "edit"))
     result = _decoded_result(backbone, latents, clock, prompts=prompts, hook=hook, config=config.to_dict(),
                              inversion=inversion, source_latents=inversion.x0.cpu(), source_prompts=sources)
-    if caption_s is not None:
-        result.timings["caption_s"] = caption_s
-    return controls.composited(result, pixels, pixel_mask, config.mask)
+    return _timed_caption(controls.composited(result, pixels, pixel_mask, config.mask), caption_s)
+
+
+def _timed_caption(result: Result, seconds: Optional[float]) -> Result:
+    """``result`` with the captioning's seconds in its timings (``caption_s``) when the source was captioned."""
+    if seconds is not None:
+        result.timings["caption_s"] = seconds
+    return result
 
 
 def _prompts(backbone: Backbone, pixels: torch.Tensor, prompt, source_prompt, captioner):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -339,7 +340,9 @@ BASE = {"model": "fake", "steps": 4, "skip": "36%", "seed": 0, "no_date": True, 
 
 
 def resolve(options):
-    config = EditConfig(steps=options["steps"], skip=options["skip"], seed=options["seed"], date=None)
+    # the plain edit (no structure control): items with different prompts share a batch
+    config = EditConfig(steps=options["steps"], skip=options["skip"], seed=options["seed"], date=None, mask=None,
+                        p2p=None)
     return jobs.ItemSettings(prompt=options["prompt"], source_prompt=options.get("source_prompt") or "",
                              config=config, model=options["model"], model_config=None, dtype="fp32",
                              size=options["size"], resize=options["resize"], scorer=None, options=options)
@@ -550,10 +553,10 @@ def test_batched_edit_with_per_item_seeds_equals_single_edits(tiny_backbone):
 
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 3, 32, 32, generator=g)
-    config = EditConfig(steps=3, skip=1, date=None)
+    config = EditConfig(steps=3, skip=1, date=None, mask=None, p2p=None)  # P2P edits one prompt pair per call
     both = edit(tiny_backbone, pixels, ["a dog", "a cat"], config=config, seeds=[3, 7])
     for i, (prompt, seed) in enumerate([("a dog", 3), ("a cat", 7)]):
-        alone = edit(tiny_backbone, pixels[i:i + 1], prompt, config=EditConfig(steps=3, skip=1, seed=seed, date=None))
+        alone = edit(tiny_backbone, pixels[i:i + 1], prompt, config=replace(config, seed=seed))
         assert torch.allclose(both.latents[i:i + 1], alone.latents, atol=1e-4)
 
 

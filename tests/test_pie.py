@@ -161,7 +161,7 @@ def test_settings_resolve_preset_options_and_command_line():
     kw, preset = settings(args, parse_method("fixed@p2p"), "sd")
     assert preset == "pie-ef-p2p"
     assert (kw["steps"], kw["skip"], kw["cfg_source"], kw["cfg_target"]) == (50, 12, 1.0, 7.5)
-    assert (kw["p2p"].cross_replace, kw["p2p"].self_replace) == (0.4, 0.6) and "mask" not in kw
+    assert (kw["p2p"].cross_replace, kw["p2p"].self_replace) == (0.4, 0.6) and kw["mask"] is None
     kw, preset = settings(args, parse_method("fixed@mask=bench"), "sd3")
     assert preset == "flowedit-sd3" and kw["method"] == "flowedit" and kw["mask"].source == "user"
     args.steps, args.cross_replace = 10, 0.9

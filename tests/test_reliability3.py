@@ -237,7 +237,7 @@ def test_every_explicit_p2p_option_asks_for_p2p():
     from date_edit_cli import request
 
     base = {"p2p": None, "mask": "none", "scorer": "clip", "model": "tiny", "no_date": True}
-    assert request.edit_request(None, "a dog", base).config.optional_controls is True
+    assert request.edit_request(None, "a dog", base).config.p2p == "default"  # the model's default: optional
     for given in ({"cross_replace": 0.5}, {"self_replace": 0.8}, {"reweight": (("cat", 2.0),)},
                   {"local_blend": True}):
         config = request.edit_request(None, "a dog", {**base, **given}).config
