@@ -280,15 +280,14 @@ def user_mask(req: EditRequest, loaded, max_pixels=None):
 
 
 class Captions:
-    """The captioners a front end has built and the captions they made: one caption per image content and captioner
-    spec (:class:`date_edit.captioning.CaptionCache`). ``path``: a JSON file that keeps them across runs (a batch's
-    output folder, so a resumed job captions nothing twice)."""
+    """The captions a front end has made: one per image content and captioner spec
+    (:class:`date_edit.captioning.CaptionCache`; each captioner is built once per process). ``path``: a JSON file
+    that keeps them across runs (a batch's output folder, so a resumed job captions nothing twice)."""
 
     def __init__(self, path=None) -> None:
         from date_edit.captioning import CaptionCache
 
         self.cache = CaptionCache(path)
-        self.captioners: dict[str, object] = {}
 
     def caption(self, spec: str, pixels, device, quiet: bool = False) -> tuple[str, float]:
         """``(caption, seconds)`` of the ``(1, 3, H, W)`` image ``pixels`` by captioner ``spec`` (0 s when cached).
@@ -297,13 +296,12 @@ class Captions:
             CaptionerError: the captioner cannot load (one line: how to get it, and that ``--source-prompt TEXT``
                 or ``none`` avoids it).
         """
-        from date_edit.captioning import build_captioner
+        from date_edit.captioning import cached_captioner
         from date_edit.hub import library_progress_bars
 
-        if spec not in self.captioners:
-            with library_progress_bars(common.bars_wanted(quiet)):
-                self.captioners[spec] = build_captioner(spec, device=device)
-        text, seconds, cached = self.cache.get_or_caption(self.captioners[spec], pixels)
+        with library_progress_bars(common.bars_wanted(quiet)):
+            captioner = cached_captioner(spec, device=device)  # built once per process
+        text, seconds, cached = self.cache.get_or_caption(captioner, pixels)
         return text, 0.0 if cached else seconds
 
     def save(self) -> None:
@@ -327,12 +325,12 @@ def resolve_source(req: EditRequest, loaded, backbone, captions: Optional[Captio
     text, seconds = captions.caption(spec, loaded.pixels[:1], backbone.device, quiet=req.model.quiet)
     text = " ".join(str(text).split())
     config = req.config
-    if not text:  # the default mask is then the target's alone (better than none on the toy validation split)
-        from date_edit.defaults import MODEL_DEFAULT
-        from date_edit.masks import MaskConfig
+    if not text:  # the library's rule for an empty caption: the default mask is the target's alone
+        from date_edit.controls import with_defaults
 
         say(f"note: the captioner {spec} gave no caption; editing without a source prompt")
-        config = replace(config, mask=MaskConfig("auto")) if config.mask == MODEL_DEFAULT else config
+        config = with_defaults(backbone, config, [""], user_mask=req.mask not in (None, "auto", "default"),
+                               uncaptioned=True)
     return replace(req, source_prompt=text, captioner=spec, caption_s=seconds, config=config)
 
 

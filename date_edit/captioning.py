@@ -17,6 +17,7 @@ Plugins register a factory ``factory(device=...) -> Captioner`` under the entry-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -113,6 +114,17 @@ def build_captioner(spec: str, device="cpu") -> Captioner:
             return made
     raise ConfigError("captioner", f"{excerpt(text)} is not a known captioner: use one of "
                                    f"{', '.join(available_captioners())}")
+
+
+def cached_captioner(spec: str, device="cpu") -> Captioner:
+    """:func:`build_captioner`, built once per process for each ``(spec, device)`` (a BLIP loads once, however many
+    edits it captions); a captioner that fails to build is not kept, so the next call tries again."""
+    return _cached_captioner(str(spec), str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_captioner(spec: str, device: str) -> Captioner:
+    return build_captioner(spec, device=device)
 
 
 def _load_factory(path: str) -> Callable:

@@ -264,12 +264,12 @@ def caption_sources(backbone: Backbone, pixels: torch.Tensor, sources: list[str]
     """
     import time
 
-    from .captioning import build_captioner, default_captioner
+    from .captioning import cached_captioner, default_captioner
 
     started = time.perf_counter()
     if captioner is None or isinstance(captioner, str):
-        captioner = build_captioner(captioner or default_captioner(backbone.name, backbone.family),
-                                    device=backbone.device)
+        captioner = cached_captioner(captioner or default_captioner(backbone.name, backbone.family),
+                                     device=backbone.device)
     wanted = [i for i, s in enumerate(sources) if s == "auto"]
     captions = captioner(pixels[wanted].float().clamp(0, 1))
     out = list(sources)

@@ -100,18 +100,23 @@ def test_a_captioner_that_cannot_load_is_one_line_and_writes_nothing(checkout_en
     assert "Traceback" not in run.stderr and not out.exists()
 
 
-def test_api_default_controls_make_the_cli_edit(toy):
+def test_api_default_controls_make_the_cli_edit(toy, checkout_env, tmp_path):
     """``edit(config=EditConfig(...))`` with the controls left at their default makes the image ``date-edit edit``
     makes with no control flag (the same settings otherwise), and ``source_prompt="auto"`` captions through the
     library."""
-    from date_edit.imaging import load_image
+    from date_edit.imaging import load_image, to_pil
     from date_edit.pipeline import EditConfig, edit
 
     loaded = load_image(str(RED_CIRCLE), size=toy.native_size, multiple=toy.size_multiple)
     config = EditConfig(steps=12, seed=0, date=None)
     given = edit(toy, loaded.pixels, "a blue circle", source_prompt="a red circle", config=config)
-    assert set(json.dumps(given.config["p2p"])) and given.config["mask"]["source"] == "auto"
+    assert given.config["p2p"] is not None and given.config["mask"]["source"] == "auto"
     assert given.config["cfg_target"] == 7.5
+    run = cli(checkout_env, tmp_path, "edit", RED_CIRCLE, "a blue circle", "--model", "toy", "--steps", "12",
+              "--no-date", "--source-prompt", "a red circle", "-o", tmp_path / "cli.png")
+    assert run.returncode == 0, run.stderr
+    api = np.asarray(to_pil(given.images)[0]).astype(int)
+    assert np.abs(pixels(tmp_path / "cli.png") - api).max() <= 1  # the same edit (float sums may round apart)
     auto = edit(toy, loaded.pixels, "a blue circle", source_prompt="auto", config=config)
     assert auto.source_prompts == ["a red circle"] and auto.timings["caption_s"] >= 0
     assert torch.equal(auto.images, given.images)

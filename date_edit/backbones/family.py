@@ -60,3 +60,19 @@ class FamilyTraits:
         """The keyword arguments of ``from_components`` that this family's constructor takes (SDXL:
         ``force_zeros_for_empty_prompt``); none by default."""
         return {}
+
+
+class FlowMatchingTraits:
+    """What the rectified-flow families (SD3, FLUX) share, placed before :class:`Backbone` in their bases: a
+    transformer denoiser, the flow-matching scheduler and schedule, and the extra entries of a saved index."""
+
+    denoiser_name: ClassVar[str] = "transformer"
+    folder_classes: ClassVar[dict] = {"scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler")}
+    index_extras: ClassVar[dict] = {"feature_extractor": (None, None), "image_encoder": (None, None)}
+
+    @classmethod
+    def schedule_from_config(cls, config: dict):
+        """The flow-matching schedule (sigmas, shift) from the scheduler config."""
+        from ..flow import FlowSchedule
+
+        return FlowSchedule.from_config(config)

@@ -19,11 +19,12 @@ import torch
 
 from ..conditioning import Conditioning
 from .base import Backbone
+from .family import FlowMatchingTraits
 from .sd import tokenize, warn_truncated
 
 
 @dataclass
-class Flux(Backbone):
+class Flux(FlowMatchingTraits, Backbone):
     """FLUX.1: see the module docstring. ``text_encoder``/``tokenizer`` are CLIP-L's, ``text_encoder_2``/
     ``tokenizer_2`` T5's (diffusers' names)."""
 
@@ -34,20 +35,10 @@ class Flux(Backbone):
     family: ClassVar[str] = "flux"
     component_names: ClassVar[tuple[str, ...]] = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
                                                   "tokenizer_2", "scheduler")
-    denoiser_name: ClassVar[str] = "transformer"
     marks: ClassVar[tuple[str, ...]] = ("transformer",)
     checkpoint_marks: ClassVar[tuple[str, ...]] = ("double_blocks.",)
     mark_rank: ClassVar[int] = 2  # its components hold SDXL's mark
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxImg2ImgPipeline")
-    folder_classes: ClassVar[dict] = {"scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler")}
-    index_extras: ClassVar[dict] = {"feature_extractor": (None, None), "image_encoder": (None, None)}
-
-    @classmethod
-    def schedule_from_config(cls, config: dict):
-        """The flow-matching schedule (sigmas, shift) from the scheduler config."""
-        from ..flow import FlowSchedule
-
-        return FlowSchedule.from_config(config)
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:

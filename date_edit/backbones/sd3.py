@@ -17,13 +17,14 @@ import torch
 
 from ..conditioning import Conditioning
 from .base import Backbone
+from .family import FlowMatchingTraits
 from .sd import clip_states
 
 T5_LENGTH = 256  # SD3's max_sequence_length
 
 
 @dataclass
-class StableDiffusion3(Backbone):
+class StableDiffusion3(FlowMatchingTraits, Backbone):
     """SD3 (medium and later): see the module docstring.
 
     Attributes:
@@ -41,20 +42,10 @@ class StableDiffusion3(Backbone):
     component_names: ClassVar[tuple[str, ...]] = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2",
                                                   "tokenizer_2", "text_encoder_3", "tokenizer_3", "scheduler")
     optional_components: ClassVar[tuple[str, ...]] = ("text_encoder_3", "tokenizer_3")  # T5's tokens: zeros
-    denoiser_name: ClassVar[str] = "transformer"
     marks: ClassVar[tuple[str, ...]] = ("text_encoder_3", "tokenizer_3")
     checkpoint_marks: ClassVar[tuple[str, ...]] = ("joint_blocks.",)  # the MMDiT's
     mark_rank: ClassVar[int] = 3  # its components hold FLUX's mark and SDXL's
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
-    folder_classes: ClassVar[dict] = {"scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler")}
-    index_extras: ClassVar[dict] = {"feature_extractor": (None, None), "image_encoder": (None, None)}
-
-    @classmethod
-    def schedule_from_config(cls, config: dict):
-        """The flow-matching schedule (sigmas, shift) from the scheduler config."""
-        from ..flow import FlowSchedule
-
-        return FlowSchedule.from_config(config)
 
     @property
     def text_encoders(self) -> list[torch.nn.Module]:

@@ -35,15 +35,16 @@ class ClipScorer(CosineScorer):
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
         max_len = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
         tok = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        return _as_tensor(self.model.get_text_features(input_ids=tok.input_ids.to(self.device),
+        return features(self.model.get_text_features(input_ids=tok.input_ids.to(self.device),
                                                        attention_mask=tok.attention_mask.to(self.device)))
 
     def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        return _as_tensor(self.model.get_image_features(pixel_values=pixels))
+        return features(self.model.get_image_features(pixel_values=pixels))
 
 
-def _as_tensor(out) -> torch.Tensor:
-    """transformers 5 may return a model output where 4.x returned a tensor."""
+def features(out) -> torch.Tensor:
+    """The embedding tensor of a CLIP ``get_text_features`` / ``get_image_features`` call: transformers 5 may return
+    a model output (its ``pooler_output``) where 4.x returned the tensor."""
     if isinstance(out, torch.Tensor):
         return out
     for attr in ("pooler_output", "text_embeds", "image_embeds"):

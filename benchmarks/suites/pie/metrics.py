@@ -157,7 +157,7 @@ class PieMetrics:
         """
         import torch
 
-        from date_edit.scorers.clip import _as_tensor  # transformers 5 returns a model output, 4.x a tensor
+        from date_edit.scorers.clip import features  # transformers 5 returns a model output, 4.x a tensor
 
         img = _rgb(image_u8)
         if keep is not None:
@@ -167,8 +167,8 @@ class PieMetrics:
         limit = int(self.clip_model.config.text_config.max_position_embeddings)
         ids, att = tok["input_ids"][..., :limit], tok["attention_mask"][..., :limit]
         with torch.no_grad():
-            img_f = _as_tensor(self.clip_model.get_image_features(pixel_values=pixels))
-            txt_f = _as_tensor(self.clip_model.get_text_features(input_ids=ids.to(self.device),
+            img_f = features(self.clip_model.get_image_features(pixel_values=pixels))
+            txt_f = features(self.clip_model.get_text_features(input_ids=ids.to(self.device),
                                                                 attention_mask=att.to(self.device)))
         img_f = img_f / img_f.norm(p=2, dim=-1, keepdim=True)
         txt_f = txt_f / txt_f.norm(p=2, dim=-1, keepdim=True)

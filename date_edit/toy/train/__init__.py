@@ -46,7 +46,8 @@ from .data import (
     to_tensor,
 )
 from .loop import Curve, Schedule, lr_at, train_loop
-from .models import build_clip, build_unet, build_vae, features, latent_side, scheduler_config, sd_alphas_cumprod
+from ...scorers.clip import features
+from .models import build_clip, build_unet, build_vae, latent_side, scheduler_config, sd_alphas_cumprod
 from .run import train
 from .save import dir_size_bytes, save_model
 from .stages import (

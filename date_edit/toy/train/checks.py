@@ -20,7 +20,7 @@ from .data import (
     random_phrase,
     to_tensor,
 )
-from .models import features
+from ...scorers.clip import features
 
 
 @torch.no_grad()

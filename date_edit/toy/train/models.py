@@ -102,14 +102,3 @@ def sd_alphas_cumprod() -> torch.Tensor:
     """``abar[t]`` of SD's scaled-linear schedule (betas 0.00085..0.012, 1000 steps), float32."""
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0).float()
-
-
-def features(out) -> torch.Tensor:
-    """The embedding tensor of a CLIP ``get_*_features`` call (a tensor, or an output object, by library version)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for attr in ("text_embeds", "image_embeds", "pooler_output"):
-        v = getattr(out, attr, None)
-        if isinstance(v, torch.Tensor):
-            return v
-    return out[0]

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from .. import world
 from .data import PhraseTokens, all_phrases, augment, clip_pixels, hard_negatives, random_phrase, to_tensor
 from .loop import Schedule, train_loop
-from .models import build_clip, build_unet, build_vae, features, sd_alphas_cumprod
+from ...scorers.clip import features
+from .models import build_clip, build_unet, build_vae, sd_alphas_cumprod
 
 
 def train_vae(cfg, images, budget_s, gen, log):
